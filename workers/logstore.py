@@ -1,0 +1,369 @@
+"""The logstore: coordinator + uploader pool behind a Unix socket.
+
+Producers (``woodpecker.Client``) on this host attach over ``logstore.socket``,
+hand over their shared-memory arena once (a memfd over SCM_RIGHTS) and then send
+batch descriptors. The logstore owns the writer sessions, supervises the
+uploader processes (restarting a crashed one and re-dispatching its jobs) and
+shuts down cleanly on SIGTERM: it drains, acks or fails every pending append,
+seals its active segments and releases its sessions.
+
+Embedded mode (the default) is exactly this code, launched in the background by
+the first Client of a storage root; it exits ``logstore.idle_exit`` seconds after
+its last producer detached. A lock file held for the logstore's lifetime tells
+clients whether a socket on disk is live or the leftover of a killed logstore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from shm import FrameReader, send_msg
+from woodpecker.config import Config
+from woodpecker.errors import WoodpeckerError
+from woodpecker.meta import MetaStore
+from woodpecker.meta.embedded import EmbeddedEtcd
+from workers import protocol
+from workers.coordinator import Coordinator, Outbox
+
+log = logging.getLogger("woodpecker.logstore")
+
+
+def lock_path(socket_path: Path) -> Path:
+    return socket_path.with_name(socket_path.name + ".lock")
+
+
+@dataclass
+class Producer:
+    conn: socket.socket
+    reader: FrameReader
+    pid: int = 0
+    arena_fd: int = -1
+    arena_size: int = 0
+    gone: bool = False
+
+
+@dataclass
+class UploaderProc:
+    proc: subprocess.Popen
+    sock: socket.socket
+    reader: FrameReader
+    jobs: dict[int, bytes] = field(default_factory=dict)  # job id -> JOB frame
+
+
+class Logstore:
+    """One logstore process. ``run()`` serves until SIGTERM (or idleness when embedded)."""
+
+    def __init__(self, config: Config, *, embedded: bool) -> None:
+        self.config = config
+        self.embedded = embedded
+        self.socket_path = config.logstore_socket
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(lock_path(self.socket_path), "a+")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WoodpeckerError(f"a logstore already serves {self.socket_path}") from None
+        self._etcd: EmbeddedEtcd | None = None
+        endpoints = list(config.etcd.endpoints)
+        if not endpoints:
+            self._etcd = EmbeddedEtcd(config.storage.root)
+            endpoints = self._etcd.acquire()
+        self.etcd_endpoints = endpoints
+        self.meta = MetaStore(config, endpoints=endpoints)
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self.producers: dict[int, Producer] = {}
+        self._next_producer = 1
+        self.uploaders: list[UploaderProc] = []
+        self.job_owner: dict[int, UploaderProc] = {}
+        owner = f"{socket.gethostname()}:{os.getpid()}:{self.socket_path}"
+        self.coordinator = Coordinator(
+            config,
+            self.meta,
+            owner,
+            Outbox(dispatch=self._dispatch, ack=self._ack, nack=self._nack, wake=self._wake),
+        )
+        self._stopping = False
+        self._idle_since = time.monotonic()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a leftover of a killed logstore (we hold the lock)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            self.listener.bind(str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        self.listener.listen(64)
+        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        for _ in range(config.uploader.processes):
+            self.uploaders.append(self._spawn_uploader())
+
+    # ---- uploaders -------------------------------------------------------------------
+
+    def _spawn_uploader(self) -> UploaderProc:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.uploader", str(child.fileno())],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(orjson.dumps(self.config.overrides()))  # secrets stay off argv
+        proc.stdin.close()
+        child.close()
+        up = UploaderProc(proc, parent, FrameReader())
+        for pid, p in self.producers.items():
+            if p.arena_fd >= 0:
+                send_msg(
+                    parent, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
+                )
+        self.sel.register(parent, selectors.EVENT_READ, ("uploader", up))
+        return up
+
+    def _restart_uploader(self, up: UploaderProc) -> None:
+        log.warning("uploader pid %s exited (%s); restarting it", up.proc.pid, up.proc.poll())
+        self.sel.unregister(up.sock)
+        up.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            up.proc.kill()
+        up.proc.wait()
+        fresh = self._spawn_uploader()
+        self.uploaders[self.uploaders.index(up)] = fresh
+        for job, frame in up.jobs.items():
+            fresh.jobs[job] = frame
+            self.job_owner[job] = fresh
+            send_msg(fresh.sock, frame)
+
+    def _dispatch(self, job: int, key: str, parts: list[list[int]]) -> None:
+        up = min(self.uploaders, key=lambda u: len(u.jobs))
+        frame = protocol.encode(protocol.JOB, {"job": job, "key": key, "parts": parts})
+        up.jobs[job] = frame
+        self.job_owner[job] = up
+        send_msg(up.sock, frame)
+
+    def _on_uploader(self, up: UploaderProc) -> None:
+        try:
+            frames = up.reader.feed_from(up.sock)
+        except (EOFError, ConnectionError):
+            self._restart_uploader(up)
+            return
+        for frame, _ in frames:
+            kind, body = protocol.decode(frame)
+            job = body["job"]
+            up.jobs.pop(job, None)
+            self.job_owner.pop(job, None)
+            if kind == protocol.DONE:
+                self.coordinator.on_upload_done(job, body["size"], body["checksum"])
+            else:
+                self.coordinator.on_upload_failed(job, body["error"], body["message"])
+
+    # ---- producers -------------------------------------------------------------------
+
+    def _send(self, producer: int, frame: bytes) -> None:
+        p = self.producers.get(producer)
+        if p is None or p.gone:
+            return
+        try:
+            send_msg(p.conn, frame)
+        except OSError:
+            self._producer_gone(producer)
+
+    def _ack(self, producer: int, seq: int, segment_id: int, first_entry: int) -> None:
+        self._send(producer, protocol.ACK_FMT.pack(protocol.ACK, seq, segment_id, first_entry))
+
+    def _nack(self, producer: int, seq: int, error: str, message: str) -> None:
+        self._send(producer, protocol.encode_nack(seq, error, message))
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(10.0)  # a producer that stops reading its acks is dropped
+        pid = self._next_producer
+        self._next_producer += 1
+        self.producers[pid] = Producer(conn, FrameReader())
+        self.sel.register(conn, selectors.EVENT_READ, ("producer", pid))
+
+    def _on_producer(self, pid: int) -> None:
+        p = self.producers[pid]
+        try:
+            frames = p.reader.feed_from(p.conn)
+        except (EOFError, ConnectionError, OSError):
+            self._producer_gone(pid)
+            return
+        for frame, fds in frames:
+            kind = frame[0]
+            if kind == protocol.BATCH:
+                _, log_id, seq, offset, length, count = protocol.BATCH_FMT.unpack(frame)
+                if self._stopping:
+                    self._nack(pid, seq, "WriterClosedError", "the logstore is shutting down")
+                else:
+                    self.coordinator.on_batch(pid, log_id, seq, offset, length, count)
+            elif kind == protocol.HELLO:
+                self._hello(pid, p, frame, fds)
+            else:
+                self._control(pid, kind, protocol.decode(frame)[1])
+
+    def _hello(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
+        _, body = protocol.decode(frame)
+        p.pid, p.arena_size, p.arena_fd = body["pid"], body["arena_size"], fds[0]
+        for fd in fds[1:]:
+            os.close(fd)
+        for up in self.uploaders:
+            send_msg(
+                up.sock, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
+            )
+        self._send(
+            pid,
+            protocol.encode(
+                protocol.WELCOME, {"producer_id": pid, "etcd_endpoints": self.etcd_endpoints}
+            ),
+        )
+
+    def _control(self, pid: int, kind: int, body: dict) -> None:
+        reply: dict = {"req": body.get("req"), "ok": True}
+        try:
+            if kind == protocol.OPEN_LOG:
+                if self._stopping:
+                    raise WoodpeckerError("the logstore is shutting down")
+                self.coordinator.open_log(pid, body["name"], body["log_id"])
+            elif kind == protocol.CLOSE_LOG:
+                self.coordinator.close_log(pid, body["log_id"])
+        except WoodpeckerError as e:
+            reply.update(ok=False, error=type(e).__name__, message=str(e))
+        self._send(pid, protocol.encode(protocol.REPLY, reply))
+
+    def _producer_gone(self, pid: int) -> None:
+        p = self.producers.get(pid)
+        if p is None or p.gone:
+            return
+        p.gone = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(p.conn)
+        p.conn.close()
+        self.coordinator.producer_gone(pid)
+
+    def _reap_producers(self) -> None:
+        """Unmap the arenas of departed producers once nothing of theirs is in flight."""
+        for pid, p in list(self.producers.items()):
+            if p.gone and self.coordinator.producer_batches.get(pid, 0) == 0:
+                for up in self.uploaders:
+                    with contextlib.suppress(OSError):
+                        send_msg(up.sock, protocol.DROP_FMT.pack(protocol.DROP_ARENA, pid))
+                if p.arena_fd >= 0:
+                    os.close(p.arena_fd)
+                del self.producers[pid]
+                self.coordinator.producer_batches.pop(pid, None)
+
+    # ---- loop ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+        self._wake()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            while not self._stopping:
+                self._step(0.5)
+                if self.embedded and self._idle():
+                    if time.monotonic() - self._idle_since >= self.config.logstore.idle_exit:
+                        break
+                else:
+                    self._idle_since = time.monotonic()
+            self._drain()
+        finally:
+            self._close()
+
+    def _idle(self) -> bool:
+        return not self.producers and self.coordinator.idle()
+
+    def _step(self, timeout: float) -> None:
+        for key, _ in self.sel.select(timeout):
+            kind, who = key.data
+            if kind == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                self.coordinator.run_results()
+            elif kind == "producer":
+                if who in self.producers and not self.producers[who].gone:
+                    self._on_producer(who)
+            elif kind == "uploader":
+                self._on_uploader(who)
+            elif kind == "accept" and not self._stopping:
+                self._accept()
+        self.coordinator.run_results()
+        self._reap_producers()
+
+    def _drain(self) -> None:
+        """Finish what was accepted: upload, commit and ack it, or fail it past the deadline."""
+        self.sel.unregister(self.listener)
+        self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        deadline = time.monotonic() + self.config.retry.deadline + 5.0
+        self.coordinator.dispatch_waiting()
+        self.coordinator.seal_all()
+        while not self.coordinator.idle() and time.monotonic() < deadline:
+            self._step(0.1)
+        if not self.coordinator.idle():
+            self.coordinator.fail_all(
+                "StorageUnavailableError", "the logstore stopped before this append was durable"
+            )
+
+    def _close(self) -> None:
+        self.coordinator.close()
+        for up in self.uploaders:
+            up.sock.close()
+        for up in self.uploaders:
+            try:
+                up.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                up.proc.kill()
+                up.proc.wait()
+        for pid in list(self.producers):
+            self._producer_gone(pid)
+        self.meta.close()
+        if self._etcd is not None:
+            self._etcd.release()
+        with contextlib.suppress(FileNotFoundError):
+            if self.listener.fileno() >= 0:
+                self.socket_path.unlink()
+        self._lock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m workers.logstore [--embedded]``: config as JSON on stdin when embedded."""
+    argv = sys.argv[1:] if argv is None else argv
+    embedded = "--embedded" in argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s logstore %(levelname)s %(message)s")
+    config = Config(env={}, **orjson.loads(sys.stdin.buffer.read())) if embedded else Config()
+    try:
+        store = Logstore(config, embedded=embedded)
+    except WoodpeckerError as e:
+        log.error("%s", e)
+        sys.exit(1)
+    log.info("serving %s (etcd %s)", store.socket_path, ",".join(store.etcd_endpoints))
+    store.run()
+
+
+if __name__ == "__main__":
+    main()
