@@ -35,6 +35,18 @@ def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_quickstart(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker.quickstart import run_quickstart
+
+    return run_quickstart(config, args.small, args.large)
+
+
+def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:
+    from workers.logstore import serve
+
+    return serve(config, embedded=False)
+
+
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     if args.table:
         print(config_table())
@@ -56,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check that etcd and storage are reachable")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(func=_cmd_doctor)
+
+    quick = sub.add_parser("quickstart", help="write, read back and verify entries end to end")
+    quick.add_argument("--small", type=int, default=100_000, help="1 KiB entries (100000)")
+    quick.add_argument("--large", type=int, default=1_000, help="1 MiB entries (1000)")
+    quick.set_defaults(func=_cmd_quickstart)
+
+    logstore = sub.add_parser("logstore", help="run the standalone uploader pool of this host")
+    logstore.set_defaults(func=_cmd_logstore)
 
     cfg = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     cfg.add_argument("--table", action="store_true", help="the reference table of every key")

@@ -350,19 +350,22 @@ class Logstore:
         self._lock.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m workers.logstore [--embedded]``: config as JSON on stdin when embedded."""
-    argv = sys.argv[1:] if argv is None else argv
-    embedded = "--embedded" in argv
+def serve(config: Config, *, embedded: bool) -> int:
+    """Run a logstore until it is stopped (or, embedded, until it idles out)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s logstore %(levelname)s %(message)s")
-    config = Config(env={}, **orjson.loads(sys.stdin.buffer.read())) if embedded else Config()
     try:
         store = Logstore(config, embedded=embedded)
     except WoodpeckerError as e:
         log.error("%s", e)
-        sys.exit(1)
+        return 1
     log.info("serving %s (etcd %s)", store.socket_path, ",".join(store.etcd_endpoints))
     store.run()
+    return 0
+
+
+def main() -> None:
+    """``python -m workers.logstore --embedded``: launched by a Client, config as JSON on stdin."""
+    sys.exit(serve(Config(env={}, **orjson.loads(sys.stdin.buffer.read())), embedded=True))
 
 
 if __name__ == "__main__":
