@@ -33,15 +33,20 @@ class LogWriter:
         self._max = link.config.writer.max_entry_size
         self._cap = link.config.writer.max_batch_bytes
 
-    def _payload(self, payload: Any) -> int:
+    def _payload(self, payload: Any) -> tuple[Any, int]:
+        """Check one payload; returns it as a flat byte buffer with its size."""
         if not isinstance(payload, _BYTES_LIKE):
             raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
-        size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        if isinstance(payload, memoryview) and (payload.ndim != 1 or payload.itemsize != 1):
+            if not payload.c_contiguous:
+                raise TypeError("a memoryview payload must be C-contiguous")
+            payload = payload.cast("B")
+        size = len(payload)
         if size > self._max:
             raise EntryTooLargeError(
                 f"entry of {size} bytes exceeds writer.max_entry_size={self._max}"
             )
-        return size
+        return payload, size
 
     def _check_open(self) -> None:
         if self._closed:
@@ -49,7 +54,7 @@ class LogWriter:
 
     def write_async(self, payload: bytes | bytearray | memoryview) -> Future:
         """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
-        size = self._payload(payload)
+        payload, size = self._payload(payload)
         self._check_open()
         return self._link.submit(self._queue, [payload], size, many=False)
 
@@ -63,8 +68,9 @@ class LogWriter:
         self, payloads: Iterable[bytes | bytearray | memoryview], timeout: float | None = None
     ) -> list[LogMessageId]:
         """Append entries as consecutive ids; returns once all of them are durable."""
-        items = list(payloads)
-        sizes = [self._payload(p) for p in items]  # all checked before anything is queued
+        checked = [self._payload(p) for p in payloads]  # all checked before anything is queued
+        items = [p for p, _ in checked]
+        sizes = [n for _, n in checked]
         self._check_open()
         futures: list[Future] = []
         start, total = 0, 0

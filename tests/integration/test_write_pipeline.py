@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -215,8 +216,27 @@ def test_backend_down_fails_appends(make_config):
             assert r.read_next(timeout=0.5) is None
 
 
+def _arena_fds() -> list[str]:
+    """memfd arenas held by this process and everything it started (logstores, uploaders)."""
+    me = psutil.Process()
+    held = []
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                    if target.startswith("/memfd:woodpecker"):
+                        held.append(f"{proc.pid}:{target}")
+    return held
+
+
 def test_no_shared_memory_leak_after_kill(make_config):
     before = {p.name for p in Path("/dev/shm").iterdir()}
     test_logstore_killed_then_recovered(make_config, "local")
+    # the client is closed: once the relaunched logstore idles out, no arena may remain
+    deadline = time.monotonic() + 20
+    while _arena_fds() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _arena_fds() == []
     after = {p.name for p in Path("/dev/shm").iterdir()}
     assert not [n for n in after - before if "woodpecker" in n]
