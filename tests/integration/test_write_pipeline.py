@@ -240,3 +240,54 @@ def test_no_shared_memory_leak_after_kill(make_config):
     assert _arena_fds() == []
     after = {p.name for p in Path("/dev/shm").iterdir()}
     assert not [n for n in after - before if "woodpecker" in n]
+
+
+def _uploader_pids(logstore: int) -> list[int]:
+    return [
+        c.pid
+        for c in psutil.Process(logstore).children()
+        if "workers.uploader" in " ".join(c.cmdline())
+    ]
+
+
+def test_uploader_killed_is_restarted(make_config, backend):
+    config = make_config(backend)
+    with wp.Client(config) as client:
+        log = client.create_log("uploader-crash")
+        with log.open_writer() as w:
+            w.write(b"warm-up")
+            store_pid = logstore_pid(config)
+            futures = [w.write_async(f"e{i}".encode()) for i in range(2000)]
+            for pid in _uploader_pids(store_pid):
+                os.kill(pid, signal.SIGKILL)
+            futures += [w.write_async(f"f{i}".encode()) for i in range(2000)]
+            ids = [f.result(60) for f in futures]
+        assert ids == sorted(ids)
+        deadline = time.monotonic() + 10
+        while len(_uploader_pids(store_pid)) < config.uploader.processes:
+            assert time.monotonic() < deadline, "uploaders were not restarted"
+            time.sleep(0.1)
+        payloads = [m.payload for m in read_all(log, 4001)]
+    expected = [b"warm-up"] + [f"e{i}".encode() for i in range(2000)]
+    assert payloads == expected + [f"f{i}".encode() for i in range(2000)]
+
+
+def test_sigterm_drains_and_exits(make_config):
+    config = make_config("local")
+    with wp.Client(config) as client:
+        log = client.create_log("sigterm")
+        w = log.open_writer()
+        w.write(b"warm-up")
+        pid = logstore_pid(config)
+        futures = [w.write_async(f"e{i}".encode()) for i in range(3000)]
+        os.kill(pid, signal.SIGTERM)
+        acked = []
+        for f in futures:  # every pending append is acked or fails, none hangs
+            try:
+                acked.append(f.result(60))
+            except wp.WoodpeckerError:
+                pass
+        psutil.Process(pid).wait(30)
+        assert not config.logstore_socket.exists()
+        readable = {m.id for m in read_all(log, 1 + len(acked))}
+        assert set(acked) <= readable
