@@ -49,12 +49,84 @@ def error_from(name: str, message: str) -> WoodpeckerError:
     return cls(message)
 
 
+_PENDING, _RESULT, _ERROR = 0, 1, 2
+
+
+class AppendFuture:
+    """The pending id(s) of an append; the future ``write_async`` returns.
+
+    Much cheaper than ``concurrent.futures.Future`` (which builds a lock and a
+    condition per instance, the top cost of small appends): waiters block on the
+    link's one condition, which is notified after every batch of acks.
+    """
+
+    __slots__ = ("_callbacks", "_cond", "_state", "_value")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self._state = _PENDING
+        self._value: Any = None
+        self._callbacks: list[Callable[[AppendFuture], None]] | None = None
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The LogMessageId (or list of them); raises the append's error, or TimeoutError."""
+        if self._state == _PENDING:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cond:
+                while self._state == _PENDING:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"append not acknowledged within {timeout}s")
+                    self._cond.wait(left)
+        if self._state == _ERROR:
+            raise self._value
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            self.result(timeout)
+        except TimeoutError:
+            raise
+        except BaseException as e:
+            return e
+        return None
+
+    def add_done_callback(self, fn: Callable[[AppendFuture], None]) -> None:
+        """Call ``fn(self)`` when resolved (at once if it already is)."""
+        with self._cond:
+            if self._state == _PENDING:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _resolve(self, state: int, value: Any) -> None:
+        with self._cond:
+            if self._state != _PENDING:
+                return
+            self._value = value
+            self._state = state
+            callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            fn(self)
+
+    def set_result(self, value: Any) -> None:
+        self._resolve(_RESULT, value)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._resolve(_ERROR, error)
+
+
 @dataclass
 class Append:
     """One write / write_batch call: its payloads and the future that gets its id(s)."""
 
     payloads: list[Any]
-    future: Future
+    future: AppendFuture
     many: bool
     size: int
 
@@ -244,9 +316,11 @@ class ProducerLink:
             if queue in self.queues:
                 self.queues.remove(queue)
 
-    def submit(self, queue: WriterQueue, payloads: list[Any], size: int, many: bool) -> Future:
+    def submit(
+        self, queue: WriterQueue, payloads: list[Any], size: int, many: bool
+    ) -> AppendFuture:
         """Queue an append; seal a batch now if the pipeline has room or the cap is reached."""
-        future: Future = Future()
+        future = AppendFuture(self.lock)
         timeout = self.config.writer.append_timeout
         deadline = time.monotonic() + timeout
         cap = self.config.writer.max_batch_bytes

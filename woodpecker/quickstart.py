@@ -12,13 +12,13 @@ import statistics
 import sys
 import time
 import uuid
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from woodpecker.client import Client
 from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.message import EARLIEST
+from woodpecker.producer import AppendFuture
 
 
 @dataclass
@@ -61,7 +61,7 @@ def _write_phase(client: Client, log_name: str, label: str, count: int, size: in
     step = max(count // 50, 1)
     with log.open_writer() as writer:
         start = time.perf_counter()
-        futures: list[Future] = []
+        futures: list[AppendFuture] = []
         for i in range(count):
             sent = time.perf_counter()
             fut = writer.write_async(_payload(size, i))

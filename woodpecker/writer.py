@@ -9,12 +9,11 @@ durable in storage and committed in etcd under the session's fence.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import Future
 from typing import Any
 
 from woodpecker.errors import EntryTooLargeError, WriterClosedError
 from woodpecker.message import LogMessageId
-from woodpecker.producer import ProducerLink
+from woodpecker.producer import AppendFuture, ProducerLink
 from workers import protocol
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -52,7 +51,7 @@ class LogWriter:
         if self._closed:
             raise WriterClosedError(f"the writer of log {self.name!r} is closed")
 
-    def write_async(self, payload: bytes | bytearray | memoryview) -> Future:
+    def write_async(self, payload: bytes | bytearray | memoryview) -> AppendFuture:
         """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
         payload, size = self._payload(payload)
         self._check_open()
@@ -72,7 +71,7 @@ class LogWriter:
         items = [p for p, _ in checked]
         sizes = [n for _, n in checked]
         self._check_open()
-        futures: list[Future] = []
+        futures: list[AppendFuture] = []
         start, total = 0, 0
         for i, size in enumerate(sizes):
             if i > start and total + size > self._cap:
