@@ -15,7 +15,7 @@ from woodpecker.errors import WoodpeckerError
 def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     from woodpecker.doctor import run_doctor
 
-    report = run_doctor(config)
+    report = run_doctor(config, args.config)
     if args.json:
         print(
             orjson.dumps(

@@ -9,6 +9,7 @@ the key, the value (never a secret) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -41,8 +42,8 @@ def _opt(
     """A config field: its default plus what the parser and the docs need to know."""
     meta = {"doc": doc, "kind": kind, "choices": choices, "minimum": minimum, "secret": secret}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: list(default), metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass
@@ -204,6 +205,8 @@ def _coerce(section: str, f: dataclasses.Field, raw: Any) -> Any:
             if isinstance(raw, bool):
                 raise ValueError
             value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
         elif want == "list[str]":
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             value = [str(i).strip() for i in items if str(i).strip()]
@@ -295,6 +298,8 @@ class Config:
                 value = getattr(section, f.name)
                 if redact and f.metadata.get("secret") and value:
                     value = "<redacted>"
+                elif isinstance(value, list):
+                    value = list(value)
                 out[name][f.name] = value
         return out
 
@@ -315,11 +320,15 @@ class Config:
 
 def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes()) or {}
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+        # never str(e): PyYAML quotes the offending line, which may hold a secret
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config file {path}: not valid YAML ({problem}{where})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"config file {path}: expected a mapping of sections to mappings")
     return {str(k): {str(kk): vv for kk, vv in v.items()} for k, v in data.items()}

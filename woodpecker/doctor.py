@@ -44,11 +44,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_doctor(config: Config) -> DoctorReport:
+def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
     """Run every check in order; stop at the first unreachable service."""
     report = DoctorReport()
     report.facts["versions"] = _versions()
-    report.facts["config_file"] = os.environ.get("WOODPECKER_CONFIG", "") or "(none)"
+    report.facts["config_file"] = config_file or os.environ.get("WOODPECKER_CONFIG") or "(none)"
     embedded: EmbeddedEtcd | None = None
     step = "etcd"
     try:
