@@ -129,8 +129,8 @@ class Logstore:
         up = UploaderProc(proc, parent, FrameReader())
         for pid, p in self.producers.items():
             if p.arena_fd >= 0:
-                send_msg(
-                    parent, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
+                self._to_uploader(
+                    up, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
                 )
         self.sel.register(parent, selectors.EVENT_READ, ("uploader", up))
         return up
@@ -147,14 +147,21 @@ class Logstore:
         for job, frame in up.jobs.items():
             fresh.jobs[job] = frame
             self.job_owner[job] = fresh
-            send_msg(fresh.sock, frame)
+            self._to_uploader(fresh, frame)
+
+    @staticmethod
+    def _to_uploader(up: UploaderProc, frame: bytes, fds: list[int] | None = None) -> None:
+        """Send to an uploader; a dead one is noticed (EOF) and restarted by the loop,
+        which re-dispatches every job recorded for it."""
+        with contextlib.suppress(OSError):
+            send_msg(up.sock, frame, fds or ())
 
     def _dispatch(self, job: int, key: str, parts: list[list[int]]) -> None:
         up = min(self.uploaders, key=lambda u: len(u.jobs))
         frame = protocol.encode(protocol.JOB, {"job": job, "key": key, "parts": parts})
         up.jobs[job] = frame
         self.job_owner[job] = up
-        send_msg(up.sock, frame)
+        self._to_uploader(up, frame)
 
     def _on_uploader(self, up: UploaderProc) -> None:
         try:
@@ -223,8 +230,8 @@ class Logstore:
         for fd in fds[1:]:
             os.close(fd)
         for up in self.uploaders:
-            send_msg(
-                up.sock, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
+            self._to_uploader(
+                up, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
             )
         self._send(
             pid,
@@ -261,8 +268,7 @@ class Logstore:
         for pid, p in list(self.producers.items()):
             if p.gone and self.coordinator.producer_batches.get(pid, 0) == 0:
                 for up in self.uploaders:
-                    with contextlib.suppress(OSError):
-                        send_msg(up.sock, protocol.DROP_FMT.pack(protocol.DROP_ARENA, pid))
+                    self._to_uploader(up, protocol.DROP_FMT.pack(protocol.DROP_ARENA, pid))
                 if p.arena_fd >= 0:
                     os.close(p.arena_fd)
                 del self.producers[pid]
