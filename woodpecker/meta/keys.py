@@ -60,9 +60,20 @@ class Keys:
     def truncation(self, log_id: int) -> str:
         return f"{self.root}/truncation/{log_id}"
 
+    def readers_prefix(self, log_id: int) -> str:
+        return f"{self.root}/readers/{log_id}/"
+
+    def reader(self, log_id: int, reader_id: str) -> str:
+        """A live reader's registration (lease-bound): where it is, so GC keeps that data."""
+        return f"{self.readers_prefix(log_id)}{reader_id}"
+
     def log_scoped_prefixes(self, log_id: int) -> list[str]:
         """Every prefix holding keys of one log id (for deleting a log)."""
-        return [self.segments_prefix(log_id), self.blocks_prefix(log_id)]
+        return [
+            self.segments_prefix(log_id),
+            self.blocks_prefix(log_id),
+            self.readers_prefix(log_id),
+        ]
 
     def log_scoped_keys(self, log_id: int) -> list[str]:
         """Every single key of one log id (for deleting a log)."""
