@@ -532,7 +532,9 @@ def _resolve(appends: list[Append], segment_id: int, first: int) -> None:
     for a in appends:
         n = len(a.payloads)
         if a.many:
-            a.future.set_result([LogMessageId(segment_id, e) for e in range(entry, entry + n)])
+            # tuple.__new__ through map builds the ids at C speed (no Python __new__ per id)
+            pairs = zip(itertools.repeat(segment_id), range(entry, entry + n))
+            a.future.set_result(list(map(tuple.__new__, itertools.repeat(LogMessageId), pairs)))
         else:
             a.future.set_result(LogMessageId(segment_id, entry))
         entry += n

@@ -67,10 +67,30 @@ class LogWriter:
         self, payloads: Iterable[bytes | bytearray | memoryview], timeout: float | None = None
     ) -> list[LogMessageId]:
         """Append entries as consecutive ids; returns once all of them are durable."""
-        checked = [self._payload(p) for p in payloads]  # all checked before anything is queued
-        items = [p for p, _ in checked]
-        sizes = [n for _, n in checked]
+        items = list(payloads)
+        if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed
+            sizes = list(map(len, items))
+            if sizes and max(sizes) > self._max:
+                self._payload(items[sizes.index(max(sizes))])  # raises EntryTooLargeError
+        else:
+            checked = [self._payload(p) for p in items]  # all checked before anything is queued
+            items = [p for p, _ in checked]
+            sizes = [n for _, n in checked]
         self._check_open()
+        total_size = sum(sizes)
+        if total_size <= self._cap:
+            futures = (
+                [self._link.submit(self._queue, items, total_size, many=True)] if items else []
+            )
+        else:
+            futures = self._submit_chunks(items, sizes)
+        ids: list[LogMessageId] = []
+        for f in futures:
+            ids.extend(f.result(timeout))
+        return ids
+
+    def _submit_chunks(self, items: list[Any], sizes: list[int]) -> list[AppendFuture]:
+        """Split a large batch at ``writer.max_batch_bytes``; the chunks stay consecutive."""
         futures: list[AppendFuture] = []
         start, total = 0, 0
         for i, size in enumerate(sizes):
@@ -78,12 +98,8 @@ class LogWriter:
                 futures.append(self._link.submit(self._queue, items[start:i], total, many=True))
                 start, total = i, 0
             total += size
-        if start < len(items):
-            futures.append(self._link.submit(self._queue, items[start:], total, many=True))
-        ids: list[LogMessageId] = []
-        for f in futures:
-            ids.extend(f.result(timeout))
-        return ids
+        futures.append(self._link.submit(self._queue, items[start:], total, many=True))
+        return futures
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far is acknowledged (or failed)."""
