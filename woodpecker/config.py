@@ -147,6 +147,20 @@ class RetentionConfig:
     orphan_grace: float = _opt(
         3600.0, "Seconds before an unreferenced object is deleted.", minimum=0.0
     )
+    interval: float = _opt(
+        60.0, "Seconds between maintenance passes (retention, GC, compaction).", minimum=0.1
+    )
+    sweep_interval: float = _opt(
+        600.0, "Seconds between orphan sweeps (each lists every object).", minimum=0.1
+    )
+
+
+@dataclass
+class CompactionConfig:
+    target_bytes: int = _opt(
+        64 * _MiB, "Size of the objects sealed segments are merged into.", kind="size", minimum=_KiB
+    )
+    min_blocks: int = _opt(8, "Compact a sealed segment only from this many blocks.", minimum=2)
 
 
 @dataclass
@@ -164,6 +178,7 @@ _SECTIONS: dict[str, type] = {
     "uploader": UploaderConfig,
     "logstore": LogstoreConfig,
     "retention": RetentionConfig,
+    "compaction": CompactionConfig,
     "reader": ReaderConfig,
 }
 
@@ -252,6 +267,7 @@ class Config:
     uploader: UploaderConfig
     logstore: LogstoreConfig
     retention: RetentionConfig
+    compaction: CompactionConfig
     reader: ReaderConfig
 
     def __init__(
@@ -288,6 +304,12 @@ class Config:
         if self.logstore.socket:
             return Path(self.logstore.socket)
         return Path(self.storage.root) / "logstore.sock"
+
+    @property
+    def logstore_lock(self) -> Path:
+        """Held (flock) by the live logstore: when it is free, the socket on disk is stale."""
+        socket = self.logstore_socket
+        return socket.with_name(socket.name + ".lock")
 
     def as_dict(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -36,7 +36,6 @@ from woodpecker.errors import LogstoreUnavailableError, WoodpeckerError
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.message import LogMessageId
 from workers import protocol
-from workers.logstore import lock_path
 
 CONNECT_TIMEOUT = 30.0
 
@@ -162,7 +161,7 @@ def _connect(path: str) -> socket.socket:
 
 def _logstore_alive(config: Config) -> bool:
     """Is a logstore holding the lock of this socket? (A killed one releases it.)"""
-    path = lock_path(config.logstore_socket)
+    path = config.logstore_lock
     if not path.exists():
         return False
     with open(path, "a+") as f:

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 
@@ -35,14 +34,12 @@ from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.meta import MetaStore
 from woodpecker.meta.embedded import EmbeddedEtcd
+from woodpecker.storage import open_store
 from workers import protocol
 from workers.coordinator import Coordinator, Outbox
+from workers.maintenance import Maintenance
 
 log = logging.getLogger("woodpecker.logstore")
-
-
-def lock_path(socket_path: Path) -> Path:
-    return socket_path.with_name(socket_path.name + ".lock")
 
 
 @dataclass
@@ -71,7 +68,7 @@ class Logstore:
         self.embedded = embedded
         self.socket_path = config.logstore_socket
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(lock_path(self.socket_path), "a+")  # noqa: SIM115 - held for life
+        self._lock = open(config.logstore_lock, "a+")  # noqa: SIM115 - held for life
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,6 +95,8 @@ class Logstore:
             owner,
             Outbox(dispatch=self._dispatch, ack=self._ack, nack=self._nack, wake=self._wake),
         )
+        # retention, GC and compaction run here whether or not any writer is open
+        self.maintenance = Maintenance(config, self.meta, open_store(config))
         self._stopping = False
         self._idle_since = time.monotonic()
         with contextlib.suppress(FileNotFoundError):
@@ -287,6 +286,7 @@ class Logstore:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        self.maintenance.start()
         try:
             while not self._stopping:
                 self._step(0.5)
@@ -336,6 +336,8 @@ class Logstore:
             )
 
     def _close(self) -> None:
+        self.maintenance.stop()
+        self.maintenance.store.close()
         self.coordinator.close()
         for up in self.uploaders:
             up.sock.close()

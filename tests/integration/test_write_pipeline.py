@@ -16,7 +16,6 @@ import pytest
 import woodpecker as wp
 from woodpecker.config import Config
 from woodpecker.meta import SegmentState
-from workers.logstore import lock_path
 
 
 def read_all(log: wp.LogHandle, expected: int, timeout: float = 30.0) -> list[wp.LogMessage]:
@@ -39,7 +38,7 @@ def logstore_pid(config: Config) -> int:
                 env_sock = proc.open_files()
             except psutil.Error:
                 continue
-            if any(str(lock_path(config.logstore_socket)) == f.path for f in env_sock):
+            if any(str(config.logstore_lock) == f.path for f in env_sock):
                 return proc.pid
     raise AssertionError("no logstore process found for this config")
 
