@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -288,3 +289,34 @@ def test_sigterm_drains_and_exits(make_config):
         assert not config.logstore_socket.exists()
         readable = {m.id for m in read_all(log, 1 + len(acked))}
         assert set(acked) <= readable
+
+
+def test_full_arena_applies_backpressure_then_times_out(make_config):
+    # an S3 endpoint that accepts connections and never answers: uploads stall
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)
+    port = blackhole.getsockname()[1]
+    config = make_config(
+        "s3",
+        s3_endpoint=f"127.0.0.1:{port}",
+        s3_timeout=3.0,
+        retry_deadline=4.0,
+        writer_arena_size="1MiB",
+        writer_append_timeout=0.5,
+    )
+    try:
+        with wp.Client(config) as client:
+            log = client.create_log("backpressure")
+            with log.open_writer() as w:
+                futures = []
+                start = time.monotonic()
+                with pytest.raises(wp.BackpressureTimeout):
+                    for _ in range(100):
+                        futures.append(w.write_async(b"b" * 100_000))
+                assert time.monotonic() - start < 10
+                for f in futures:  # nothing is acked that is not durable
+                    with pytest.raises(wp.StorageUnavailableError):
+                        f.result(30)
+    finally:
+        blackhole.close()
