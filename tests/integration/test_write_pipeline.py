@@ -320,3 +320,18 @@ def test_full_arena_applies_backpressure_then_times_out(make_config):
                         f.result(30)
     finally:
         blackhole.close()
+
+
+def test_large_block_uses_parallel_multipart(make_config, backend):
+    config = make_config(backend, uploader_multipart_threshold="5MiB", uploader_part_size="5MiB")
+    big = os.urandom(12 * 1024 * 1024)  # one block of 12 MiB: three parts
+    with wp.Client(config) as client:
+        log = client.create_log("multipart")
+        with log.open_writer() as w:
+            mid = w.write(big)
+            small = w.write(b"after")
+        blocks = client._meta_store().list_blocks(log.log_id, mid.segment_id)
+        assert blocks[0].size > 12 * 1024 * 1024
+        messages = read_all(log, 2)
+    assert messages[0].payload == big
+    assert [m.id for m in messages] == [mid, small]
