@@ -83,7 +83,11 @@ class Client:
         return self._meta_store().list_logs(prefix)
 
     def delete_log(self, name: str) -> None:
-        """Delete a log's metadata; readers then get ``LogNotFoundError``."""
+        """Delete a log's metadata; readers then get ``LogNotFoundError``.
+
+        Its objects are removed in the background: the logstores' maintenance
+        deletes them as orphans once older than ``retention.orphan_grace``.
+        """
         validate_log_name(name)
         self._meta_store().delete_log(name)
 

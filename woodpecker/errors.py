@@ -66,3 +66,11 @@ class ObjectNotFoundError(WoodpeckerError):
 
 class LogstoreUnavailableError(WoodpeckerError):
     """The logstore serving this host went away; pending appends may not be durable."""
+
+
+class ReaderClosedError(WoodpeckerError):
+    """The reader was closed; it returns nothing more."""
+
+
+class InvalidPositionError(WoodpeckerError, ValueError):
+    """A position names no committed entry: past the LAC, or in a segment that does not exist."""

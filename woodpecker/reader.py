@@ -1,137 +1,602 @@
-"""``LogReader``: committed entries in order, from a position, across segments.
+"""``LogReader``: committed entries in order, from any position, tailing the live end.
 
-A reader sees only what etcd says is committed: blocks listed in a segment's
-metadata, entries up to the segment's LAC. Every block is verified against the
-checksum recorded with it before any byte of it is returned.
+What a reader sees is decided by etcd alone: the block records of a segment,
+up to the segment's LAC. A commit writes its block records and the new LAC in
+one transaction, so every listed block is committed. Every block is verified
+(xxh3 checksum, Arrow structure, entry count) before any byte of it is returned.
+
+How it works:
+
+- a *cursor* walks the metadata ahead of the reader: one etcd transaction
+  reads, as one snapshot, the log's id key, its truncation point, the cursor's
+  segment record and that segment's block records from the first unseen block;
+- planned blocks are fetched ``reader.read_ahead`` at a time on a thread pool
+  (range GETs at each record's offset/length) and served in order; the next
+  segment is planned as soon as a sealed one is fully planned;
+- when nothing more is committed the reader blocks on a ``CommitWatch`` (an
+  etcd watch on the log's segment records, the commit point), not a sleep loop;
+- a ``ReaderRegistration`` tells garbage collection where the reader is.
+
+The user's view (positions, tailing, errors) is ``docs/reading.md``.
 """
 
 from __future__ import annotations
 
+import bisect
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from woodpecker.errors import LogNotFoundError, PositionTruncatedError
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyetcd import utils as etcd_utils
+
+from woodpecker.errors import (
+    CorruptedDataError,
+    LogNotFoundError,
+    ObjectNotFoundError,
+    PositionTruncatedError,
+    ReaderClosedError,
+)
 from woodpecker.format import decode_block
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
-from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
+from woodpecker.meta import BlockRecord, MetaStore, SegmentRecord, SegmentState, TruncationPoint
+from woodpecker.meta.readers import CommitWatch, ReaderRegistration
+from woodpecker.meta.records import decode_counter
 from woodpecker.storage import ObjectStore
 
-POLL_INTERVAL = 0.02
+READ_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("segment_id", pa.int64(), nullable=False),
+        pa.field("entry_id", pa.int64(), nullable=False),
+        pa.field("payload", pa.binary(), nullable=False),
+    ]
+)
+"""Columns of what ``read_batch`` and ``read_table`` return."""
+
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+"""``read_batch`` stops joining further blocks into one batch past this many bytes."""
+
+_ONE = pa.scalar(1, pa.int64())
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """One consistent read of what a reader needs to know about one segment."""
+
+    log_exists: bool
+    truncation: TruncationPoint | None
+    segment: SegmentRecord | None
+    blocks: list[BlockRecord]
+
+    def truncated(self, segment_id: int, entry_id: int) -> bool:
+        """Whether the position is at or before the truncation point."""
+        t = self.truncation
+        return t is not None and (segment_id, entry_id) <= (t.segment_id, t.entry_id)
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """How far the metadata has been planned: the next entry and block id to look for."""
+
+    segment_id: int
+    next_entry: int
+    next_block: int = 0
+    finished: bool = False  # the segment is sealed and every entry of it is planned
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A block to fetch, and the entries of it to serve (``start``..``last``)."""
+
+    record: BlockRecord
+    start: int
+    last: int
+
+
+class _Loaded:
+    """A verified block being served; ``payloads`` shares memory with the fetched bytes."""
+
+    __slots__ = ("_list", "_starts", "first", "last", "payloads", "segment_id")
+
+    def __init__(self, item: _Planned, payloads: pa.ChunkedArray) -> None:
+        self.segment_id = item.record.segment_id
+        self.first = item.record.first_entry_id
+        self.last = item.last
+        self.payloads = payloads
+        starts, at = [], self.first
+        for chunk in payloads.chunks:
+            starts.append(at)
+            at += len(chunk)
+        self._starts = starts  # first entry id of each IPC message (chunk)
+        self._list: list[bytes] | None = None
+
+    def holds(self, pos: LogMessageId) -> bool:
+        return pos.segment_id == self.segment_id and self.first <= pos.entry_id <= self.last
+
+    def payload(self, entry_id: int) -> bytes:
+        if self._list is None:
+            self._list = self.payloads.to_pylist()
+        return self._list[entry_id - self.first]
+
+    def slice(self, entry_id: int, limit: int) -> pa.RecordBatch:
+        """Up to ``limit`` entries from ``entry_id`` within one chunk: no copy of payloads."""
+        index = bisect.bisect_right(self._starts, entry_id) - 1
+        chunk = self.payloads.chunk(index)
+        offset = entry_id - self._starts[index]
+        n = min(limit, len(chunk) - offset, self.last - entry_id + 1)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.repeat(pa.scalar(self.segment_id, pa.int64()), n),
+                pc.cumulative_sum(pa.repeat(_ONE, n), start=entry_id - 1),
+                chunk.slice(offset, n),
+            ],
+            schema=READ_SCHEMA,
+        )
 
 
 class LogReader:
-    """Reads one log from ``start``; ``read_next`` waits for entries not written yet."""
+    """Reads one log in order from ``start``; waits for entries not committed yet.
+
+    Use one reader from one thread; ``close()`` may be called from any thread
+    and ends a waiting read (``ReaderClosedError``; iteration just stops).
+    Obtain readers with ``LogHandle.open_reader``.
+    """
 
     def __init__(
-        self, meta: MetaStore, store: ObjectStore, name: str, log_id: int, start: Position
+        self,
+        meta: MetaStore,
+        store: ObjectStore,
+        name: str,
+        log_id: int,
+        start: Position = EARLIEST,
+        *,
+        reader_name: str | None = None,
     ) -> None:
         self._meta = meta
         self._store = store
         self.name = name
         self.log_id = log_id
-        self._buffer: deque[LogMessage] = deque()
-        self._segment, self._entry = self._resolve(start)
         self._closed = False
+        self._pos = self._resolve(start)
+        self._cursor = _Cursor(*self._pos)
+        self._planned: deque[_Planned] = deque()
+        self._fetches: deque[tuple[_Planned, Future[pa.ChunkedArray]]] = deque()
+        self._current: _Loaded | None = None
+        self._window = max(1, meta.config.reader.read_ahead)
+        self._watch = CommitWatch(meta.etcd, meta.keys, log_id)
+        self._registration = ReaderRegistration(
+            meta.etcd, meta.keys, log_id, reader_name or "", self._pos
+        )
+        self.reader_name = self._registration.name
+        self._pool = ThreadPoolExecutor(self._window, thread_name_prefix=f"wp-read-{log_id}")
+        try:
+            if self._plan(None):  # fails fast on a deleted position; starts fetching now
+                self._schedule()
+        except BaseException:
+            self.close()
+            raise
 
-    def _resolve(self, start: Position) -> tuple[int, int]:
-        segments = self._meta.list_segments(self.log_id)
-        if start is EARLIEST:
-            return (segments[0].segment_id if segments else 0), 0
-        if start is LATEST:
-            if not segments:
-                return 0, 0
-            last = segments[-1]
-            if last.state == SegmentState.ACTIVE:
-                return last.segment_id, last.lac + 1
-            return last.segment_id + 1, 0
-        if not isinstance(start, LogMessageId):
-            raise TypeError(f"start must be EARLIEST, LATEST or a LogMessageId, not {start!r}")
-        if segments and start.segment_id < segments[0].segment_id:
-            raise PositionTruncatedError(
-                f"log {self.name!r}: position {start} was truncated and deleted; "
-                f"the earliest retained segment is {segments[0].segment_id}"
-            )
-        return start.segment_id, start.entry_id
+    # ---- positions ---------------------------------------------------------------------
 
     @property
     def position(self) -> LogMessageId:
-        """The id of the next entry this reader returns."""
-        if self._buffer:
-            return self._buffer[0].id
-        return LogMessageId(self._segment, self._entry)
+        """The id of the next entry to return; ``open_reader(position)`` resumes here."""
+        return self._pos
+
+    def _resolve(self, start: Position) -> LogMessageId:
+        if isinstance(start, LogMessageId):
+            if not all(type(n) is int and n >= 0 for n in start):
+                raise ValueError(f"invalid position {start!r}: ids are integers >= 0")
+        elif start is not EARLIEST and start is not LATEST:
+            raise TypeError(f"start must be EARLIEST, LATEST or a LogMessageId, not {start!r}")
+        k, ops = self._meta.keys, self._meta.etcd.ops
+        exists, truncation = self._txn_get(
+            "open_reader",
+            [ops.get(k.log_id(self.log_id)), ops.get(k.truncation(self.log_id))],
+            None,
+        )
+        if not exists:
+            raise LogNotFoundError(f"log {self.name!r} not found")
+        if isinstance(start, LogMessageId):
+            return start
+        earliest = LogMessageId(0, 0)
+        if truncation:
+            point = TruncationPoint.from_bytes(truncation[0][0], k.truncation(self.log_id))
+            earliest = LogMessageId(point.segment_id, point.entry_id + 1)
+        if start is EARLIEST:
+            return earliest
+        return max(earliest, self._committed_end() or earliest)
+
+    def _committed_end(self) -> LogMessageId | None:
+        """Just past the last committed entry (of the last segment), None if no segment."""
+        prefix = self._meta.keys.segments_prefix(self.log_id)
+        reply = self._meta.etcd.call(
+            "read_log",
+            lambda c: c.get_prefix_response(prefix, sort_order="descend", limit=1),
+        )
+        if not reply.kvs:
+            return None
+        last = SegmentRecord.from_bytes(reply.kvs[0].value, reply.kvs[0].key.decode())
+        return LogMessageId(last.segment_id, last.lac + 1)
+
+    # ---- reading -----------------------------------------------------------------------
 
     def read_next(self, timeout: float | None = None) -> LogMessage | None:
-        """The next entry, or None when none is committed within ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._buffer:
-            if not self._fill():
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
-                time.sleep(POLL_INTERVAL)
-        return self._buffer.popleft()
+        """The next entry, or None if none is committed within ``timeout`` seconds.
+
+        ``timeout=None`` waits as long as it takes.
+        """
+        if not self._ready(_deadline(timeout), wait=True):
+            return None
+        assert self._current is not None
+        pos = self._pos
+        message = LogMessage(pos, self._current.payload(pos.entry_id))
+        self._move(LogMessageId(pos.segment_id, pos.entry_id + 1))
+        return message
+
+    def read_batch(
+        self, max_entries: int = 1000, timeout: float | None = None
+    ) -> pa.RecordBatch | None:
+        """Up to ``max_entries`` consecutive entries (columns ``READ_SCHEMA``), or None.
+
+        Waits up to ``timeout`` for the first entry, then adds whatever is
+        already fetched. Payloads are zero-copy slices of the fetched block
+        when the batch lies inside one of its Arrow messages.
+        """
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, not {max_entries!r}")
+        if not self._ready(_deadline(timeout), wait=True):
+            return None
+        parts: list[pa.RecordBatch] = []
+        count = size = 0
+        while True:
+            part = self._take(max_entries - count, None)
+            parts.append(part)
+            count += part.num_rows
+            size += part.nbytes
+            if count >= max_entries or size >= MAX_BATCH_BYTES or not self._ready_now():
+                break
+        if len(parts) == 1:
+            return parts[0]
+        return pa.Table.from_batches(parts, schema=READ_SCHEMA).combine_chunks().to_batches()[0]
+
+    def read_until(self, end: LogMessageId | None = None) -> pa.Table:
+        """Every entry from the position up to ``end`` (exclusive), committed data only.
+
+        ``end=None`` means everything committed when the call starts. Never
+        waits for new commits; stops early where the committed data ends.
+        """
+        if end is None:
+            end = self._committed_end()
+            if end is None:
+                return READ_SCHEMA.empty_table()
+        elif not isinstance(end, LogMessageId):
+            raise TypeError(f"end must be a LogMessageId or None, not {end!r}")
+        batches = []
+        # _ready may move the position into a later segment: compare again after it
+        while self._pos < end and self._ready(None, wait=False) and self._pos < end:
+            batches.append(self._take(sys.maxsize, end))
+        return pa.Table.from_batches(batches, schema=READ_SCHEMA)
 
     def __iter__(self) -> Iterator[LogMessage]:
-        while not self._closed:
-            message = self.read_next(timeout=None)
+        """Every entry from the position on, waiting for new ones until ``close()``."""
+        while True:
+            try:
+                message = self.read_next(timeout=None)
+            except ReaderClosedError:
+                return
             if message is not None:
                 yield message
 
-    def _segment_record(self) -> SegmentRecord | None:
-        """The record of the segment to read next, skipping ids that were never created."""
-        segments = self._meta.list_segments(self.log_id)
-        if not segments and self._meta_log_gone():
+    def _move(self, pos: LogMessageId) -> None:
+        self._pos = pos
+        self._registration.track(pos)
+
+    def _take(self, limit: int, end: LogMessageId | None) -> pa.RecordBatch:
+        """Serve up to ``limit`` entries (and not ``end`` or past it) from the current block."""
+        assert self._current is not None
+        pos = self._pos
+        if end is not None and end.segment_id == pos.segment_id:
+            limit = min(limit, end.entry_id - pos.entry_id)
+        batch = self._current.slice(pos.entry_id, limit)
+        self._move(LogMessageId(pos.segment_id, pos.entry_id + batch.num_rows))
+        return batch
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ReaderClosedError(f"the reader of log {self.name!r} is closed")
+        if self._watch.deleted:
             raise LogNotFoundError(f"log {self.name!r} was deleted")
-        for seg in segments:
-            if seg.segment_id >= self._segment:
-                if seg.segment_id > self._segment:
-                    self._segment, self._entry = seg.segment_id, 0
-                return seg
-        return None
 
-    def _meta_log_gone(self) -> bool:
-        try:
-            self._meta.get_log(self.name)
-        except LogNotFoundError:
-            return True
-        return False
+    def _ready(self, deadline: float | None, *, wait: bool) -> bool:
+        """Load the block holding the entry at the position; False if none by ``deadline``.
 
-    def _fill(self) -> bool:
-        """Load the block holding the next entry; False when nothing new is committed."""
-        seg = self._segment_record()
-        if seg is None:
-            return False
-        if self._entry > seg.lac:
-            if seg.state == SegmentState.ACTIVE:
-                return False
-            self._segment, self._entry = seg.segment_id + 1, 0
-            return self._fill()
-        for block in self._meta.list_blocks(self.log_id, seg.segment_id):
-            last = block.first_entry_id + block.entry_count - 1
-            if last < self._entry:
+        ``wait=False`` returns False as soon as nothing more is committed.
+        """
+        if wait:  # a waiting reader is pushed commits and the deletion of the log
+            self._watch.ensure_armed()
+        while True:
+            self._check_usable()
+            if self._current is not None and self._current.holds(self._pos):
+                return True
+            self._current = None
+            if self._fetches:
+                if not self._load_head(deadline):
+                    return False
                 continue
-            data = self._store.get(block.key, block.offset, block.length)
-            table = decode_block(
-                data,
-                expected_checksum=block.checksum,
-                expected_entries=block.entry_count,
-                where=f"log {self.name} segment {block.segment_id} block {block.block_id}",
-            )
-            payloads = table.column("payload").to_pylist()
-            for i in range(self._entry - block.first_entry_id, block.entry_count):
-                entry_id = block.first_entry_id + i
-                if entry_id > seg.lac:
-                    break
-                self._buffer.append(LogMessage(LogMessageId(seg.segment_id, entry_id), payloads[i]))
-            self._entry = min(last, seg.lac) + 1
+            seen = self._watch.version  # before reading: a commit after the read wakes us
+            if self._plan(deadline):
+                self._schedule()
+                continue
+            remaining = _remaining(deadline)
+            if not wait or remaining == 0.0:
+                return False
+            self._watch.wait(seen, remaining)
+
+    def _ready_now(self) -> bool:
+        """Whether the next entry is at hand without waiting (a failed fetch is left for later)."""
+        if self._current is not None and self._current.holds(self._pos):
             return True
+        if not self._fetches:
+            return False
+        future = self._fetches[0][1]
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            return False
+        self._load_head(None)
+        return self._current is not None and self._current.holds(self._pos)
+
+    # ---- fetching ----------------------------------------------------------------------
+
+    def _load_head(self, deadline: float | None) -> bool:
+        """Make the oldest fetch the current block; False if it is not done by ``deadline``."""
+        item, future = self._fetches[0]
+        try:
+            payloads = future.result(_remaining(deadline))
+        except TimeoutError:
+            return False
+        except CancelledError:
+            self._check_usable()  # cancelled by close()
+            raise
+        except ObjectNotFoundError as e:
+            self._reset()
+            if self._layout_changed(item, deadline):
+                return True  # compaction moved the block: planned again from the position
+            record = item.record
+            raise ObjectNotFoundError(
+                f"log {self.name!r} segment {record.segment_id} block {record.block_id}: "
+                f"object {record.key!r} is missing although committed metadata references it"
+            ) from e
+        except BaseException:
+            self._reset()  # the next read plans and fetches again from the position
+            raise
+        self._fetches.popleft()
+        self._current = _Loaded(item, payloads)
+        self._move(LogMessageId(item.record.segment_id, item.start))
+        self._schedule()
+        return True
+
+    def _fetch(self, record: BlockRecord) -> pa.ChunkedArray:
+        """GET and verify one block (on the pool); CorruptedDataError names log/segment/block."""
+        data = self._store.get(record.key, record.offset, record.length)
+        table = decode_block(
+            data,
+            expected_checksum=record.checksum,
+            expected_entries=record.entry_count,
+            where=f"log {self.name!r} segment {record.segment_id} block {record.block_id}",
+        )
+        return table.column(0)
+
+    def _schedule(self) -> None:
+        """Keep up to ``read_ahead`` fetches in flight, planning the next segment early."""
+        while len(self._fetches) < self._window:
+            if not self._planned and not (self._cursor.finished and self._plan_ahead()):
+                return
+            item = self._planned.popleft()
+            try:
+                future = self._pool.submit(self._fetch, item.record)
+            except RuntimeError:  # the pool was shut down by a concurrent close()
+                self._check_usable()
+                raise
+            self._fetches.append((item, future))
+
+    def _plan_ahead(self) -> bool:
+        """Plan the next segment before the reader gets there (one attempt per request).
+
+        Best effort: an error here surfaces when the reader itself gets there.
+        """
+        try:
+            return self._plan(time.monotonic())
+        except Exception:
+            return False
+
+    def _reset(self) -> None:
+        """Forget every plan and fetch; planning restarts at the position."""
+        for _, future in self._fetches:
+            future.cancel()
+        self._fetches.clear()
+        self._planned.clear()
+        self._current = None
+        self._cursor = _Cursor(*self._pos)
+
+    # ---- planning ----------------------------------------------------------------------
+
+    def _plan(self, deadline: float | None) -> bool:
+        """Add the next committed blocks after the cursor to the plan; False if none yet."""
+        c = self._cursor
+        if c.finished and not self._advance_cursor(deadline):
+            return False
+        rescanned = False
+        while True:
+            snap = self._snapshot(c.segment_id, c.next_block, deadline)
+            if not snap.log_exists:
+                raise LogNotFoundError(f"log {self.name!r} was deleted")
+            seg = snap.segment
+            if seg is None:
+                if snap.truncated(c.segment_id, c.next_entry):
+                    raise self._truncated(c, "its segment was already deleted")
+                if not self._advance_cursor(deadline):
+                    return False  # the segment is not created yet
+                rescanned = False
+                continue
+            if self._select(seg, snap.blocks):
+                return True
+            if c.next_entry <= seg.lac:  # committed, yet no block record holds it
+                if c.next_block and not rescanned:
+                    c.next_block, rescanned = 0, True  # the layout changed: look from the start
+                    continue
+                if snap.truncated(c.segment_id, c.next_entry):
+                    raise self._truncated(c, "its blocks were already deleted")
+                raise CorruptedDataError(
+                    f"log {self.name!r} segment {seg.segment_id}: entry {c.next_entry} is "
+                    f"committed (LAC {seg.lac}) but no block record holds it"
+                )
+            if seg.state is SegmentState.ACTIVE or not self._advance_cursor(deadline):
+                return False
+            rescanned = False
+
+    def _select(self, seg: SegmentRecord, blocks: list[BlockRecord]) -> bool:
+        """Plan the blocks continuing the cursor densely, up to the LAC."""
+        c = self._cursor
+        added = False
+        for b in blocks:
+            if (b.log_id, b.segment_id) != (self.log_id, seg.segment_id):
+                raise CorruptedDataError(
+                    f"log {self.name!r} segment {seg.segment_id}: block record {b.block_id} "
+                    f"names log {b.log_id} segment {b.segment_id}"
+                )
+            if b.last_entry_id < c.next_entry:
+                c.next_block = b.block_id + 1  # never needed again: later reads start after it
+                continue
+            if b.first_entry_id > c.next_entry or c.next_entry > seg.lac:
+                break
+            last = min(b.last_entry_id, seg.lac)
+            self._planned.append(_Planned(b, c.next_entry, last))
+            c.next_entry, c.next_block, added = last + 1, b.block_id + 1, True
+        c.finished = seg.state is not SegmentState.ACTIVE and c.next_entry > seg.lac
+        return added
+
+    def _advance_cursor(self, deadline: float | None) -> bool:
+        """Move the cursor to the next existing segment (ids may be skipped); False if none."""
+        k, log_id = self._meta.keys, self.log_id
+        prefix = k.segments_prefix(log_id)
+        after = k.segment(log_id, self._cursor.segment_id + 1)
+        end = etcd_utils.prefix_range_end(prefix.encode())
+        reply = self._meta.etcd.call(
+            "read_log",
+            lambda c: c.get_range_response(after, end, limit=1, keys_only=True),
+            deadline=self._budget(deadline),
+        )
+        if not reply.kvs:
+            (exists,) = self._txn_get(
+                "read_log", [self._meta.etcd.ops.get(k.log_id(log_id))], deadline
+            )
+            if not exists:
+                raise LogNotFoundError(f"log {self.name!r} was deleted")
+            return False
+        key = reply.kvs[0].key
+        c = self._cursor
+        c.segment_id = decode_counter(key[len(prefix) :], key.decode())
+        c.next_entry = c.next_block = 0
+        c.finished = False
+        return True
+
+    def _layout_changed(self, item: _Planned, deadline: float | None) -> bool:
+        """After a missing object: whether its block record changed (else explain the loss)."""
+        record = item.record
+        snap = self._snapshot(record.segment_id, 0, deadline)
+        if not snap.log_exists:
+            raise LogNotFoundError(f"log {self.name!r} was deleted")
+        now = next((b for b in snap.blocks if b.block_id == record.block_id), None)
+        if now != record:
+            return True
+        if snap.truncated(record.segment_id, item.start):
+            raise self._truncated(_Cursor(record.segment_id, item.start), "its data was deleted")
         return False
+
+    def _truncated(self, c: _Cursor, why: str) -> PositionTruncatedError:
+        return PositionTruncatedError(
+            f"log {self.name!r}: position {LogMessageId(c.segment_id, c.next_entry)} was "
+            f"truncated and {why}; open a reader at EARLIEST for the first retained entry"
+        )
+
+    # ---- etcd --------------------------------------------------------------------------
+
+    def _budget(self, deadline: float | None) -> float | None:
+        """The retry budget of one metadata read: the caller's time left, at most the default."""
+        remaining = _remaining(deadline)
+        return None if remaining is None else min(remaining, self._meta.config.retry.deadline)
+
+    def _txn_get(self, op: str, gets: list[Any], deadline: float | None) -> list[Any]:
+        """Several reads as one snapshot (one revision); each reply is a list of (value, meta)."""
+        _, replies = self._meta.etcd.call(
+            op,
+            lambda c: c.transaction(compare=[], success=gets, failure=[]),
+            deadline=self._budget(deadline),
+        )
+        return replies
+
+    def _snapshot(self, segment_id: int, from_block: int, deadline: float | None) -> _Snapshot:
+        k, ops, log_id = self._meta.keys, self._meta.etcd.ops, self.log_id
+        blocks_end = etcd_utils.prefix_range_end(k.blocks_prefix(log_id, segment_id).encode())
+        exists, truncation, segment, blocks = self._txn_get(
+            "read_log",
+            [
+                ops.get(k.log_id(log_id)),
+                ops.get(k.truncation(log_id)),
+                ops.get(k.segment(log_id, segment_id)),
+                ops.get(k.block(log_id, segment_id, from_block), blocks_end),
+            ],
+            deadline,
+        )
+        return _Snapshot(
+            log_exists=bool(exists),
+            truncation=(
+                TruncationPoint.from_bytes(truncation[0][0], k.truncation(log_id))
+                if truncation
+                else None
+            ),
+            segment=(
+                SegmentRecord.from_bytes(segment[0][0], k.segment(log_id, segment_id))
+                if segment
+                else None
+            ),
+            blocks=[BlockRecord.from_bytes(v, meta.key.decode()) for v, meta in blocks],
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop reading: end a waiting read, release the registration (idempotent)."""
+        if self._closed:
+            return
         self._closed = True
+        self._watch.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._registration.close()
 
     def __enter__(self) -> LogReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"at {self._pos}"
+        return f"LogReader(log={self.name!r}, reader={self.reader_name!r}, {state})"

@@ -1,9 +1,11 @@
 """Metadata in etcd: key layout, records, the store, and fenced writer sessions."""
 
 from woodpecker.meta.keys import Keys
+from woodpecker.meta.readers import LiveReader, live_reader_positions, live_readers
 from woodpecker.meta.records import (
     BlockRecord,
     LogRecord,
+    PendingDeletion,
     SegmentRecord,
     SegmentState,
     TruncationPoint,
@@ -15,11 +17,15 @@ from woodpecker.meta.store import MetaStore
 __all__ = [
     "BlockRecord",
     "Keys",
+    "LiveReader",
     "LogRecord",
     "MetaStore",
+    "PendingDeletion",
     "SegmentRecord",
     "SegmentState",
     "TruncationPoint",
     "WriterRecord",
     "WriterSession",
+    "live_reader_positions",
+    "live_readers",
 ]

@@ -67,6 +67,18 @@ class Keys:
         """A live reader's registration (lease-bound): where it is, so GC keeps that data."""
         return f"{self.readers_prefix(log_id)}{reader_id}"
 
+    def gc_prefix(self, log_id: int | None = None) -> str:
+        """Pending object deletions, of every log or of one log.
+
+        Not log-scoped on purpose: they outlive a deleted log so its objects still go.
+        """
+        base = f"{self.root}/gc/"
+        return base if log_id is None else f"{base}{log_id}/"
+
+    def gc_entry(self, log_id: int, name: str) -> str:
+        """One PendingDeletion: objects a txn stopped referencing, deletable after a grace."""
+        return f"{self.gc_prefix(log_id)}{name}"
+
     def log_scoped_prefixes(self, log_id: int) -> list[str]:
         """Every prefix holding keys of one log id (for deleting a log)."""
         return [

@@ -71,6 +71,8 @@ class _Record:
             kwargs = {}
             for f in dataclasses.fields(cls):  # type: ignore[arg-type]
                 if f.name not in obj:
+                    if f.default is not dataclasses.MISSING:
+                        continue  # a field added later, with a default: older values lack it
                     raise ValueError(f"field {f.name!r} is missing")
                 value = obj[f.name]
                 hint = hints[f.name]
@@ -93,6 +95,9 @@ def _is_instance(value: Any, hint: Any) -> bool:
         return any(_is_instance(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
     if hint is int:
         return type(value) is int  # bool and float are not ids or sizes
     return isinstance(value, hint)
@@ -136,6 +141,9 @@ class SegmentRecord(_Record):
     block_count: int = _min(0)
     created_ms: int = _min(0)
     sealed_ms: int | None = _min(0)
+    # set by maintenance (docs/lifecycle.md); absent in records written before it existed
+    truncated_ms: int | None = field(default=None, metadata={"min": 0})
+    compacted_ms: int | None = field(default=None, metadata={"min": 0})
 
     @property
     def entry_count(self) -> int:
@@ -187,3 +195,22 @@ def decode_counter(data: bytes, key: str) -> int:
     if not data.isdigit():  # ASCII digits only: no sign, spaces or underscores
         raise CorruptedDataError(f"corrupted metadata at {key!r}: not a counter ({data[:40]!r})")
     return int(data)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDeletion(_Record):
+    """Objects that lost their last reference, to be deleted once ``not_before_ms`` passed.
+
+    Written in the same txn that drops the references (retention, compaction), so a
+    reader still holding the old block records can finish reading them.
+    """
+
+    log_id: int = _min(1)
+    keys: list[str] = field()
+    not_before_ms: int = _min(0)
+    reason: str = field()
+
+    def __post_init__(self) -> None:
+        _Record.__post_init__(self)
+        if not self.keys or not all(self.keys):
+            raise ValueError("keys must be a non-empty list of non-empty keys")

@@ -1,0 +1,349 @@
+"""The read path on both backends, against real etcd and S3: tailing, positions, faults."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+import pytest
+
+import woodpecker as wp
+from woodpecker.meta import MetaStore, TruncationPoint, live_reader_positions, live_readers
+from woodpecker.reader import READ_SCHEMA
+from woodpecker.storage import open_store
+
+ROLLING = {"segment_max_bytes": "8KiB", "uploader_max_block_bytes": "2KiB"}
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def put(meta: MetaStore, key: str, value: bytes) -> None:
+    meta.etcd.call("test", lambda c: c.put(key, value))
+
+
+def drain(reader: wp.LogReader, timeout: float = 0.5) -> list[wp.LogMessage]:
+    """Everything the reader returns until it has waited ``timeout`` for nothing."""
+    out = []
+    while (message := reader.read_next(timeout=timeout)) is not None:
+        out.append(message)
+    return out
+
+
+class Tail:
+    """A thread iterating a reader, as a tailing consumer does."""
+
+    def __init__(self, reader: wp.LogReader) -> None:
+        self.reader = reader
+        self.received: queue.Queue[tuple[float, wp.LogMessage]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for message in self.reader:
+                self.received.put((time.perf_counter(), message))
+        except BaseException as e:
+            self.error = e
+
+    def take(self, n: int, timeout: float = 10.0) -> list[wp.LogMessage]:
+        try:
+            return [self.received.get(timeout=timeout)[1] for _ in range(n)]
+        except queue.Empty:
+            raise AssertionError(
+                f"no entry within {timeout}s (reader error: {self.error!r})"
+            ) from None
+
+    def stop(self) -> None:
+        self.reader.close()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "close() did not end the iteration"
+        assert self.error is None, self.error
+
+
+def test_tail_latency(make_config, backend):
+    """A waiting reader gets each entry right after its ack (pushed by the etcd watch)."""
+    with wp.Client(make_config(backend)) as client:
+        log = client.create_log("tail")
+        with log.open_writer() as w:
+            w.write(b"before")
+            tail = Tail(log.open_reader(wp.LATEST))
+            latencies = []
+            for i in range(100):
+                time.sleep(0.002)  # the reader is back to waiting
+                acked = w.write(b"e%d" % i)
+                acked_at = time.perf_counter()
+                received_at, message = tail.received.get(timeout=2.0)
+                assert message == wp.LogMessage(acked, b"e%d" % i)
+                latencies.append(max(0.0, received_at - acked_at) * 1000)
+            tail.stop()
+    latencies.sort()
+    print(
+        f"\n[{backend}] tail latency ack -> reader: p50 {statistics.median(latencies):.2f} ms, "
+        f"p90 {latencies[89]:.2f} ms, max {latencies[-1]:.2f} ms"
+    )
+
+
+def test_reader_follows_writer_rolling_segments(make_config, backend):
+    """Tailing across segment rolls; the registration follows the reader and goes on close."""
+    config = make_config(backend, **ROLLING)
+    with wp.Client(config) as client, MetaStore(config) as meta:
+        log = client.create_log("rolling")
+        tail = Tail(log.open_reader(wp.EARLIEST, name="audit"))
+        (registered,) = live_readers(meta, log.log_id)
+        assert (registered.name, registered.segment_id, registered.entry_id) == ("audit", 0, 0)
+        payloads = [bytes([i]) * 1000 for i in range(60)]
+        with log.open_writer() as w:
+            acked = [w.write(p) for p in payloads]
+        messages = tail.take(60)
+        last = acked[-1].segment_id
+        eventually(lambda: live_reader_positions(meta, log.log_id)[0][0] == last)
+        other = log.open_reader(acked[30])
+        assert len(live_readers(meta, log.log_id)) == 2
+        tail.stop()
+        assert live_reader_positions(meta, log.log_id) == [tuple(acked[30])]
+        with pytest.raises(wp.ReaderClosedError):
+            tail.reader.read_next(timeout=0)
+        other.close()
+        other.close()  # idempotent
+        assert live_readers(meta, log.log_id) == []
+    assert len({i.segment_id for i in acked}) >= 3
+    assert [m.id for m in messages] == acked
+    assert [m.payload for m in messages] == payloads
+
+
+def test_reader_across_fencing(make_config, backend, unique):
+    first = make_config(backend)
+    second = make_config(backend, logstore_socket=f"/tmp/wp-test-{unique}/other.sock")
+    with wp.Client(first) as a, wp.Client(second) as b:
+        log = a.create_log("fenced")
+        tail = Tail(log.open_reader(wp.EARLIEST))
+        w_a = log.open_writer()
+        acked = [w_a.write(b"a%d" % i) for i in range(5)]
+        assert tail.take(5) == [wp.LogMessage(i, b"a%d" % n) for n, i in enumerate(acked)]
+        with b.open_log("fenced").open_writer() as w_b:  # fences a's session
+            acked += [w_b.write(b"b%d" % i) for i in range(5)]
+            with pytest.raises(wp.WriterFencedError):
+                w_a.write(b"fenced")
+            acked.append(w_b.write(b"b-last"))
+        w_a.close()
+        messages = tail.take(6)
+        time.sleep(0.3)
+        assert tail.received.empty(), "the reader returned an entry nobody acknowledged"
+        tail.stop()
+    assert [m.id for m in messages] == acked[5:]
+    assert [m.payload for m in messages] == [b"b%d" % i for i in range(5)] + [b"b-last"]
+    assert acked[5].segment_id > acked[4].segment_id
+
+
+def test_read_batch_read_table_and_truncation(make_config, backend):
+    config = make_config(backend, **ROLLING)
+    with wp.Client(config) as client, MetaStore(config) as meta:
+        log = client.create_log("arrow")
+        payloads = [(b"p%03d-" % i) * (i % 7) * 10 for i in range(300)]  # some empty
+        with log.open_writer() as w:
+            ids = []
+            for start in range(0, 300, 25):
+                ids += w.write_batch(payloads[start : start + 25])
+        assert len({i.segment_id for i in ids}) >= 2
+
+        with log.open_reader(wp.EARLIEST) as reader:
+            batches = []
+            while (batch := reader.read_batch(64, timeout=0.5)) is not None:
+                assert batch.schema == READ_SCHEMA
+                assert 1 <= batch.num_rows <= 64
+                batches.append(batch)
+            assert reader.position > ids[-1]
+        table = pa.Table.from_batches(batches)
+        assert table.column("payload").to_pylist() == payloads
+        assert (
+            list(zip(table["segment_id"].to_pylist(), table["entry_id"].to_pylist(), strict=True))
+            == ids
+        )
+
+        whole = log.read_table()
+        assert whole.schema == READ_SCHEMA
+        assert whole.column("payload").to_pylist() == payloads
+        part = log.read_table(ids[100], ids[250])  # end exclusive, across segments
+        assert part.column("payload").to_pylist() == payloads[100:250]
+        assert (part["segment_id"][0].as_py(), part["entry_id"][0].as_py()) == ids[100]
+        assert log.read_table(ids[299], wp.LogMessageId(10**6, 0)).num_rows == 1
+        assert log.read_table(ids[10], ids[10]).num_rows == 0
+        assert log.read_table(wp.LATEST).num_rows == 0  # committed data only, no waiting
+
+        # truncation (the point is written directly: this tests the reader, not truncate())
+        segments = sorted({i.segment_id for i in ids})
+        assert len(segments) >= 3
+        first, second = segments[0], segments[1]
+        head, *_ = meta.list_blocks(log.log_id, second)
+        point = wp.LogMessageId(second, head.last_entry_id)  # the end of segment 2's first block
+        k = meta.keys
+        put(meta, k.truncation(log.log_id), TruncationPoint(*point).to_bytes())
+        after = ids[ids.index(point) + 1 :]
+        with log.open_reader(wp.EARLIEST) as reader:
+            assert reader.position == wp.LogMessageId(point.segment_id, point.entry_id + 1)
+            assert [m.id for m in drain(reader, 0.2)] == after
+        # truncated but not deleted yet: served
+        assert log.read_table(ids[0]).num_rows == len(ids)
+        # the truncated block of segment 2 deleted, its segment record kept
+        meta.etcd.call("test", lambda c: c.delete(k.block(log.log_id, second, head.block_id)))
+        with pytest.raises(wp.PositionTruncatedError):
+            log.open_reader(wp.LogMessageId(second, 0))
+        # segment 1 deleted entirely
+        meta.etcd.call("test", lambda c: c.delete(k.segment(log.log_id, first)))
+        meta.etcd.call("test", lambda c: c.delete_prefix(k.blocks_prefix(log.log_id, first)))
+        with pytest.raises(wp.PositionTruncatedError):
+            log.open_reader(ids[0])
+        assert (
+            log.read_table(wp.EARLIEST).column("payload").to_pylist()
+            == payloads[len(ids) - len(after) :]
+        )
+
+
+def test_positions(make_config, backend):
+    with wp.Client(make_config(backend)) as client:
+        log = client.create_log("positions")
+        with log.open_writer() as w:
+            ids = [w.write(b"e%d" % i) for i in range(5)]
+            with log.open_reader(wp.LATEST) as latest, log.open_reader(wp.EARLIEST) as earliest:
+                assert latest.position == wp.LogMessageId(ids[-1].segment_id, 5)
+                started = time.monotonic()
+                assert latest.read_next(timeout=0.2) is None
+                assert time.monotonic() - started < 1.5, "the wait is bounded by the timeout"
+                ids.append(w.write(b"e5"))
+                assert latest.read_next(timeout=2) == wp.LogMessage(ids[5], b"e5")
+                assert [m.id for m in drain(earliest, 0.2)] == ids
+            with log.open_reader(ids[3]) as explicit:
+                assert [m.payload for m in drain(explicit, 0.2)] == [b"e3", b"e4", b"e5"]
+            # a position past the end waits for it
+            ahead = wp.LogMessageId(ids[0].segment_id, 7)
+            with log.open_reader(ahead) as reader:
+                assert reader.read_next(timeout=0.1) is None
+                w.write_batch([b"e6", b"e7"])
+                assert reader.read_next(timeout=2) == wp.LogMessage(ahead, b"e7")
+        with pytest.raises(TypeError):
+            log.open_reader("earliest")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            log.open_reader(wp.LogMessageId(-1, 0))
+
+
+def test_faults_corrupted_missing_and_deleted(make_config, backend):
+    config = make_config(backend)
+    with wp.Client(config) as client, MetaStore(config) as meta, open_store(config) as store:
+        log = client.create_log("faulty")
+        with log.open_writer() as w:
+            ids = w.write_batch([b"good-%d" % i for i in range(10)])
+            ids += w.write_batch([b"lost-0", b"lost-1"])
+        blocks = meta.list_blocks(log.log_id, ids[0].segment_id)
+        assert len(blocks) == 2
+        block, lost = blocks
+        original = store.get(block.key)
+        where = f"'faulty' segment {block.segment_id} block {block.block_id}"
+        for bad in (b"\x00garbage" * 20, original[: len(original) // 2]):  # corrupted, cut short
+            store.put(block.key, bad)
+            with log.open_reader(wp.EARLIEST) as reader:
+                for _ in range(2):  # the error repeats; nothing bad is ever returned
+                    with pytest.raises(wp.CorruptedDataError, match=where):
+                        reader.read_next(timeout=5)
+                assert reader.position == ids[0]
+            with pytest.raises(wp.CorruptedDataError, match=where):
+                log.read_table()
+        store.put(block.key, original)
+
+        store.delete_many([lost.key])  # referenced by metadata, yet gone: an error, not a hang
+        reader = log.open_reader(wp.EARLIEST)
+        good = [reader.read_next(timeout=5).payload for _ in range(10)]
+        assert good == [b"good-%d" % i for i in range(10)]
+        started = time.monotonic()
+        with pytest.raises(wp.ObjectNotFoundError, match=f"segment 0 block {lost.block_id}"):
+            reader.read_next(timeout=10)
+        assert time.monotonic() - started < 10
+        assert reader.position == ids[10]
+
+        buffered = log.open_reader(wp.EARLIEST)
+        assert buffered.read_next(timeout=5).payload == b"good-0"  # 9 more in its block
+        waiting = Tail(log.open_reader(wp.LATEST))
+        time.sleep(0.1)  # the tail is blocked on the watch
+        client.delete_log("faulty")
+        time.sleep(0.1)  # the deletion reaches the readers' watches
+        with pytest.raises(wp.LogNotFoundError):
+            reader.read_next(timeout=2)
+        with pytest.raises(wp.LogNotFoundError):
+            buffered.read_next(timeout=2)
+        waiting.thread.join(3)
+        assert isinstance(waiting.error, wp.LogNotFoundError), waiting.error
+        for r in (waiting.reader, reader, buffered):
+            r.close()
+        with pytest.raises(wp.LogNotFoundError):
+            log.open_reader(wp.EARLIEST)
+        with pytest.raises(wp.LogNotFoundError):
+            log.read_table()
+
+
+def test_reader_keeps_working_across_a_compaction_swap(make_config, backend):
+    """Blocks moved into one object (records swapped, old objects deleted) mid-read."""
+    config = make_config(backend, reader_read_ahead=1)
+    with wp.Client(config) as client, MetaStore(config) as meta, open_store(config) as store:
+        log = client.create_log("compacted")
+        with log.open_writer() as w:
+            ids = [
+                i for n in range(4) for i in w.write_batch([b"b%d-%d" % (n, e) for e in range(3)])
+            ]
+        segment = ids[0].segment_id
+        blocks = meta.list_blocks(log.log_id, segment)
+        assert len(blocks) == 4
+        with log.open_reader(wp.EARLIEST) as reader:
+            assert reader.read_next(timeout=5).id == ids[0]  # holds the old block records
+            data = [store.get(b.key, b.offset, b.length) for b in blocks]
+            merged = f"{log.log_id}/{segment}/merged.arrow"
+            store.put(merged, data)
+            offsets = [sum(len(d) for d in data[:i]) for i in range(len(data))]
+            for b, offset in zip(blocks, offsets, strict=True):
+                moved = dataclasses.replace(b, key=merged, offset=offset)
+                key = meta.keys.block(log.log_id, segment, b.block_id)
+                put(meta, key, moved.to_bytes())
+            store.delete_many([b.key for b in blocks])
+            rest = drain(reader, 0.3)
+        assert [m.id for m in rest] == ids[1:]
+        assert [m.payload for m in rest] == [
+            b"b%d-%d" % (n, e) for n in range(4) for e in range(3)
+        ][1:]
+
+
+def test_idle_tail_stays_registered_and_survives_broken_watch(make_config):
+    """The lease is kept alive while the reader idles past its TTL (unlike upstream), and a
+    watch stream that breaks is re-armed without missing what was committed meanwhile.
+
+    Storage plays no part here, so one backend is enough."""
+    config = make_config("local", etcd_lease_ttl=2)
+    with wp.Client(config) as client, MetaStore(config) as meta:
+        log = client.create_log("rewatch")
+        with log.open_writer() as w:
+            tail = Tail(log.open_reader(wp.LATEST))
+            (registered,) = live_readers(meta, log.log_id)
+            key = meta.keys.reader(log.log_id, registered.reader_id)
+            lease = meta.etcd.get("test", key)[1].lease_id
+            meta.etcd.call("test", lambda c: c.revoke_lease(lease))  # as if etcd expired it
+            assert live_readers(meta, log.log_id) == []
+            time.sleep(3.0)  # idle for longer than the lease TTL
+            (again,) = live_readers(meta, log.log_id)  # registered again, and kept alive
+            assert again.reader_id == registered.reader_id
+            first = w.write(b"one")
+            assert tail.take(1, timeout=2)[0].id == first
+            time.sleep(0.2)  # the reader is blocked on the watch, not inside a request
+            etcd = client._meta_store().etcd
+            etcd._failed(etcd._current, reconnect=True)  # closes the channel under the watch
+            second = w.write(b"two")
+            assert tail.take(1, timeout=2)[0].id == second
+            tail.stop()
+        assert live_readers(meta, log.log_id) == []

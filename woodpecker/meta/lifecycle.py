@@ -1,0 +1,267 @@
+"""The lifecycle of a log's metadata: truncation, retention states, compaction swaps, GC.
+
+Every change here is one etcd transaction that compares what it read (the
+truncation key, the segment record, the block records) by ``mod_revision``, so
+several logstores can run maintenance at the same time: one of them wins each
+step, the others see a failed compare and move on. A segment's record is put by
+every transaction that changes its blocks (a writer's commit, a compaction swap),
+so its ``mod_revision`` stamps the whole block set: a compare on it alone proves
+the blocks read after it are still current.
+
+Objects are never deleted here. A transaction that drops the last reference to
+objects records them in a ``PendingDeletion`` with a deadline, in the same
+transaction, and maintenance deletes them after the deadline. Why, and the
+whole protocol: ``docs/lifecycle.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pyetcd import utils as etcd_utils
+
+from woodpecker.errors import InvalidPositionError, LogNotFoundError, MetadataUnavailableError
+from woodpecker.meta.records import (
+    BlockRecord,
+    LogRecord,
+    PendingDeletion,
+    SegmentRecord,
+    SegmentState,
+    TruncationPoint,
+)
+from woodpecker.meta.store import CAS_ATTEMPTS, MAX_TXN_OPS, MetaStore, first
+
+R = TypeVar("R")
+
+SWAP_MAX_BLOCKS = MAX_TXN_OPS - 2
+"""Block records per compaction swap: its txn also puts the segment and a PendingDeletion."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[R]):
+    """A record as read from etcd, with the revision a later txn compares."""
+
+    record: R
+    key: str
+    revision: int
+
+
+class Lifecycle:
+    """Truncation and maintenance transitions of the logs under one ``MetaStore``."""
+
+    def __init__(self, meta: MetaStore) -> None:
+        self.etcd = meta.etcd
+        self.keys = meta.keys
+        self._meta = meta
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def logs(self) -> list[LogRecord]:
+        """Every live log."""
+        return [
+            LogRecord.from_bytes(v, kv.key.decode())
+            for v, kv in self.etcd.scan("lifecycle_logs", self.keys.logs_prefix)
+        ]
+
+    def truncation(self, log_id: int) -> TruncationPoint | None:
+        return self._meta.get_truncation(log_id)
+
+    def segments(self, log_id: int) -> list[Versioned[SegmentRecord]]:
+        return [
+            Versioned(
+                SegmentRecord.from_bytes(v, kv.key.decode()), kv.key.decode(), kv.mod_revision
+            )
+            for v, kv in self.etcd.scan("lifecycle_segments", self.keys.segments_prefix(log_id))
+        ]
+
+    def blocks(self, log_id: int, segment_id: int | None = None) -> list[Versioned[BlockRecord]]:
+        """The block records of one segment, or of the whole log."""
+        prefix = self.keys.blocks_prefix(log_id, segment_id)
+        return [
+            Versioned(BlockRecord.from_bytes(v, kv.key.decode()), kv.key.decode(), kv.mod_revision)
+            for v, kv in self.etcd.scan("lifecycle_blocks", prefix)
+        ]
+
+    def pending_deletions(self, log_id: int | None = None) -> list[Versioned[PendingDeletion]]:
+        """Recorded deletions of one log or of all logs (including deleted logs)."""
+        return [
+            Versioned(
+                PendingDeletion.from_bytes(v, kv.key.decode()), kv.key.decode(), kv.mod_revision
+            )
+            for v, kv in self.etcd.scan("lifecycle_gc", self.keys.gc_prefix(log_id))
+        ]
+
+    # ---- truncation ------------------------------------------------------------------
+
+    def truncate(self, log_id: int, name: str, segment_id: int, entry_id: int) -> TruncationPoint:
+        """Move the truncation point forward to (segment_id, entry_id), inclusive.
+
+        A point at or behind the current one changes nothing. Otherwise the
+        entry must be committed: its segment exists and ``entry_id <= lac``,
+        else ``InvalidPositionError`` and nothing is written. One txn compares
+        the truncation key (absent or as read), that the log id is still live
+        (a deleted log never gets its key back) and that the segment still
+        exists; a lost race re-reads and decides again.
+        """
+        if segment_id < 0 or entry_id < 0:
+            raise InvalidPositionError(
+                f"log {name!r}: position {segment_id}:{entry_id} is negative"
+            )
+        k, ops = self.keys, self.etcd.ops
+        wanted = (segment_id, entry_id)
+        tkey, skey = k.truncation(log_id), k.segment(log_id, segment_id)
+        live = self.etcd.get("truncate", k.log_id(log_id))
+        current = self.etcd.get("truncate", tkey)
+        segment = self.etcd.get("truncate", skey)
+        for _ in range(CAS_ATTEMPTS):
+            if live is None:
+                raise LogNotFoundError(f"log {name!r} not found")
+            point = None if current is None else TruncationPoint.from_bytes(current[0], tkey)
+            if point is not None and (point.segment_id, point.entry_id) >= wanted:
+                return point  # backwards (or a retry of our own landed write): a no-op
+            if segment is None:
+                raise InvalidPositionError(
+                    f"log {name!r}: cannot truncate to {segment_id}:{entry_id}: "
+                    f"segment {segment_id} does not exist"
+                )
+            record = SegmentRecord.from_bytes(segment[0], skey)
+            if entry_id > record.lac:
+                raise InvalidPositionError(
+                    f"log {name!r}: cannot truncate to {segment_id}:{entry_id}: past the "
+                    f"committed end of segment {segment_id} (lac {record.lac})"
+                )
+            guard = (
+                ops.create(tkey) == 0
+                if current is None
+                else ops.mod(tkey) == current[1].mod_revision
+            )
+            new = TruncationPoint(segment_id=segment_id, entry_id=entry_id)
+            ok, replies = self.etcd.txn(
+                "truncate",
+                compare=[guard, ops.version(k.log_id(log_id)) > 0, ops.version(skey) > 0],
+                success=[ops.put(tkey, new.to_bytes())],
+                failure=[ops.get(tkey), ops.get(k.log_id(log_id)), ops.get(skey)],
+            )
+            if ok:
+                return new
+            current, live, segment = (first(r) for r in replies)
+        raise MetadataUnavailableError(
+            f"etcd truncate {name!r}: the truncation point kept changing "
+            f"for {CAS_ATTEMPTS} attempts"
+        )
+
+    # ---- retention -------------------------------------------------------------------
+
+    def mark_truncated(
+        self, seg: Versioned[SegmentRecord], now_ms: int
+    ) -> Versioned[SegmentRecord] | None:
+        """SEALED -> TRUNCATED (stamped ``truncated_ms``); None if the segment changed meanwhile."""
+        if seg.record.state is not SegmentState.SEALED:
+            raise ValueError(
+                f"segment {seg.key} is {seg.record.state}, only SEALED can be truncated"
+            )
+        marked = dataclasses.replace(seg.record, state=SegmentState.TRUNCATED, truncated_ms=now_ms)
+        ops = self.etcd.ops
+        ok, replies = self.etcd.txn(
+            "mark_truncated",
+            compare=[ops.mod(seg.key) == seg.revision],
+            success=[ops.put(seg.key, marked.to_bytes())],
+        )
+        return Versioned(marked, seg.key, replies[0].response_put.header.revision) if ok else None
+
+    def delete_segment(
+        self, seg: Versioned[SegmentRecord], keys: Sequence[str], not_before_ms: int
+    ) -> bool:
+        """Delete a TRUNCATED segment's record and block records; its objects become pending.
+
+        ``keys`` are the objects its block records (read after ``seg``) point to.
+        False if the segment changed since it was read.
+        """
+        if seg.record.state is not SegmentState.TRUNCATED:
+            raise ValueError(f"segment {seg.key} is {seg.record.state}, only TRUNCATED is deleted")
+        r, ops = seg.record, self.etcd.ops
+        blocks = self.keys.blocks_prefix(r.log_id, r.segment_id)
+        success = [
+            ops.delete(seg.key),
+            ops.delete(blocks, etcd_utils.prefix_range_end(blocks.encode())),
+        ]
+        success += self._pending(r.log_id, keys, not_before_ms, f"segment {r.segment_id} retention")
+        ok, _ = self.etcd.txn(
+            "delete_segment", compare=[ops.mod(seg.key) == seg.revision], success=success
+        )
+        return ok
+
+    # ---- compaction ------------------------------------------------------------------
+
+    def swap_blocks(
+        self,
+        seg: Versioned[SegmentRecord],
+        old: Sequence[Versioned[BlockRecord]],
+        new: Sequence[BlockRecord],
+        unreferenced: Sequence[str],
+        not_before_ms: int,
+        *,
+        compacted_ms: int | None,
+    ) -> Versioned[SegmentRecord] | None:
+        """Point block records at new objects in one txn; the objects they leave become pending.
+
+        Compares the segment and every old block record; puts the new block
+        records, the segment record (``compacted_ms`` when given: the segment is
+        done) and a PendingDeletion of ``unreferenced``. The segment record is
+        put even when unchanged, so its revision moves with its blocks. Returns
+        the segment as written, or None if anything changed since it was read.
+        """
+        if len(old) != len(new) or len(old) > SWAP_MAX_BLOCKS:
+            raise ValueError(f"swap 0..{SWAP_MAX_BLOCKS} block records, old and new alike")
+        for before, after in zip(old, new, strict=True):
+            same = dataclasses.replace(after, key=before.record.key, offset=before.record.offset)
+            if same != before.record:
+                raise ValueError(f"{before.key}: a swap may change only key and offset")
+        if seg.record.state is not SegmentState.SEALED:
+            raise ValueError(f"segment {seg.key} is {seg.record.state}, only SEALED is compacted")
+        ops = self.etcd.ops
+        record = seg.record
+        if compacted_ms is not None:
+            record = dataclasses.replace(record, compacted_ms=compacted_ms)
+        success = [ops.put(b.key, a.to_bytes()) for b, a in zip(old, new, strict=True)]
+        success.append(ops.put(seg.key, record.to_bytes()))
+        reason = f"segment {record.segment_id} compaction"
+        success += self._pending(record.log_id, unreferenced, not_before_ms, reason)
+        ok, replies = self.etcd.txn(
+            "swap_blocks",
+            compare=[
+                ops.mod(seg.key) == seg.revision,
+                *(ops.mod(b.key) == b.revision for b in old),
+            ],
+            success=success,
+        )
+        if not ok:
+            return None
+        return Versioned(record, seg.key, replies[0].response_put.header.revision)
+
+    # ---- pending deletions -----------------------------------------------------------
+
+    def _pending(
+        self, log_id: int, keys: Sequence[str], not_before_ms: int, reason: str
+    ) -> list[Any]:
+        """The txn operation recording a PendingDeletion of ``keys`` (none if no keys)."""
+        if not keys:
+            return []
+        entry = PendingDeletion(
+            log_id=log_id, keys=sorted(set(keys)), not_before_ms=not_before_ms, reason=reason
+        )
+        name = f"{not_before_ms:020d}-{uuid.uuid4().hex[:12]}"
+        return [self.etcd.ops.put(self.keys.gc_entry(log_id, name), entry.to_bytes())]
+
+    def forget_deletion(self, entry: Versioned[PendingDeletion]) -> None:
+        """Drop a PendingDeletion whose objects are gone (a concurrent drop is fine)."""
+        ops = self.etcd.ops
+        self.etcd.txn(
+            "forget_deletion",
+            compare=[ops.mod(entry.key) == entry.revision],
+            success=[ops.delete(entry.key)],
+        )

@@ -1,0 +1,487 @@
+"""Maintenance: retention, garbage collection and compaction, run by every logstore.
+
+One pass (``Maintenance.run_once``) walks every log:
+
+1. **retention**: segments wholly before the truncation point go SEALED ->
+   TRUNCATED; ``retention.ttl`` later, unless a live reader is positioned at or
+   before them, their metadata is deleted and their objects become a
+   PendingDeletion;
+2. **compaction**: SEALED segments of many small blocks are merged into objects
+   of about ``compaction.target_bytes`` and their block records swapped;
+3. **pending deletions** whose deadline passed delete their objects;
+4. **orphan sweep**: objects under ``<log_id>/`` that no block record references
+   and no PendingDeletion lists, older than ``retention.orphan_grace``, go.
+
+Every metadata change is a compare-and-swap (``woodpecker.meta.lifecycle``), so
+any number of logstores may run passes at once. The safety argument (stalled
+writers, slow readers, concurrent maintainers) is in ``docs/lifecycle.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from woodpecker.config import Config
+from woodpecker.errors import CorruptedDataError, WoodpeckerError
+from woodpecker.meta import BlockRecord, LogRecord, MetaStore, SegmentRecord, SegmentState
+from woodpecker.meta.lifecycle import SWAP_MAX_BLOCKS, Lifecycle, Versioned
+from woodpecker.meta.readers import live_readers
+from woodpecker.meta.records import TruncationPoint
+from woodpecker.storage import ObjectStore
+
+log = logging.getLogger("woodpecker.maintenance")
+
+
+class ActionKind(enum.StrEnum):
+    TRUNCATE = "truncate-segment"  # SEALED -> TRUNCATED
+    HOLD = "held-by-reader"  # deletion postponed: a live reader still needs the segment
+    DELETE_SEGMENT = "delete-segment"  # metadata deleted, objects pending
+    COMPACT = "compact-segment"  # blocks merged, old objects pending
+    DELETE_OBJECTS = "delete-objects"  # a PendingDeletion carried out
+    DELETE_ORPHANS = "delete-orphans"  # unreferenced objects past the grace
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing a pass did (or, dry, would do), and why."""
+
+    kind: ActionKind
+    log_id: int
+    segment_id: int | None
+    keys: tuple[str, ...]
+    reason: str
+
+
+@dataclass
+class MaintenanceReport:
+    """What one pass did; ``errors`` are steps that failed and are retried next pass."""
+
+    now: float
+    dry_run: bool
+    actions: list[Action] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        kind: ActionKind,
+        log_id: int,
+        segment_id: int | None,
+        keys: Any = (),
+        reason: str = "",
+    ) -> None:
+        self.actions.append(Action(kind, log_id, segment_id, tuple(keys), reason))
+
+    def of(self, kind: ActionKind) -> list[Action]:
+        return [a for a in self.actions if a.kind is kind]
+
+    def keys(self, kind: ActionKind) -> list[str]:
+        """Every object key the actions of ``kind`` name."""
+        return [k for a in self.of(kind) for k in a.keys]
+
+
+def log_id_of(key: str) -> int | None:
+    """The log id an object key belongs to (``<log_id>/...``); None for keys not ours."""
+    head, sep, _ = key.partition("/")
+    if not sep or not head.isdigit() or head.startswith("0"):
+        return None
+    return int(head)
+
+
+def plan_groups(
+    blocks: list[Versioned[BlockRecord]], target: int
+) -> list[list[Versioned[BlockRecord]]]:
+    """Consecutive blocks packed into runs of at most ``target`` bytes (a bigger block alone)."""
+    groups: list[list[Versioned[BlockRecord]]] = []
+    size = 0
+    for b in blocks:
+        if groups and size + b.record.length <= target:
+            groups[-1].append(b)
+            size += b.record.length
+        else:
+            groups.append([b])
+            size = b.record.length
+    return groups
+
+
+@dataclass
+class _Swap:
+    """Block records waiting to be pointed at a merged object, and when it was composed."""
+
+    old: Versioned[BlockRecord]
+    new: BlockRecord
+    composed_at: float  # time.monotonic() when its compose started
+
+
+class Maintenance:
+    """Retention, GC and compaction over every log of ``meta``, on objects of ``store``."""
+
+    def __init__(self, config: Config, meta: MetaStore, store: ObjectStore) -> None:
+        self.config = config
+        self.meta = meta
+        self.store = store
+        self.lifecycle = Lifecycle(meta)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        stall_bound = 2 * config.retry.deadline + config.etcd.lease_ttl
+        if config.retention.orphan_grace < stall_bound:
+            log.warning(
+                "retention.orphan_grace=%ss is below %ss (2 x retry.deadline + etcd.lease_ttl): "
+                "a block uploaded by a writer that stalls that long may be swept before its commit",
+                config.retention.orphan_grace,
+                stall_bound,
+            )
+
+    # ---- the pass ----------------------------------------------------------------------
+
+    def run_once(
+        self, now: float | None = None, *, dry_run: bool = False, sweep: bool = True
+    ) -> MaintenanceReport:
+        """One pass over every log at wall-clock time ``now``; ``dry_run`` changes nothing.
+
+        ``sweep`` includes the orphan sweep, which lists every object of the store.
+        """
+        report = MaintenanceReport(time.time() if now is None else now, dry_run)
+        logs = self._step(report, "list logs", self.lifecycle.logs) or []
+        for record in logs:
+            if self._stop.is_set():
+                return report
+            self._step(report, f"log {record.name!r}", self._maintain_log, record, report)
+        self._step(report, "pending deletions", self._carry_out_pending, report)
+        if sweep:
+            self._step(report, "orphan sweep", self._sweep_orphans, report)
+        return report
+
+    @staticmethod
+    def _step(report: MaintenanceReport, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one step; a backend failure is reported and the pass goes on."""
+        try:
+            return fn(*args)
+        except WoodpeckerError as e:
+            log.warning("maintenance: %s failed: %s", what, e)
+            report.errors.append(f"{what}: {e}")
+            return None
+
+    def _maintain_log(self, record: LogRecord, report: MaintenanceReport) -> None:
+        point = self.lifecycle.truncation(record.log_id)
+        what = repr(record.name)
+        if point is not None:
+            self._step(report, f"retention of {what}", self._retention, record, point, report)
+        self._step(report, f"compaction of {what}", self._compaction, record, point, report)
+
+    # ---- retention ---------------------------------------------------------------------
+
+    def _retention(
+        self, record: LogRecord, point: TruncationPoint, report: MaintenanceReport
+    ) -> None:
+        """Truncate, then delete, the segments wholly before the truncation point.
+
+        Never the segment holding the point, nothing after it, never an ACTIVE
+        segment (a crashed writer's: the next writer seals it, a later pass
+        truncates it), never one a live reader is positioned at or before.
+        """
+        now_ms = _ms(report.now)
+        readers = None
+        for seg in self.lifecycle.segments(record.log_id):
+            r = seg.record
+            if r.segment_id >= point.segment_id:
+                break
+            if r.state is SegmentState.ACTIVE:
+                continue
+            if r.state is SegmentState.SEALED:
+                marked = self._mark_truncated(seg, report)
+                if marked is None:
+                    continue
+                seg = marked
+            stamp = seg.record.truncated_ms or seg.record.sealed_ms or seg.record.created_ms
+            if now_ms - stamp < self.config.retention.ttl * 1000:
+                continue
+            if readers is None:  # lowest first; a malformed one raises: nothing is deleted
+                readers = live_readers(self.meta, record.log_id)
+            if readers and readers[0].segment_id <= r.segment_id:
+                holder = readers[0]
+                report.add(
+                    ActionKind.HOLD,
+                    r.log_id,
+                    r.segment_id,
+                    reason=f"reader {holder.name!r} is at {holder.segment_id}:{holder.entry_id}",
+                )
+                continue
+            keys = sorted({b.record.key for b in self.lifecycle.blocks(r.log_id, r.segment_id)})
+            if not report.dry_run and not self.lifecycle.delete_segment(
+                seg, keys, now_ms + self._grace_ms()
+            ):
+                continue  # changed meanwhile (another maintainer): the next pass looks again
+            report.add(
+                ActionKind.DELETE_SEGMENT,
+                r.log_id,
+                r.segment_id,
+                keys,
+                f"truncated {(now_ms - stamp) / 1000:.0f}s ago (retention.ttl "
+                f"{self.config.retention.ttl:g}s), before truncation point "
+                f"{point.segment_id}:{point.entry_id}",
+            )
+
+    def _mark_truncated(
+        self, seg: Versioned[SegmentRecord], report: MaintenanceReport
+    ) -> Versioned[SegmentRecord] | None:
+        now_ms = _ms(report.now)
+        if report.dry_run:
+            marked = dataclasses.replace(
+                seg.record, state=SegmentState.TRUNCATED, truncated_ms=now_ms
+            )
+            result: Versioned[SegmentRecord] | None = Versioned(marked, seg.key, seg.revision)
+        else:
+            result = self.lifecycle.mark_truncated(seg, now_ms)
+        if result is not None:
+            r = seg.record
+            report.add(
+                ActionKind.TRUNCATE, r.log_id, r.segment_id, reason="before the truncation point"
+            )
+        return result
+
+    def _grace_ms(self) -> int:
+        return int(self.config.retention.orphan_grace * 1000)
+
+    # ---- compaction --------------------------------------------------------------------
+
+    def _compaction(
+        self, record: LogRecord, point: TruncationPoint | None, report: MaintenanceReport
+    ) -> None:
+        """Compact SEALED segments not yet compacted, skipping those retention will delete."""
+        floor = -1 if point is None else point.segment_id
+        for seg in self.lifecycle.segments(record.log_id):
+            r = seg.record
+            if (
+                r.state is SegmentState.SEALED
+                and r.compacted_ms is None
+                and r.segment_id >= floor
+                and r.block_count >= self.config.compaction.min_blocks
+                and not self._stop.is_set()
+            ):
+                self._compact(seg, report)
+
+    def _compact(self, seg: Versioned[SegmentRecord], report: MaintenanceReport) -> None:
+        """Merge runs of small blocks into objects of about ``compaction.target_bytes``.
+
+        A block is a self-contained Arrow IPC stream checked by its own
+        checksum, so a merged object is the plain concatenation of whole block
+        objects (``ObjectStore.compose``) and each block record only changes
+        its key and offset. Records are swapped in one txn per up to
+        SWAP_MAX_BLOCKS blocks (one txn for most segments); if the segment
+        changed meanwhile the swap fails and the merged objects are orphans.
+        """
+        r, now_ms = seg.record, _ms(report.now)
+        blocks = self.lifecycle.blocks(r.log_id, r.segment_id)
+        target = self.config.compaction.target_bytes
+        groups = plan_groups(blocks, target)
+        before = len({b.record.key for b in blocks})
+        whole = len(blocks) == r.block_count and all(b.record.offset == 0 for b in blocks)
+        if not whole or len(groups) >= before:
+            # nothing to gain, or an earlier pass was cut short after a partial swap
+            if not report.dry_run:
+                self.lifecycle.swap_blocks(seg, [], [], [], 0, compacted_ms=now_ms)
+            return
+        merged: list[str] = []
+        pending: list[_Swap] = []
+        swapped: set[str] = set()
+        current = seg
+        for group in groups:
+            if len(group) == 1:
+                continue  # a lone block stays where it is
+            first_block, token = group[0].record.block_id, uuid.uuid4().hex[:12]
+            key = f"{r.log_id}/{r.segment_id}/merged-{first_block}-{token}.arrow"
+            merged.append(key)
+            if report.dry_run:
+                continue
+            started = time.monotonic()
+            self._compose(key, group)
+            offset = 0
+            for b in group:
+                pending.append(
+                    _Swap(b, dataclasses.replace(b.record, key=key, offset=offset), started)
+                )
+                offset += b.record.length
+            while len(pending) >= SWAP_MAX_BLOCKS:
+                chunk, pending = pending[:SWAP_MAX_BLOCKS], pending[SWAP_MAX_BLOCKS:]
+                written = self._swap(current, chunk, blocks, swapped, report, final=False)
+                if written is None:
+                    return
+                current = written
+        if not report.dry_run and not self._swap(
+            current, pending, blocks, swapped, report, final=True
+        ):
+            return
+        report.add(
+            ActionKind.COMPACT,
+            r.log_id,
+            r.segment_id,
+            merged,
+            f"{before} objects -> {len(groups)} (compaction.target_bytes {target})",
+        )
+
+    def _compose(self, key: str, group: list[Versioned[BlockRecord]]) -> None:
+        self.store.compose(key, [b.record.key for b in group])
+        size, expected = self.store.stat(key).size, sum(b.record.length for b in group)
+        if size != expected:
+            raise CorruptedDataError(
+                f"compaction: {key} holds {size} bytes, its blocks {expected}; "
+                "left to the orphan sweep"
+            )
+
+    def _swap(
+        self,
+        seg: Versioned[SegmentRecord],
+        chunk: list[_Swap],
+        blocks: list[Versioned[BlockRecord]],
+        swapped: set[str],
+        report: MaintenanceReport,
+        *,
+        final: bool,
+    ) -> Versioned[SegmentRecord] | None:
+        """Commit one chunk of the swap, unless its merged objects may already be swept.
+
+        The orphan sweep deletes an unreferenced object ``orphan_grace`` after
+        its mtime, so a merged object is referenced only while its compose
+        started less than half that ago.
+        """
+        r = seg.record
+        if (
+            chunk
+            and time.monotonic() - min(s.composed_at for s in chunk)
+            > self.config.retention.orphan_grace / 2
+        ):
+            report.errors.append(
+                f"compaction of log {r.log_id} segment {r.segment_id} took longer than half of "
+                "retention.orphan_grace; abandoned (its merged objects are orphans)"
+            )
+            return None
+        swapped |= {s.old.key for s in chunk}
+        still = {b.record.key for b in blocks if b.key not in swapped}
+        unreferenced = sorted({s.old.record.key for s in chunk} - still)
+        now_ms = _ms(report.now)
+        result = self.lifecycle.swap_blocks(
+            seg,
+            [s.old for s in chunk],
+            [s.new for s in chunk],
+            unreferenced,
+            now_ms + self._grace_ms(),
+            compacted_ms=now_ms if final else None,
+        )
+        if result is None:
+            log.info(
+                "compaction: log %d segment %d changed meanwhile; its merged objects are orphans",
+                r.log_id,
+                r.segment_id,
+            )
+        return result
+
+    # ---- garbage collection ------------------------------------------------------------
+
+    def _carry_out_pending(self, report: MaintenanceReport) -> None:
+        """Delete the objects of every PendingDeletion past its deadline, then the entry.
+
+        The block records are read after the entries and any key they still
+        reference is kept: by construction none is, so that would be a bug,
+        reported instead of acted on.
+        """
+        now_ms = _ms(report.now)
+        ripe = [e for e in self.lifecycle.pending_deletions() if e.record.not_before_ms <= now_ms]
+        referenced: dict[int, set[str]] = {}
+        for entry in ripe:
+            log_id = entry.record.log_id
+            if log_id not in referenced:
+                referenced[log_id] = {b.record.key for b in self.lifecycle.blocks(log_id)}
+            keys = [k for k in entry.record.keys if k not in referenced[log_id]]
+            if len(keys) < len(entry.record.keys):
+                kept = sorted(set(entry.record.keys) - set(keys))
+                log.error("pending deletion %s lists referenced objects %s: kept", entry.key, kept)
+                report.errors.append(f"{entry.key}: lists referenced objects {kept}; kept them")
+            if not report.dry_run:
+                self.store.delete_many(keys)
+                self.lifecycle.forget_deletion(entry)
+            report.add(ActionKind.DELETE_OBJECTS, log_id, None, keys, entry.record.reason)
+
+    def _sweep_orphans(self, report: MaintenanceReport) -> None:
+        """Delete objects no committed metadata references, once older than the grace.
+
+        Reads in this order: objects, then block records, then pending
+        deletions. A swap or segment deletion replaces references by a
+        PendingDeletion in one txn, so a key unreferenced in the block read is
+        listed in the (later) pending read; and an object is never referenced
+        again once unreferenced. The only object that can gain a reference is a
+        fresh upload, which the grace protects.
+        """
+        cutoff = report.now - self.config.retention.orphan_grace
+        candidates: dict[int, list[str]] = {}
+        for info in self.store.list(""):
+            log_id = log_id_of(info.key)
+            if log_id is not None and info.mtime <= cutoff:
+                candidates.setdefault(log_id, []).append(info.key)
+        for log_id, keys in candidates.items():
+            if self._stop.is_set():
+                return
+            referenced = {b.record.key for b in self.lifecycle.blocks(log_id)}
+            pending = {k for e in self.lifecycle.pending_deletions(log_id) for k in e.record.keys}
+            orphans = [k for k in keys if k not in referenced and k not in pending]
+            if not orphans:
+                continue
+            if not report.dry_run:
+                self.store.delete_many(orphans)
+            live = self.lifecycle.etcd.get("sweep_orphans", self.lifecycle.keys.log_id(log_id))
+            why = "unreferenced" if live is not None else "of a deleted log"
+            report.add(
+                ActionKind.DELETE_ORPHANS,
+                log_id,
+                None,
+                orphans,
+                f"{why}, older than retention.orphan_grace {self.config.retention.orphan_grace:g}s",
+            )
+
+    # ---- background thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run a pass now and then every ``retention.interval`` seconds, until ``stop``.
+
+        The orphan sweep runs in the first pass and then every ``retention.sweep_interval``.
+        """
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="wp-maintenance", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        next_sweep = time.monotonic()
+        while not self._stop.is_set():
+            sweep = time.monotonic() >= next_sweep
+            if sweep:
+                next_sweep = time.monotonic() + self.config.retention.sweep_interval
+            try:
+                report = self.run_once(sweep=sweep)
+                if report.actions:
+                    log.info(
+                        "maintenance: %s",
+                        ", ".join(f"{len(report.of(k))} {k}" for k in ActionKind if report.of(k)),
+                    )
+            except Exception:  # a bug in one pass must not end maintenance for good
+                log.exception("maintenance pass failed")
+            self._stop.wait(self.config.retention.interval)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread; waits at most ``timeout`` (default: one retry deadline) for a pass."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(self.config.retry.deadline if timeout is None else timeout)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
