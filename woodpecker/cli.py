@@ -55,6 +55,26 @@ def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace, config: Config) -> int:
+    import subprocess
+    from pathlib import Path
+
+    import woodpecker
+
+    runner = Path(woodpecker.__file__).resolve().parent.parent / "bench" / "run.py"
+    if not runner.is_file():
+        print(
+            f"woodpecker bench: no benchmark harness at {runner}: bench/ ships with the source "
+            "checkout, not the installed package; run it from a clone (pip install -e '.[bench]')",
+            file=sys.stderr,
+        )
+        return 2
+    argv = [sys.executable, str(runner), *(["--quick"] if args.quick else [])]
+    if args.out:
+        argv += ["--out", args.out]
+    return subprocess.call(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="woodpecker",
@@ -80,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     cfg.add_argument("--table", action="store_true", help="the reference table of every key")
     cfg.set_defaults(func=_cmd_config)
+
+    bench = sub.add_parser("bench", help="run the benchmark suites (from a source checkout)")
+    bench.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    bench.add_argument("--out", metavar="DIR", help="results folder (default bench/results)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -62,7 +62,13 @@ MAX_TXN_OPS = 128
 
 # A segment may hold up to segment.max_blocks block records; one range reply
 # must fit them (gRPC's default limit is 4 MiB).
-_GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    # keepalive pings detect a half-open connection, which would otherwise silence watches
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _TRANSIENT_ERRORS = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError)
@@ -111,6 +117,8 @@ class EtcdConnection:
         self._label = ",".join(f"{h}:{p}" for h, p in self.endpoints)
         self._credentials = self._tls_credentials()
         self._clients: list[pyetcd.MultiEndpointEtcd3Client | None] = [None] * len(endpoints)
+        # replaced clients stay open until close(): other threads may be mid-call on them
+        self._retired: list[pyetcd.MultiEndpointEtcd3Client] = []
         self._current = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -172,7 +180,7 @@ class EtcdConnection:
             client = self._clients[index]
             if reconnect and client is not None:
                 self._clients[index] = None
-                client.close()
+                self._retired.append(client)
             if self._current == index:
                 self._current = (index + 1) % len(self.endpoints)
 
@@ -195,12 +203,19 @@ class EtcdConnection:
         while True:
             attempt += 1
             index = self._current
+            client = None
             try:
-                return fn(self._client(index))
-            except (grpc.RpcError, etcd_errors.Etcd3Exception) as e:
+                client = self._client(index)  # may authenticate: a call of its own
+                return fn(client)
+            except (grpc.RpcError, etcd_errors.Etcd3Exception, ValueError) as e:
                 code = _grpc_code(e)
                 reauth = code == grpc.StatusCode.UNAUTHENTICATED  # expired auth token
-                if not (reauth or isinstance(e, _TRANSIENT_ERRORS) or code in _TRANSIENT_CODES):
+                # another thread reconnected under us: our channel was closed
+                replaced = client is not None and self._clients[index] is not client
+                transient = isinstance(e, _TRANSIENT_ERRORS) or code in _TRANSIENT_CODES
+                if isinstance(e, ValueError) and not replaced:
+                    raise
+                if not (reauth or replaced or transient):
                     raise MetadataUnavailableError(
                         f"etcd {op} failed at {self._label}: {_describe(e)}"
                     ) from None
@@ -237,6 +252,8 @@ class EtcdConnection:
         with self._lock:
             self._closed = True
             clients, self._clients = self._clients, [None] * len(self._clients)
+            clients += self._retired
+            self._retired = []
         for client in clients:
             if client is not None:
                 client.close()
