@@ -57,6 +57,7 @@ class Block:
     key: str
     job: int
     done: bool = False
+    done_at: float = 0.0
     size: int = 0
     checksum: int = 0
 
@@ -260,6 +261,7 @@ class Coordinator:
         if entry is not None:
             state, block = entry
             block.done, block.size, block.checksum = True, size, checksum
+            block.done_at = time.monotonic()
             self._pump(state)
         self.dispatch_waiting()
 
@@ -336,6 +338,18 @@ class Coordinator:
             if len(group) == MAX_COMMIT_BLOCKS:
                 break
         if not group:
+            return
+        oldest = time.monotonic() - min(b.done_at for b in group)
+        if oldest > self.config.retention.orphan_grace / 2:
+            # the orphan sweep may already have taken an object this old: never commit it
+            self._fail_segment(
+                state,
+                head.segment_id,
+                "StorageUnavailableError",
+                f"log {state.name}: block uploaded {oldest:.0f}s ago could not be committed "
+                f"within half of retention.orphan_grace; segment rolled",
+            )
+            self._pump(state)
             return
         committed = state.committed_size.get(head.segment_id, 0) + sum(b.size for b in group)
         records = [

@@ -403,7 +403,8 @@ def test_logstore_maintains_logs_without_open_writers(make_config, env_factory):
     overrides = dict(
         segment_max_blocks=1,
         retention_ttl=0.0,
-        retention_orphan_grace=1.0,
+        # uploads older than half the grace are never committed: keep it above load stalls
+        retention_orphan_grace=3.0,
         retention_interval=0.2,
     )
     env = env_factory("local", **overrides)
