@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
+from woodpecker.client import Client
 from woodpecker.config import Config, config_table
 from woodpecker.errors import WoodpeckerError
+from woodpecker.message import LogMessageId
 
 
 def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
@@ -45,6 +48,95 @@ def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:
     from workers.logstore import serve
 
     return serve(config, embedded=False)
+
+
+def _emit(args: argparse.Namespace, data: Any) -> None:
+    """``--json`` prints the data; otherwise a table (lists) or key/value lines (dicts)."""
+    from woodpecker.admin import print_table
+
+    if args.json:
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    elif isinstance(data, list):
+        print_table(data)
+    else:
+        for key, value in data.items():
+            if isinstance(value, list):
+                print_table(value) if value else print(f"{key:18} (none)")
+            else:
+                print(f"{key:18} {'' if value is None else value}")
+
+
+def _cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker import admin
+
+    with Client(config) as client:
+        if args.action == "list":
+            _emit(args, admin.list_logs(client, args.prefix))
+        elif args.action == "show":
+            _emit(args, admin.show_log(client, args.log))
+        else:
+            client.delete_log(args.log)
+            _emit(args, {"deleted": args.log})
+    return 0
+
+
+def _cmd_segments(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker import admin
+
+    with Client(config) as client:
+        _emit(args, admin.segments(client, args.log))
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker import admin
+
+    out = sys.stdout.buffer
+    with Client(config) as client:
+        start = admin.parse_position(args.start)
+        for message in admin.follow(client, args.log, start, stop_after=args.seconds):
+            seg, entry = message.id
+            if args.json:
+                out.write(orjson.dumps(admin.message_json(seg, entry, message.payload)) + b"\n")
+            else:
+                out.write(f"{message.id}\t".encode() + message.payload + b"\n")
+            out.flush()
+    return 0
+
+
+def _cmd_cat(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker import admin
+
+    with Client(config) as client:
+        start = admin.parse_position(args.start)
+        end = admin.parse_position(args.end) if args.end else None
+        if end is not None and not isinstance(end, LogMessageId):
+            raise WoodpeckerError("--to takes SEGMENT:ENTRY")
+        table = admin.read_range(client, args.log, start, end)
+        admin.write_table(table, args.format, sys.stdout.buffer, orjson.dumps)
+    return 0
+
+
+def _cmd_truncate(args: argparse.Namespace, config: Config) -> int:
+    with Client(config) as client:
+        point = client.open_log(args.log).truncate(LogMessageId.parse(args.position))
+        _emit(args, {"log": args.log, "truncated_through": str(point)})
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker import admin
+
+    with Client(config) as client:
+        report = admin.run_gc(client, dry_run=args.dry_run)
+    if args.json:
+        _emit(args, report)
+    else:
+        print("dry run: nothing was changed" if args.dry_run else "maintenance pass done")
+        _emit(args, report["actions"])
+        for error in report["errors"]:
+            print(f"error: {error}", file=sys.stderr)
+    return 1 if report["errors"] else 0
 
 
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
@@ -97,6 +189,59 @@ def build_parser() -> argparse.ArgumentParser:
     logstore = sub.add_parser("logstore", help="run the standalone uploader pool of this host")
     logstore.set_defaults(func=_cmd_logstore)
 
+    def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    logs = sub.add_parser("logs", help="list, show or delete logs")
+    logs_sub = logs.add_subparsers(dest="action", required=True)
+    with_json(logs_sub.add_parser("list", help="every log")).add_argument(
+        "--prefix", default="", help="only names starting with this"
+    )
+    with_json(logs_sub.add_parser("show", help="one log in detail")).add_argument("log")
+    with_json(
+        logs_sub.add_parser("delete", help="delete a log (objects go in the background)")
+    ).add_argument("log")
+    logs.set_defaults(func=_cmd_logs)
+
+    seg = with_json(sub.add_parser("segments", help="the segments of a log"))
+    seg.add_argument("log")
+    seg.set_defaults(func=_cmd_segments)
+
+    tail = with_json(sub.add_parser("tail", help="follow a log like tail -f"))
+    tail.add_argument("log")
+    tail.add_argument(
+        "--from", dest="start", default="latest", help="earliest, latest (default) or SEGMENT:ENTRY"
+    )
+    tail.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    tail.set_defaults(func=_cmd_tail)
+
+    cat = sub.add_parser("cat", help="print committed entries")
+    cat.add_argument("log")
+    cat.add_argument(
+        "--from",
+        dest="start",
+        default="earliest",
+        help="earliest (default), latest or SEGMENT:ENTRY",
+    )
+    cat.add_argument("--to", dest="end", default=None, help="SEGMENT:ENTRY (exclusive)")
+    cat.add_argument(
+        "--format",
+        choices=("raw", "jsonl", "arrow"),
+        default="raw",
+        help="raw: payload + newline; jsonl; arrow: an Arrow IPC stream",
+    )
+    cat.set_defaults(func=_cmd_cat)
+
+    trunc = with_json(sub.add_parser("truncate", help="truncate a log through a position"))
+    trunc.add_argument("log")
+    trunc.add_argument("position", help="SEGMENT:ENTRY (inclusive)")
+    trunc.set_defaults(func=_cmd_truncate)
+
+    gc = with_json(sub.add_parser("gc", help="run retention, GC and compaction once"))
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted and why")
+    gc.set_defaults(func=_cmd_gc)
+
     cfg = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     cfg.add_argument("--table", action="store_true", help="the reference table of every key")
     cfg.set_defaults(func=_cmd_config)
@@ -113,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = Config(config_file=args.config)
         return args.func(args, config)
-    except WoodpeckerError as e:
+    except (WoodpeckerError, ValueError) as e:
         print(f"woodpecker {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
