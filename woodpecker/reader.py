@@ -59,6 +59,7 @@ READ_SCHEMA: pa.Schema = pa.schema(
 """Columns of what ``read_batch`` and ``read_table`` return."""
 
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_GET_BYTES = 32 * 1024 * 1024  # contiguous blocks fetched by one ranged GET
 """``read_batch`` stops joining further blocks into one batch past this many bytes."""
 
 _ONE = pa.scalar(1, pa.int64())
@@ -392,29 +393,59 @@ class LogReader:
         self._schedule()
         return True
 
-    def _fetch(self, record: BlockRecord) -> pa.ChunkedArray:
-        """GET and verify one block (on the pool); CorruptedDataError names log/segment/block."""
-        data = self._store.get(record.key, record.offset, record.length)
-        table = decode_block(
-            data,
-            expected_checksum=record.checksum,
-            expected_entries=record.entry_count,
-            where=f"log {self.name!r} segment {record.segment_id} block {record.block_id}",
-        )
-        return table.column(0)
+    def _fetch(self, records: list[BlockRecord]) -> list[pa.ChunkedArray]:
+        """GET contiguous blocks of one object in ONE request and verify each (on the pool).
+
+        Compaction packs a segment's blocks into a few large objects; reading
+        them with one ranged GET each is what makes compaction cut GETs per GB.
+        CorruptedDataError names log/segment/block.
+        """
+        first = records[0]
+        total = records[-1].offset + records[-1].length - first.offset
+        data = memoryview(self._store.get(first.key, first.offset, total))
+        columns = []
+        for record in records:
+            start = record.offset - first.offset
+            table = decode_block(
+                data[start : start + record.length],
+                expected_checksum=record.checksum,
+                expected_entries=record.entry_count,
+                where=f"log {self.name!r} segment {record.segment_id} block {record.block_id}",
+            )
+            columns.append(table.column(0))
+        return columns
+
+    def _next_group(self) -> list[_Planned]:
+        """The next planned block plus those that follow it contiguously in the same object."""
+        group = [self._planned.popleft()]
+        size = group[0].record.length
+        while self._planned:
+            prev, nxt = group[-1].record, self._planned[0].record
+            if (
+                nxt.key != prev.key
+                or nxt.offset != prev.offset + prev.length
+                or size + nxt.length > MAX_GET_BYTES
+            ):
+                break
+            group.append(self._planned.popleft())
+            size += nxt.length
+        return group
 
     def _schedule(self) -> None:
-        """Keep up to ``read_ahead`` fetches in flight, planning the next segment early."""
+        """Keep up to ``read_ahead`` GETs in flight, planning the next segment early."""
         while len(self._fetches) < self._window:
             if not self._planned and not (self._cursor.finished and self._plan_ahead()):
                 return
-            item = self._planned.popleft()
+            group = self._next_group()
             try:
-                future = self._pool.submit(self._fetch, item.record)
+                shared = self._pool.submit(self._fetch, [item.record for item in group])
             except RuntimeError:  # the pool was shut down by a concurrent close()
                 self._check_usable()
                 raise
-            self._fetches.append((item, future))
+            for index, item in enumerate(group):
+                future: Future = Future()
+                shared.add_done_callback(lambda f, out=future, i=index: _relay(f, out, i))
+                self._fetches.append((item, future))
 
     def _plan_ahead(self) -> bool:
         """Plan the next segment before the reader gets there (one attempt per request).
@@ -600,3 +631,13 @@ class LogReader:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"at {self._pos}"
         return f"LogReader(log={self.name!r}, reader={self.reader_name!r}, {state})"
+
+
+def _relay(shared: Future, out: Future, index: int) -> None:
+    """Hand one block's share of a grouped GET to that block's future."""
+    if shared.cancelled():
+        out.cancel()
+    elif shared.exception() is not None:
+        out.set_exception(shared.exception())
+    else:
+        out.set_result(shared.result()[index])

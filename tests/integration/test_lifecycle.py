@@ -15,6 +15,7 @@ from woodpecker.config import Config
 from woodpecker.format import checksum, decode_block, encode_block
 from woodpecker.meta import BlockRecord, MetaStore, SegmentState
 from woodpecker.meta.lifecycle import Lifecycle
+from woodpecker.reader import LogReader
 from woodpecker.storage import ObjectStore, open_store
 from workers.maintenance import ActionKind, Maintenance
 
@@ -51,6 +52,21 @@ def env_factory(make_config) -> Iterator:
         env.meta.etcd.call("cleanup", lambda c, e=env: c.delete_prefix(e.meta.keys.root + "/"))
         env.meta.close()
         env.store.close()
+
+
+class CountingGets:
+    """An ObjectStore proxy that counts GET requests."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self.count = 0
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.count += 1
+        return self._store.get(key, offset, length)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
 
 
 def payload(log_id: int, segment: int, entry: int, size: int) -> bytes:
@@ -323,6 +339,12 @@ def test_compaction_merges_small_blocks_and_old_readers_keep_working(env_factory
     segment = env.meta.get_segment(log_id, 0)
     assert segment.compacted_ms is not None and segment.state is SegmentState.SEALED
     assert committed(env, log_id) == expected(log_id, range(2), blocks * entries, size)
+    # the reader fetches contiguous blocks of one object with one ranged GET
+    gets = CountingGets(env.store)
+    with LogReader(env.meta, gets, "compact", log_id, wp.EARLIEST) as reader:
+        table = reader.read_until(None)
+    assert table.num_rows == 2 * blocks * entries
+    assert gets.count == 2 * after, f"{gets.count} GETs for {2 * after} objects"
     # a reader that listed the old layout before the swap still reads it during the grace
     for b in old_records:
         data = env.store.get(b.key, b.offset, b.length)
