@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from woodpecker.config import Config
-from woodpecker.errors import WoodpeckerError, WriterFencedError
+from woodpecker.errors import MetadataUnavailableError, WoodpeckerError, WriterFencedError
 from woodpecker.meta import BlockRecord, MetaStore, WriterSession
 
 log = logging.getLogger("woodpecker.coordinator")
 
+SEAL_RETRY_INTERVAL = 1.0  # seconds between attempts to seal while etcd is unreachable
 MAX_COMMIT_BLOCKS = 127  # etcd allows 128 operations per txn; one is the segment record
 
 
@@ -99,6 +100,7 @@ class LogState:
     busy: bool = False
     committed_size: dict[int, int] = field(default_factory=dict)  # segment -> bytes committed
     fenced: str = ""
+    retry_at: float = 0.0  # a failed seal is retried from then on (monotonic clock)
 
 
 class Outbox:
@@ -238,14 +240,18 @@ class Coordinator:
             cursor.next_block,
             batches[0].first_entry,
             batches,
-            f"{state.log_id}/{cursor.segment_id}/{cursor.next_block}.arrow",
+            # the epoch makes keys unique per writer session: a fenced session that still
+            # uploads can never overwrite an object the session that took over committed
+            f"{state.log_id}/{cursor.segment_id}/{cursor.next_block}-e{state.session.epoch}.arrow",
             job,
         )
         cursor.next_block += 1
         state.timeline.append(block)
         self.jobs[job] = (state, block)
         self.inflight += 1
-        self.out.dispatch(job, block.key, [[b.producer, b.offset, b.length] for b in batches])
+        self.out.dispatch(
+            job, block.key, [[b.producer, b.offset, b.length, b.count] for b in batches]
+        )
 
     def dispatch_waiting(self) -> None:
         """Upload room freed: send the open blocks that waited for it."""
@@ -319,7 +325,7 @@ class Coordinator:
 
     def _pump(self, state: LogState) -> None:
         """Start the next metadata step at the head of the timeline, if it is ready."""
-        if state.busy or not state.timeline or state.fenced:
+        if state.busy or not state.timeline or state.fenced or state.retry_at:
             return
         head = state.timeline[0]
         if isinstance(head, MetaOp):
@@ -382,6 +388,14 @@ class Coordinator:
 
         future.add_done_callback(finished)
 
+    def tick(self) -> None:
+        """Called by the loop: retry the metadata steps whose back-off has passed."""
+        now = time.monotonic()
+        for state in self.logs.values():
+            if state.retry_at and now >= state.retry_at:
+                state.retry_at = 0.0
+                self._pump(state)
+
     def run_results(self) -> None:
         """Apply finished metadata steps (called by the loop after a wake-up)."""
         while self._results:
@@ -413,8 +427,12 @@ class Coordinator:
             message = f"log {state.name}: metadata step failed: {error}"
             log.warning("%s", message)
             if isinstance(head, MetaOp) and head.kind == "seal":
-                # an unsealed segment is sealed by the next writer's recovery
-                state.timeline.popleft()
+                if isinstance(error, MetadataUnavailableError):
+                    # readers stop at an ACTIVE segment: nothing after it may be committed
+                    # (and acked) before it is sealed, so the seal stays first and is retried
+                    state.retry_at = time.monotonic() + SEAL_RETRY_INTERVAL
+                    return
+                state.timeline.popleft()  # not ours to seal, or gone: nothing to do
             else:
                 segment_id = head.segment_id
                 if isinstance(head, MetaOp):

@@ -22,6 +22,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.meta import MetaStore
 from woodpecker.meta.embedded import EmbeddedEtcd
-from woodpecker.storage import open_store
+from woodpecker.storage import LocalObjectStore, open_store
 from workers import protocol
 from workers.coordinator import Coordinator, Outbox
 from workers.maintenance import Maintenance
@@ -141,6 +142,7 @@ class Logstore:
         with contextlib.suppress(ProcessLookupError):
             up.proc.kill()
         up.proc.wait()
+        self._remove_temp_files([up.proc.pid])
         fresh = self._spawn_uploader()
         self.uploaders[self.uploaders.index(up)] = fresh
         for job, frame in up.jobs.items():
@@ -211,23 +213,55 @@ class Logstore:
             self._producer_gone(pid)
             return
         for frame, fds in frames:
-            kind = frame[0]
-            if kind == protocol.BATCH:
-                _, log_id, seq, offset, length, count = protocol.BATCH_FMT.unpack(frame)
-                if self._stopping:
-                    self._nack(pid, seq, "WriterClosedError", "the logstore is shutting down")
-                else:
-                    self.coordinator.on_batch(pid, log_id, seq, offset, length, count)
-            elif kind == protocol.HELLO:
-                self._hello(pid, p, frame, fds)
+            try:
+                self._on_frame(pid, p, frame, fds)
+            except (IndexError, KeyError, TypeError, ValueError, struct.error) as e:
+                # one broken producer must never take the logstore (and everyone) down
+                log.warning(
+                    "producer %s sent a malformed %s; disconnecting it",
+                    pid,
+                    f"frame ({type(e).__name__}: {e})",
+                )
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                self._producer_gone(pid)
+                return
+
+    def _on_frame(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
+        """Act on one producer frame; raises on anything malformed."""
+        kind = frame[0]
+        if kind == protocol.BATCH:
+            _, log_id, seq, offset, length, count = protocol.BATCH_FMT.unpack(frame)
+            if p.arena_fd < 0 or count < 1 or length < 1 or offset + length > p.arena_size:
+                raise ValueError(
+                    f"batch descriptor outside the arena or empty: {offset=} "
+                    f"{length=} {count=} arena={p.arena_size}"
+                )
+            if self._stopping:
+                self._nack(pid, seq, "WriterClosedError", "the logstore is shutting down")
             else:
-                self._control(pid, kind, protocol.decode(frame)[1])
+                self.coordinator.on_batch(pid, log_id, seq, offset, length, count)
+        elif kind == protocol.HELLO:
+            self._hello(pid, p, frame, fds)
+        elif kind in (protocol.OPEN_LOG, protocol.CLOSE_LOG):
+            for fd in fds:
+                os.close(fd)
+            _, body = protocol.decode(frame)
+            if not isinstance(body, dict):
+                raise TypeError("control message body is not an object")
+            self._control(pid, kind, body)
+        else:
+            raise ValueError(f"unknown message type {kind}")
 
     def _hello(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
         _, body = protocol.decode(frame)
+        if p.arena_fd >= 0 or len(fds) != 1 or not isinstance(body["arena_size"], int):
+            raise ValueError("HELLO must come once, with exactly one arena fd and its size")
+        if os.fstat(fds[0]).st_size < body["arena_size"]:
+            os.close(fds[0])
+            raise ValueError("the arena fd is smaller than the size the producer claims")
         p.pid, p.arena_size, p.arena_fd = body["pid"], body["arena_size"], fds[0]
-        for fd in fds[1:]:
-            os.close(fd)
         for up in self.uploaders:
             self._to_uploader(
                 up, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
@@ -317,6 +351,7 @@ class Logstore:
             elif kind == "accept" and not self._stopping:
                 self._accept()
         self.coordinator.run_results()
+        self.coordinator.tick()
         self._reap_producers()
 
     def _drain(self) -> None:
@@ -335,9 +370,20 @@ class Logstore:
                 "StorageUnavailableError", "the logstore stopped before this append was durable"
             )
 
+    def _remove_temp_files(self, pids: list[int]) -> None:
+        """Local backend: delete temp files that dead uploaders left inside ``put``."""
+        store = self.maintenance.store
+        if isinstance(store, LocalObjectStore):
+            try:
+                removed = store.remove_temp_files_of(pids)
+            except OSError as e:
+                log.warning("could not remove temp files of uploaders %s: %s", pids, e)
+                return
+            if removed:
+                log.info("removed %d temp files left by uploaders %s", removed, pids)
+
     def _close(self) -> None:
         self.maintenance.stop()
-        self.maintenance.store.close()
         self.coordinator.close()
         for up in self.uploaders:
             up.sock.close()
@@ -347,6 +393,8 @@ class Logstore:
             except subprocess.TimeoutExpired:
                 up.proc.kill()
                 up.proc.wait()
+        self._remove_temp_files([up.proc.pid for up in self.uploaders])
+        self.maintenance.store.close()
         for pid in list(self.producers):
             self._producer_gone(pid)
         self.meta.close()

@@ -10,6 +10,7 @@ Several jobs run at once on a thread pool; the store retries within its deadline
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import orjson
 from shm import Arena, recv_msg, send_msg
 from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
-from woodpecker.format import STREAM_FOOTER, STREAM_HEADER, checksum
+from woodpecker.format import STREAM_FOOTER, STREAM_HEADER, check_batch_message, checksum
 from woodpecker.storage import ObjectStore, open_store
 from workers import protocol
 
@@ -95,7 +96,9 @@ class Uploader:
             kind = frame[0]
             if kind == protocol.ARENA:
                 _, producer, size = protocol.ARENA_FMT.unpack(frame)
-                self.arenas[producer] = Arena.attach(fds[0], size)
+                # refused (not a sealed memfd of that size): its jobs fail with KeyError
+                with contextlib.suppress(OSError, ValueError):
+                    self.arenas[producer] = Arena.attach(fds[0], size)
             elif kind == protocol.DROP_ARENA:
                 _, producer = protocol.DROP_FMT.unpack(frame)
                 arena = self.arenas.pop(producer, None)
@@ -108,7 +111,9 @@ class Uploader:
     def _run_job(self, job: dict[str, Any]) -> None:
         views: list[memoryview] = []
         try:
-            views = [self.arenas[p].view(off, n) for p, off, n in job["parts"]]
+            for p, off, n, count in job["parts"]:
+                views.append(self.arenas[p].view(off, n))
+                check_batch_message(views[-1], count, f"{job['key']}: producer {p} batch")
             buffers = [STREAM_HEADER, *views, STREAM_FOOTER]
             digest = checksum(buffers)
             upload(

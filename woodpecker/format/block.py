@@ -192,3 +192,29 @@ def iter_payloads(table: pa.Table) -> Iterator[bytes]:
     """The payloads of a decoded block, in entry order, as ``bytes``."""
     for chunk in table.column(0).chunks:
         yield from chunk.to_pylist()
+
+
+def check_batch_message(data: BytesLike, expected_entries: int, where: str = "batch") -> None:
+    """Verify a producer's batch message before it is stored.
+
+    A block is committed and acknowledged as a whole, so one malformed batch
+    (a buggy or hostile producer) would otherwise make the block, and every
+    entry after it, unreadable for everyone. Raises ``CorruptedDataError``.
+    """
+    view = memoryview(data).cast("B")
+    try:
+        reader = pa.BufferReader(pa.py_buffer(view))
+        message = pa.ipc.read_message(reader)
+        if message.type != "record batch":
+            raise ValueError(f"a {message.type} message")
+        if reader.tell() != len(view):
+            raise ValueError(f"{len(view) - reader.tell()} bytes after the message")
+        batch = pa.ipc.read_record_batch(message, SCHEMA)
+        batch.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise CorruptedDataError(f"{where}: not a valid batch message ({e})") from None
+    if batch.num_rows != expected_entries or batch.column(0).null_count:
+        raise CorruptedDataError(
+            f"{where}: the batch holds {batch.num_rows} entries, the descriptor says "
+            f"{expected_entries}"
+        )

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import stat as stat_mod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from woodpecker.errors import ObjectNotFoundError, StorageUnavailableError
@@ -169,7 +169,9 @@ class LocalObjectStore(ObjectStore):
         directory = os.path.dirname(path)
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
             self._makedirs(directory)
-            tmp = os.path.join(directory, f"{RESERVED_PREFIX}tmp-{secrets.token_hex(8)}")
+            # the pid lets a supervisor remove what a killed process left behind
+            name = f"{RESERVED_PREFIX}tmp-{os.getpid()}-{secrets.token_hex(8)}"
+            tmp = os.path.join(directory, name)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 break
@@ -200,6 +202,22 @@ class LocalObjectStore(ObjectStore):
         if created:
             _fsync_dir(directory)
         return created
+
+    def remove_temp_files_of(self, pids: Collection[int]) -> int:
+        """Delete the temp files of puts by these (dead) processes; returns how many.
+
+        A process killed inside ``put`` leaves its temp file behind; readers never
+        see it (``list`` hides reserved names), but it would take space forever.
+        """
+        prefixes = tuple(f"{RESERVED_PREFIX}tmp-{pid}-" for pid in pids)
+        removed = 0
+        for directory, _, files in os.walk(self._root):
+            for name in files:
+                if prefixes and name.startswith(prefixes):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(directory, name))
+                        removed += 1
+        return removed
 
     # ------------------------------------------------------------ operations
 
