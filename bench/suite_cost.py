@@ -1,0 +1,89 @@
+"""Object-store requests per GB and what they cost per month at S3 list prices.
+
+The request count depends on the write rate: at a low rate the pipeline cuts
+small blocks (it uploads as soon as it has room, so as not to delay acks), so
+each paced run writes at the rate it prices. PUTs are counted from the blocks
+committed in etcd (one PUT per block, CreateMultipartUpload + parts + Complete
+above ``uploader.multipart_threshold``); GETs and LISTs by wrapping the store of
+a reader that then reads everything back once. Storage (GB-month) is not priced:
+it depends on retention, not on Woodpecker.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import drivers
+import harness
+from host import Logstore
+from services import scratch
+
+from woodpecker.config import Config
+
+PUT_PRICE = 0.005 / 1000  # $ per PUT / COPY / POST / LIST request (S3 Standard list price)
+GET_PRICE = 0.0004 / 1000  # $ per GET / SELECT and all other requests
+SECONDS_PER_MONTH = 30 * 24 * 3600
+RATES_MB_S = (1, 10, 100)
+ENTRY_SIZE = 16 * 1024
+
+
+def put_requests(sizes: list[int], config: Config) -> int:
+    """The PUT-class requests the uploaders made for blocks of these sizes."""
+    threshold, part = config.uploader.multipart_threshold, config.uploader.part_size
+    return sum(1 if s <= threshold else 2 + math.ceil(s / part) for s in sizes)
+
+
+def monthly_cost(rate_mb_s: float, puts_per_gb: float, gets_per_gb: float) -> dict[str, float]:
+    """$ per month for a log written at ``rate_mb_s`` and read back once."""
+    gb = rate_mb_s * 1e6 * SECONDS_PER_MONTH / 1e9
+    put = puts_per_gb * gb * PUT_PRICE
+    get = gets_per_gb * gb * GET_PRICE
+    return {
+        "gb_per_month": round(gb),
+        "put_usd": round(put, 2),
+        "get_usd": round(get, 2),
+        "total_usd": round(put + get, 2),
+    }
+
+
+def run(rate_mb_s: float, parent: Path, duration: float) -> dict[str, Any]:
+    """Write at ``rate_mb_s`` (S3 backend, 16 KiB entries), read it all back, count requests."""
+    limit = duration + 120
+    with scratch("s3", parent) as space:
+        with Logstore(space.config) as logstore:
+            write = drivers.WriteJob(
+                space.overrides, "bench", "write_async", ENTRY_SIZE, duration, rate=rate_mb_s * 1e6
+            )
+            written = harness.measure(space, [write], timeout=limit, logstore=logstore)
+        blocks = harness.count_blocks(space.config)
+        puts = put_requests(blocks["sizes"], space.config)
+        read = drivers.ReadJob(
+            space.overrides,
+            "bench",
+            limit,
+            expect=written.writers[0]["entries"],
+            count_requests=True,
+        )
+        got = harness.measure(space, [], [read], timeout=limit)
+    w = harness.summarize(written)
+    gb = w["bytes"] / 1e9
+    requests = got.readers[0]["requests"]
+    puts_per_gb = puts / gb
+    gets_per_gb = requests.get("GET", 0) / gb
+    return {
+        "suite": "cost",
+        "target_mb_s": rate_mb_s,
+        "achieved_mb_s": w["mb_s"],
+        "entry_size": ENTRY_SIZE,
+        "blocks": blocks["blocks"],
+        "mean_block_bytes": round(blocks["block_bytes"] / max(1, blocks["blocks"])),
+        "put_requests": puts,
+        "read_requests": requests,
+        "puts_per_gb": round(puts_per_gb, 1),
+        "gets_per_gb": round(gets_per_gb, 1),
+        "lists_per_gb": round(requests.get("LIST", 0) / gb, 1),
+        # priced at the target rate, with the request density measured at that rate
+        "monthly": monthly_cost(rate_mb_s, puts_per_gb, gets_per_gb),
+    }
