@@ -1,0 +1,285 @@
+"""kill -9 at random instants of a producer, the logstore (where the coordinator
+lives), an uploader, or the whole pool (the logstore's process group).
+
+Producers (spawned processes and a thread) keep writing one log on both backends
+while the targets are killed again and again, in a random order. After every kill the producers must
+recover by themselves (each gets a new ack), the history checked so far must
+hold, and the victim must leave nothing behind: its arena is dropped by every
+survivor, the dead logstore's uploaders exit and no survivor holds its lock,
+a killed uploader is replaced. At the end the whole log is read back and
+checked, the clients close, the logstore idles out, and no memfd arena, temp
+file, lock or process of the run remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import woodpecker as wp
+from chaos.history import Tail, assert_valid, check, read_back
+from chaos.processes import (
+    arena_inodes,
+    arenas_held,
+    family,
+    holders,
+    lock_file,
+    lock_is_free,
+    logstore_pid,
+    uploader_pids,
+    wait_logstore,
+    wait_until,
+)
+from chaos.scale import pick
+from chaos.workload import Fleet, Plan
+from woodpecker.config import Config
+
+RECOVERY = 45.0  # seconds producers get to be acked again after a kill
+SETTLE = 20.0  # seconds for a victim's resources to be released
+
+
+def crash_config(make_config, backend: str) -> Config:
+    """Small blocks, segments and arenas: many of each are in flight at any kill instant."""
+    return make_config(
+        backend,
+        uploader_max_block_bytes="64KiB",
+        segment_max_bytes="2MiB",
+        segment_max_blocks=64,
+        writer_arena_size="8MiB",
+        writer_max_batch_bytes="256KiB",
+        logstore_idle_exit=1.0,
+    )
+
+
+def temp_files(config: Config) -> set[Path]:
+    """Temp files of local puts (hidden ``.wp-tmp-*`` names) under the data directory."""
+    data = Path(config.storage.root) / "data"
+    return set(data.rglob(".wp-tmp-*")) if data.exists() else set()
+
+
+class Loop:
+    """One crash loop: the fleet, the reader checking as it goes, and the leak checks."""
+
+    def __init__(self, config: Config, fleet: Fleet, rng, log: wp.LogHandle) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.rng = rng
+        self.tail = Tail(log)
+        self.logstores: set[int] = set()
+        # uploaders of killed logstores: their in-flight temp files are a known leak
+        # (test_temp_file_of_a_killed_put_is_removed[pool]), excused here and counted
+        self.orphaned_uploaders: set[int] = set()
+        self.replacements = 0
+
+    def pipeline(self) -> set[int]:
+        """This test's processes: itself, its producers, every logstore of the run."""
+        store = logstore_pid(self.config)
+        if store is not None:
+            self.logstores.add(store)
+        return family([os.getpid(), *self.logstores])
+
+    def kill_producer(self) -> None:
+        victims = [n for n, p in self.fleet.processes.items() if p.is_alive()]
+        name = self.rng.choice(victims)
+        proc = self.fleet.processes[name]
+        arenas = arena_inodes(proc.pid)
+        assert arenas, f"producer {name} holds no arena before the kill"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+        self.replacements += 1
+        self.fleet.start_process(f"{name.split('.')[0]}.{self.replacements}")
+
+        def dropped() -> bool:
+            return not any(arenas & held for held in arenas_held(self.pipeline()).values())
+
+        wait_until(dropped, SETTLE, f"the arena of killed producer {name} is still held")
+
+    def kill_logstore(self, *, with_uploaders: bool = False) -> None:
+        """SIGKILL the logstore (the coordinator lives in it), or its whole process group."""
+        store = wait_logstore(self.config)
+        self.logstores.add(store)
+        uploaders = uploader_pids(store)
+        self.orphaned_uploaders.update(uploaders)
+        if with_uploaders:
+            os.killpg(store, signal.SIGKILL)  # a logstore leads its own session and group
+        else:
+            os.kill(store, signal.SIGKILL)
+        wait_until(
+            lambda: not [p for p in uploaders if _alive(p)],
+            SETTLE,
+            f"uploaders {uploaders} of the killed logstore {store} did not exit",
+        )
+        fresh = wait_logstore(self.config, RECOVERY, other_than=store)
+        stale = set(holders(lock_file(self.config))) - {fresh}
+        assert not stale, f"processes {stale} still hold the lock of the killed logstore {store}"
+
+    def kill_pool(self) -> None:
+        self.kill_logstore(with_uploaders=True)
+
+    def kill_uploader(self) -> None:
+        store = wait_logstore(self.config)
+        victims = uploader_pids(store)
+        assert victims, f"logstore {store} has no uploader"
+        victim = self.rng.choice(victims)
+        os.kill(victim, signal.SIGKILL)
+        expected = self.config.uploader.processes
+        wait_until(
+            lambda: len(set(uploader_pids(store)) - {victim}) == expected,
+            SETTLE,
+            f"logstore {store} did not replace killed uploader {victim}",
+        )
+
+    def check_so_far(self) -> None:
+        acked = [op.id for op in self.fleet.ops() if op.id is not None]
+        entries = self.tail.poll(until=max(acked, default=None))
+        # the ops snapshot is taken after the read: every entry read was invoked before it
+        report = check(self.fleet.ops(), entries, complete=False)
+        assert_valid(report)
+
+    def assert_clean(self) -> int:
+        """After the last client closed and the logstore idled out: nothing of the run remains.
+
+        Returns how many temp files the uploaders of killed logstores left (a known bug).
+        """
+        wait_until(
+            lambda: logstore_pid(self.config) is None,
+            SETTLE,
+            "the logstore did not idle out after its last client closed",
+        )
+        assert lock_is_free(lock_file(self.config)), "the logstore lock is still held"
+        assert not self.config.logstore_socket.exists(), "the logstore left its socket behind"
+        survivors = [p for p in family(self.logstores) if _alive(p)]
+        assert not survivors, f"processes of the run still alive: {survivors}"
+        wait_until(
+            lambda: not arenas_held(family([os.getpid()])),
+            SETTLE,
+            "memfd arenas still held by this process or its children",
+        )
+        left = temp_files(self.config)
+        excused = {p for p in left if _temp_file_pid(p) in self.orphaned_uploaders}
+        leaked = left - excused
+        assert not leaked, f"temp files left behind: {sorted(p.name for p in leaked)}"
+        return len(excused)
+
+
+def _temp_file_pid(path: Path) -> int:
+    """The pid in a temp file name ``.wp-tmp-<pid>-<random>`` (-1 if there is none)."""
+    parts = path.name.split("-")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else -1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+TARGETS = ("producer", "logstore", "pool", "uploader")
+
+
+def test_kill9_loop(backend, make_config, fleet_factory, rng):
+    """Each target is killed ``per_target`` times, in a random order, while 3 producers write."""
+    per_target = pick(3, 500)
+    schedule = [t for t in TARGETS for _ in range(per_target)]
+    rng.shuffle(schedule)
+    config = crash_config(make_config, backend)
+    with wp.Client(config) as client:
+        log = client.create_log("crash")
+    fleet = fleet_factory(config, log.name, Plan(pause=0.002, seed=rng.randrange(1 << 30)))
+    for p in range(2):
+        fleet.start_process(f"p{p}")
+    fleet.start_thread("t0")
+    stalls: dict[str, float] = dict.fromkeys(TARGETS, 0.0)
+    with wp.Client(config) as reader_client:
+        loop = Loop(config, fleet, rng, reader_client.open_log(log.name))
+        fleet.wait_progress(fleet.acked(), RECOVERY, "start-up")
+        for k, target in enumerate(schedule):
+            time.sleep(rng.uniform(0.05, 0.5))
+            before = fleet.acked()
+            start = time.monotonic()
+            getattr(loop, f"kill_{target}")()
+            fleet.wait_progress(before, RECOVERY, f"recovery after kill {k + 1} ({target})")
+            stalls[target] = max(stalls[target], time.monotonic() - start)
+            loop.check_so_far()
+        fleet.stop()
+        loop.tail.close()
+        report = check(fleet.ops(), read_back(reader_client.open_log(log.name)))
+        assert_valid(report)
+        assert report.ok > 0
+    orphaned_temp = loop.assert_clean()
+    worst = ", ".join(f"{t} {s:.1f}s" for t, s in stalls.items())
+    print(
+        f"kill9 loop {backend}: {len(schedule)} kills ({per_target} per target); "
+        f"{report.summary()}; "
+        f"longest kill-to-all-acked: {worst}; temp files of killed logstores' uploaders "
+        f"left: {orphaned_temp}"
+    )
+
+
+def catch_a_put_in_flight(config: Config, writer: wp.LogWriter, payload: bytes) -> list:
+    """Append until a local put is seen in flight (its temp file exists); the futures."""
+    futures = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        futures.append(writer.write_async(payload))
+        for _ in range(200):
+            if temp_files(config):
+                return futures
+            time.sleep(0.001)
+    raise RuntimeError("no put was caught in flight within 20s")
+
+
+ORPHANED_UPLOADER_TEMP = (
+    "BUG: when the logstore is killed, its uploaders exit in the middle of their puts "
+    "(os._exit on EOF); the temp files they leave (.wp-tmp-<pid>-*) are removed by nobody: "
+    "the next logstore only cleans up after uploaders it restarted itself, and the orphan "
+    "sweep never lists .wp-* names. Fix: at logstore start (or in the maintenance orphan "
+    "sweep) remove .wp-tmp-<pid>-* files whose pid is not alive and that are older than a "
+    "grace period (pid reuse), as LocalObjectStore.remove_temp_files_of does for known pids."
+)
+
+
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "uploader",
+        pytest.param(
+            "pool",
+            marks=pytest.mark.xfail(
+                strict=True, raises=AssertionError, reason=ORPHANED_UPLOADER_TEMP
+            ),
+        ),
+    ],
+)
+def test_temp_file_of_a_killed_put_is_removed(make_config, victim):
+    """Regression: a put killed half-way (its uploader, or the whole pool) leaves no temp file."""
+    config = make_config("local", logstore_idle_exit=1.0)
+    payload = os.urandom(4 << 20)  # a put long enough to be caught in the act
+    with wp.Client(config) as client:
+        log = client.create_log("killed-put")
+        writer = log.open_writer()
+        writer.write(b"warm-up")
+        store = wait_logstore(config)
+        futures = catch_a_put_in_flight(config, writer, payload)
+        if victim == "uploader":
+            for pid in uploader_pids(store):
+                os.kill(pid, signal.SIGKILL)
+            for f in futures:
+                f.result(60)  # the restarted uploaders redo the jobs
+            writer.close()
+        else:
+            os.killpg(store, signal.SIGKILL)
+            with contextlib.suppress(wp.LogstoreUnavailableError):
+                writer.close()
+            with log.open_writer() as writer:  # a new logstore
+                writer.write(b"after", timeout=60)
+    wait_until(lambda: logstore_pid(config) is None, SETTLE, "the logstore did not idle out")
+    left = temp_files(config)
+    assert not left, f"killed puts left {sorted(p.name for p in left)}"
