@@ -110,6 +110,7 @@ class Logstore:
             os.umask(old_umask)
         self.listener.listen(64)
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        self._remove_temp_files()  # left by the uploaders of a killed predecessor
         for _ in range(config.uploader.processes):
             self.uploaders.append(self._spawn_uploader())
 
@@ -142,7 +143,7 @@ class Logstore:
         with contextlib.suppress(ProcessLookupError):
             up.proc.kill()
         up.proc.wait()
-        self._remove_temp_files([up.proc.pid])
+        self._remove_temp_files()
         fresh = self._spawn_uploader()
         self.uploaders[self.uploaders.index(up)] = fresh
         for job, frame in up.jobs.items():
@@ -370,17 +371,17 @@ class Logstore:
                 "StorageUnavailableError", "the logstore stopped before this append was durable"
             )
 
-    def _remove_temp_files(self, pids: list[int]) -> None:
-        """Local backend: delete temp files that dead uploaders left inside ``put``."""
+    def _remove_temp_files(self) -> None:
+        """Local backend: delete temp files that dead processes left inside ``put``."""
         store = self.maintenance.store
         if isinstance(store, LocalObjectStore):
             try:
-                removed = store.remove_temp_files_of(pids)
+                removed = store.remove_orphaned_temp_files()
             except OSError as e:
-                log.warning("could not remove temp files of uploaders %s: %s", pids, e)
+                log.warning("could not remove orphaned temp files: %s", e)
                 return
             if removed:
-                log.info("removed %d temp files left by uploaders %s", removed, pids)
+                log.info("removed %d temp files left by killed processes", removed)
 
     def _close(self) -> None:
         self.maintenance.stop()
@@ -393,7 +394,7 @@ class Logstore:
             except subprocess.TimeoutExpired:
                 up.proc.kill()
                 up.proc.wait()
-        self._remove_temp_files([up.proc.pid for up in self.uploaders])
+        self._remove_temp_files()
         self.maintenance.store.close()
         for pid in list(self.producers):
             self._producer_gone(pid)

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import stat as stat_mod
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from woodpecker.errors import ObjectNotFoundError, StorageUnavailableError
@@ -203,17 +203,19 @@ class LocalObjectStore(ObjectStore):
             _fsync_dir(directory)
         return created
 
-    def remove_temp_files_of(self, pids: Collection[int]) -> int:
-        """Delete the temp files of puts by these (dead) processes; returns how many.
+    def remove_orphaned_temp_files(self) -> int:
+        """Delete temp files whose writing process is dead; returns how many.
 
         A process killed inside ``put`` leaves its temp file behind; readers never
         see it (``list`` hides reserved names), but it would take space forever.
+        The writer's pid is in the name; a live pid (even a reused one) is kept.
         """
-        prefixes = tuple(f"{RESERVED_PREFIX}tmp-{pid}-" for pid in pids)
+        marker = f"{RESERVED_PREFIX}tmp-"
         removed = 0
         for directory, _, files in os.walk(self._root):
             for name in files:
-                if prefixes and name.startswith(prefixes):
+                pid = name[len(marker) :].split("-", 1)[0] if name.startswith(marker) else ""
+                if pid.isdigit() and not _pid_alive(int(pid)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(directory, name))
                         removed += 1
@@ -432,3 +434,13 @@ class LocalObjectStore(ObjectStore):
 
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own descriptors."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
