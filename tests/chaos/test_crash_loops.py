@@ -252,8 +252,10 @@ ORPHANED_UPLOADER_TEMP = (
         "uploader",
         pytest.param(
             "pool",
+            # not strict: the logstore's dead-pid sweep removes the file whenever a logstore
+            # starts on the root after the killed uploaders are gone, which races the test
             marks=pytest.mark.xfail(
-                strict=True, raises=AssertionError, reason=ORPHANED_UPLOADER_TEMP
+                strict=False, raises=AssertionError, reason=ORPHANED_UPLOADER_TEMP
             ),
         ),
     ],
