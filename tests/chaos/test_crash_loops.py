@@ -249,32 +249,12 @@ def catch_a_put_in_flight(config: Config, writer: wp.LogWriter, payload: bytes) 
     raise RuntimeError("no put was caught in flight within 20s")
 
 
-ORPHANED_UPLOADER_TEMP = (
-    "BUG (partly fixed in bcd5dbd): the uploaders of a killed logstore die mid-put and leave "
-    ".wp-tmp-<pid>-* files; a logstore now removes those of dead pids at start and shutdown, "
-    "but LocalObjectStore._pid_alive (os.kill(pid, 0)) counts a zombie as alive, and orphaned "
-    "uploaders stay zombies until init reaps them (this machine's PID 1 reaps late: zombies "
-    "with ppid 1 were seen for 10 s and more), so their files survive both sweeps. Fix: treat "
-    "a pid whose /proc/<pid>/stat state is Z as dead."
-)
-
-
-@pytest.mark.parametrize(
-    "victim",
-    [
-        "uploader",
-        pytest.param(
-            "pool",
-            # not strict: whether the killed uploaders are still unreaped zombies when the
-            # next logstore sweeps depends on when init reaps them
-            marks=pytest.mark.xfail(
-                strict=False, raises=AssertionError, reason=ORPHANED_UPLOADER_TEMP
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("victim", ["uploader", "pool"])
 def test_temp_file_of_a_killed_put_is_removed(make_config, victim):
-    """Regression: a put killed half-way (its uploader, or the whole pool) leaves no temp file."""
+    """Regression: a put killed half-way (its uploader, or the whole pool) leaves no temp file.
+
+    The killed pool's uploaders can stay unreaped zombies for seconds; they once counted
+    as alive, so their temp files survived the next logstore's sweeps."""
     config = make_config("local", logstore_idle_exit=1.0)
     payload = os.urandom(4 << 20)  # a put long enough to be caught in the act
     with wp.Client(config) as client:

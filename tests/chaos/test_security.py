@@ -153,18 +153,8 @@ def test_etcd_with_authentication_and_tls(
         etcd.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=wp.MetadataUnavailableError,
-    reason="BUG: etcd.user/etcd.password never work over a plaintext connection: pyetcd sends "
-    "the auth token as gRPC call credentials, which gRPC refuses on an insecure channel "
-    "('Established channel does not have a sufficient security level to transfer access "
-    "token'); the client retries this permanent error for the whole retry.deadline, then "
-    "raises MetadataUnavailableError. Fix: send the token as plain per-call metadata on "
-    "insecure channels (a grpc client interceptor adding ('token', token)), or refuse "
-    "etcd.user without TLS with a ConfigError at start; never retry UNAUTHENTICATED of this kind.",
-)
 def test_etcd_authentication_over_plaintext(make_config, private_etcd: EtcdCluster, unique):
+    """Regression: the token once went only as gRPC call credentials, refused without TLS."""
     password = f"pw-{uuid.uuid4().hex}"
     enable_auth(private_etcd, f"/wp-auth/{unique}", password)
     config = make_config(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from woodpecker.config import RetryConfig
@@ -249,6 +252,29 @@ def test_leftover_temp_files_are_never_listed(store: LocalObjectStore, root: Pat
     (root / "seg" / ".wp-tmp-deadbeef").write_bytes(b"left by kill -9")
     assert [i.key for i in store.list()] == ["seg/a"]
     assert [i.key for i in store.list("seg/")] == ["seg/a"]
+
+
+def test_temp_files_of_dead_and_zombie_writers_are_removed(
+    store: LocalObjectStore, root: Path
+) -> None:
+    """A killed writer may stay an unreaped zombie for long: it writes nothing more."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # never waited for below
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    deadline = time.monotonic() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    (root / "seg").mkdir()
+    names = {pid: f".wp-tmp-{pid}-0123456789abcdef" for pid in (os.getpid(), zombie.pid)}
+    names[exited.pid] = f".wp-tmp-{exited.pid}-fedcba9876543210"
+    for name in names.values():
+        (root / "seg" / name).write_bytes(b"half-written")
+    try:
+        assert store.remove_orphaned_temp_files() == 2
+    finally:
+        zombie.wait()
+    assert sorted(os.listdir(root / "seg")) == [names[os.getpid()]]
 
 
 def test_list_order_is_plain_string_order(store: LocalObjectStore) -> None:

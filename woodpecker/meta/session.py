@@ -13,6 +13,7 @@ an overwrite by a preempting session keeps it.) Protocol and invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -203,6 +204,11 @@ class WriterSession:
             holder = WriterRecord.from_bytes(writer_kv[0], self._keys.writer(self.log_id))
             raise self._fence(f"preempted by session epoch {holder.epoch} (owner {holder.owner!r})")
 
+    def _fence_if_preempted(self, writer_kv: KV | None) -> None:
+        """Like _check_writer, but only records the fence (the caller's commit did land)."""
+        with contextlib.suppress(WriterFencedError):
+            self._check_writer(writer_kv)
+
     def _writer_guard(self) -> Any:
         return self._etcd.ops.mod(self._keys.writer(self.log_id)) == self._writer_revision
 
@@ -277,20 +283,33 @@ class WriterSession:
                 ops.put(self._keys.block(self.log_id, segment_id, b.block_id), b.to_bytes())
                 for b in blocks
             ]
+            last_block = self._keys.block(self.log_id, segment_id, blocks[-1].block_id)
             ok, replies = self._etcd.txn(
                 "commit",
                 [self._writer_guard(), ops.mod(key) == revision],
                 success=[*puts, ops.put(key, value)],
-                failure=[ops.get(self._keys.writer(self.log_id)), ops.get(key)],
+                failure=[
+                    ops.get(self._keys.writer(self.log_id)),
+                    ops.get(key),
+                    ops.get(last_block),
+                ],
             )
             if ok:
                 self._segments[segment_id] = (updated, replies[-1].response_put.header.revision)
                 return
+            current, landed = first(replies[1]), first(replies[2])
+            if landed is not None and landed[0] == blocks[-1].to_bytes():
+                # An earlier attempt of this very commit landed (its reply was lost): the
+                # txn is atomic and only this session writes this epoch's block records,
+                # so the commit passed the fence when it was applied. It is a success even
+                # if the session has been preempted since; that is noticed afterwards.
+                if current is not None and current[0] == value:
+                    self._segments[segment_id] = (updated, current[1].mod_revision)
+                else:
+                    self._segments[segment_id] = (updated, -1)
+                    self._fence_if_preempted(first(replies[0]))
+                return
             self._check_writer(first(replies[0]))
-            current = first(replies[1])
-            if current is not None and current[0] == value:
-                self._segments[segment_id] = (updated, current[1].mod_revision)
-                return  # an earlier attempt of this very commit landed
             if current is not None:
                 self._segments[segment_id] = (
                     SegmentRecord.from_bytes(current[0], key),

@@ -171,6 +171,11 @@ class EtcdConnection:
                     user=etcd.user or None,
                     password=etcd.password if etcd.user else None,
                 )
+                if self._credentials is None:
+                    # pyetcd sends the auth token twice: as call credentials, which gRPC
+                    # refuses on a plaintext channel, and as plain call metadata, which
+                    # etcd accepts. Keep the metadata only (before any watcher copies it).
+                    client.call_credentials = None
                 self._clients[index] = client
             return client
 

@@ -19,6 +19,8 @@ import stat as stat_mod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import psutil
+
 from woodpecker.errors import ObjectNotFoundError, StorageUnavailableError
 from woodpecker.storage.base import (
     RESERVED_PREFIX,
@@ -437,10 +439,10 @@ class LocalObjectStore(ObjectStore):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` may still write: a zombie cannot (killed writers can stay unreaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # exists, owned by someone else
-    return True
