@@ -2,7 +2,7 @@
 
 from shm.allocator import ALIGN, RingAllocator
 from shm.arena import Arena
-from shm.fdpass import MAX_FDS, MAX_FRAME, FrameReader, recv_msg, send_msg
+from shm.fdpass import MAX_FDS, MAX_FRAME, FrameReader, FrameWriter, recv_msg, send_msg
 
 __all__ = [
     "ALIGN",
@@ -10,6 +10,7 @@ __all__ = [
     "MAX_FRAME",
     "Arena",
     "FrameReader",
+    "FrameWriter",
     "RingAllocator",
     "recv_msg",
     "send_msg",

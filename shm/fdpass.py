@@ -232,3 +232,49 @@ class FrameReader:
         buf = bytearray(size)
         buf[: self._end] = self._view[: self._end]
         self._buf, self._view = buf, memoryview(buf)
+
+
+class FrameWriter:
+    """Outgoing frames of a non-blocking socket in a selector loop.
+
+    The loop must never wait on one peer: a peer that stops reading would stall
+    every other. Frames the socket cannot take now are queued; the loop calls
+    :meth:`flush` when the socket is writable (watch it while :attr:`pending`).
+    The queue is bounded: a peer more than ``limit`` bytes behind is broken.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._queue = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued, not yet taken by the socket."""
+        return len(self._queue)
+
+    def push(self, sock: socket.socket, payload: bytes) -> None:
+        """Queue one frame (no fds) and send what the socket takes now.
+
+        Raises ``OverflowError`` past the limit, ``OSError`` if the socket broke.
+        """
+        if len(payload) > MAX_FRAME:
+            raise ValueError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
+        was_empty = not self._queue
+        self._queue += _HEADER.pack(len(payload))
+        self._queue += payload
+        if len(self._queue) > self._limit:
+            raise OverflowError(
+                f"the peer is {len(self._queue)} bytes behind (limit {self._limit}): "
+                "it does not read what it is sent"
+            )
+        if was_empty:
+            self.flush(sock)
+
+    def flush(self, sock: socket.socket) -> None:
+        """Send as much of the queue as the socket takes without blocking."""
+        while self._queue:
+            try:
+                sent = sock.send(self._queue)
+            except BlockingIOError:
+                return
+            del self._queue[:sent]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from shm import FrameReader, send_msg
+from shm import FrameReader, FrameWriter, send_msg
 from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.meta import MetaStore
@@ -42,11 +42,19 @@ from workers.maintenance import Maintenance
 
 log = logging.getLogger("woodpecker.logstore")
 
+REPLY_BACKLOG_LIMIT = 8 * 1024 * 1024
+"""Bytes of acks and replies a producer may leave unread before it is disconnected.
+
+A producer's unread replies are bounded by its batches in flight (tens of bytes
+each), so only a producer that sends but never reads comes near this.
+"""
+
 
 @dataclass
 class Producer:
     conn: socket.socket
     reader: FrameReader
+    writer: FrameWriter
     pid: int = 0
     arena_fd: int = -1
     arena_size: int = 0
@@ -184,13 +192,34 @@ class Logstore:
     # ---- producers -------------------------------------------------------------------
 
     def _send(self, producer: int, frame: bytes) -> None:
+        """Queue a reply; the loop never waits on one producer's socket."""
         p = self.producers.get(producer)
         if p is None or p.gone:
             return
         try:
-            send_msg(p.conn, frame)
+            p.writer.push(p.conn, frame)
+        except OverflowError as e:
+            log.warning("producer %s: %s; disconnecting it", producer, e)
+            self._producer_gone(producer)
+            return
         except OSError:
             self._producer_gone(producer)
+            return
+        self._watch_writable(producer, p)
+
+    def _flush(self, producer: int) -> None:
+        p = self.producers[producer]
+        try:
+            p.writer.flush(p.conn)
+        except OSError:
+            self._producer_gone(producer)
+            return
+        self._watch_writable(producer, p)
+
+    def _watch_writable(self, producer: int, p: Producer) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if p.writer.pending else 0)
+        if self.sel.get_key(p.conn).events != events:
+            self.sel.modify(p.conn, events, ("producer", producer))
 
     def _ack(self, producer: int, seq: int, segment_id: int, first_entry: int) -> None:
         self._send(producer, protocol.ACK_FMT.pack(protocol.ACK, seq, segment_id, first_entry))
@@ -200,10 +229,10 @@ class Logstore:
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
-        conn.settimeout(10.0)  # a producer that stops reading its acks is dropped
+        conn.setblocking(False)
         pid = self._next_producer
         self._next_producer += 1
-        self.producers[pid] = Producer(conn, FrameReader())
+        self.producers[pid] = Producer(conn, FrameReader(), FrameWriter(REPLY_BACKLOG_LIMIT))
         self.sel.register(conn, selectors.EVENT_READ, ("producer", pid))
 
     def _on_producer(self, pid: int) -> None:
@@ -211,6 +240,10 @@ class Logstore:
         try:
             frames = p.reader.feed_from(p.conn)
         except (EOFError, ConnectionError, OSError):
+            self._producer_gone(pid)
+            return
+        except ValueError as e:  # a frame length past the limit
+            log.warning("producer %s broke the framing (%s); disconnecting it", pid, e)
             self._producer_gone(pid)
             return
         for frame, fds in frames:
@@ -297,6 +330,9 @@ class Logstore:
         p.conn.close()
         self.coordinator.producer_gone(pid)
 
+    def _live(self, pid: int) -> bool:
+        return pid in self.producers and not self.producers[pid].gone
+
     def _reap_producers(self) -> None:
         """Unmap the arenas of departed producers once nothing of theirs is in flight."""
         for pid, p in list(self.producers.items()):
@@ -338,14 +374,16 @@ class Logstore:
         return not self.producers and self.coordinator.idle()
 
     def _step(self, timeout: float) -> None:
-        for key, _ in self.sel.select(timeout):
+        for key, events in self.sel.select(timeout):
             kind, who = key.data
             if kind == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 self.coordinator.run_results()
             elif kind == "producer":
-                if who in self.producers and not self.producers[who].gone:
+                if events & selectors.EVENT_WRITE and self._live(who):
+                    self._flush(who)
+                if events & selectors.EVENT_READ and self._live(who):
                     self._on_producer(who)
             elif kind == "uploader":
                 self._on_uploader(who)
@@ -370,6 +408,12 @@ class Logstore:
             self.coordinator.fail_all(
                 "StorageUnavailableError", "the logstore stopped before this append was durable"
             )
+        # the last acks and NACKs must reach producers that still read
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(
+            p.writer.pending for p in self.producers.values() if not p.gone
+        ):
+            self._step(0.05)
 
     def _remove_temp_files(self) -> None:
         """Local backend: delete temp files that dead processes left inside ``put``."""

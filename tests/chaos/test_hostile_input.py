@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 import woodpecker as wp
 from chaos.processes import logstore_pid, wait_logstore
 from chaos.scale import pick
-from shm import Arena, FrameReader, send_msg
+from shm import MAX_FRAME, Arena, FrameReader, send_msg
 from woodpecker.format import write_batch_message
 from woodpecker.meta import MetaStore
 from woodpecker.meta.records import (
@@ -118,14 +120,22 @@ def last_two(log: wp.LogHandle) -> list[bytes]:
     return payloads[-2:]
 
 
+def framed(payload: bytes) -> bytes:
+    """``payload`` as one frame on the wire (length header + payload), without fds."""
+    return struct.pack("<I", len(payload)) + payload
+
+
 MALFORMED = {
-    "unknown kind": bytes([99]) + b"{}",
-    "empty frame": b"",
-    "short batch": bytes([protocol.BATCH]) + b"abc",
-    "control frame not json": bytes([protocol.OPEN_LOG]) + b"{not json",
-    "open_log without keys": protocol.encode(protocol.OPEN_LOG, {"req": 1}),
-    "open_log wrong types": protocol.encode(protocol.OPEN_LOG, {"req": 1, "name": 5, "log_id": []}),
-    "hello without fd": protocol.encode(protocol.HELLO, {"pid": 1, "arena_size": 10}),
+    "unknown kind": framed(bytes([99]) + b"{}"),
+    "empty frame": framed(b""),
+    "short batch": framed(bytes([protocol.BATCH]) + b"abc"),
+    "control frame not json": framed(bytes([protocol.OPEN_LOG]) + b"{not json"),
+    "open_log without keys": framed(protocol.encode(protocol.OPEN_LOG, {"req": 1})),
+    "open_log wrong types": framed(
+        protocol.encode(protocol.OPEN_LOG, {"req": 1, "name": 5, "log_id": []})
+    ),
+    "hello without fd": framed(protocol.encode(protocol.HELLO, {"pid": 1, "arena_size": 10})),
+    "frame length past the limit": struct.pack("<I", MAX_FRAME + 1) + b"x" * 64,
 }
 
 
@@ -135,7 +145,7 @@ def test_a_malformed_frame_does_not_kill_the_logstore(served, variant):
     client, log = served
     store = write_then_store(log, f"before {variant}".encode())
     raw = RawProducer(client.config)
-    send_msg(raw.sock, MALFORMED[variant])  # as is: even a HELLO goes without its fd
+    raw.sock.sendall(MALFORMED[variant])  # as is: even a HELLO goes without its fd
     time.sleep(0.5)  # the logstore reads the frame
     raw.close()
     assert logstore_pid(client.config) == store, f"the logstore died of a {variant!r} frame"
@@ -161,6 +171,59 @@ def test_a_descriptor_that_lies_is_refused(served, lie):
     assert reply[0] == protocol.NACK, f"a descriptor with {lie} was acknowledged"
     write_then_store(log, f"after {lie}".encode())
     assert last_two(log) == [f"before {lie}".encode(), f"after {lie}".encode()]
+
+
+def test_a_producer_that_never_reads_its_replies_stalls_nobody(served):
+    """Regression: the logstore wrote replies with a blocking send, so one producer that
+    kept sending but never read made it wait on a full socket (10 s, then a drop) and
+    stalled every other producer meanwhile. Replies now queue per producer; a producer
+    whose queue passes the bound is disconnected."""
+    client, log = served
+    store = write_then_store(log, b"before the flood")
+    raw = RawProducer(client.config)
+    raw.sock.settimeout(60)  # it waits longer than the logstore would
+    # each descriptor names a log this producer never opened: one NACK per frame
+    flood = framed(protocol.BATCH_FMT.pack(protocol.BATCH, log.log_id + 10**6, 1, 0, 1, 1)) * 1000
+    flooding = threading.Event()
+    ended = []
+
+    began = time.monotonic()
+
+    def send_flood() -> None:
+        flooding.set()
+        try:
+            for _ in range(400):  # 400k NACKs (~40 MB) that it never reads
+                raw.sock.sendall(flood)
+            ended.append("sent everything")
+        except OSError as e:
+            ended.append(f"disconnected: {type(e).__name__}")
+        ended.append(f"after {time.monotonic() - began:.1f}s")
+
+    sender = threading.Thread(target=send_flood, daemon=True)
+    sender.start()
+    flooding.wait()
+    start = time.monotonic()
+    with log.open_writer() as writer:
+        worst, payloads = time.monotonic() - start, []
+        deadline = time.monotonic() + 60
+        while (sender.is_alive() or len(payloads) < 20) and time.monotonic() < deadline:
+            payloads.append(f"during the flood {len(payloads)}".encode())
+            start = time.monotonic()
+            writer.write(payloads[-1], timeout=30)
+            worst = max(worst, time.monotonic() - start)
+            time.sleep(0.02)
+    sender.join(1)
+    raw.close()
+    print(
+        f"never-reading producer: {ended}; meanwhile another producer opened a "
+        f"writer and made {len(payloads)} appends, the slowest step took {worst * 1000:.0f} ms"
+    )
+    assert logstore_pid(client.config) == store, "the logstore died"
+    assert worst < 3.0, f"another producer's append waited {worst:.1f}s behind the flood"
+    assert ended and ended[0].startswith("disconnected"), "the flooding producer was kept"
+    with log.open_reader(wp.EARLIEST) as reader:
+        read = [m.payload for m in iter(lambda: reader.read_next(timeout=1), None)]
+    assert read[-len(payloads) :] == payloads
 
 
 RECORDS = [LogRecord, WriterRecord, SegmentRecord, BlockRecord, TruncationPoint, PendingDeletion]

@@ -26,7 +26,17 @@ from hypothesis.stateful import (
     rule,
 )
 
-from shm import ALIGN, MAX_FDS, MAX_FRAME, Arena, FrameReader, RingAllocator, recv_msg, send_msg
+from shm import (
+    ALIGN,
+    MAX_FDS,
+    MAX_FRAME,
+    Arena,
+    FrameReader,
+    FrameWriter,
+    RingAllocator,
+    recv_msg,
+    send_msg,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -484,6 +494,27 @@ def test_frame_reader_big_frames_and_many_small_ones(pair: tuple[socket.socket, 
         pass
     sender.join()
     assert got == payloads
+
+
+def test_frame_writer_never_blocks_and_bounds_an_unread_backlog(
+    pair: tuple[socket.socket, ...],
+) -> None:
+    a, b = pair
+    a.setblocking(False)
+    writer, pushed = FrameWriter(limit=1 << 20), []
+    with pytest.raises(OverflowError, match="does not read"):
+        for i in range(1_000_000):  # far more than the socket buffer and the limit hold
+            payload = f"reply {i}".encode() * 10
+            writer.push(a, payload)  # returns at once even though b reads nothing
+            pushed.append(payload)
+    assert 0 < writer.pending <= (1 << 20) + 200
+    # what the socket could not take yet is sent once the reader catches up
+    got, reader = [], FrameReader()
+    b.setblocking(False)
+    while writer.pending or len(got) < len(pushed):
+        writer.flush(a)
+        got += [frame for frame, _ in reader.feed_from(b)]
+    assert got == [*pushed, f"reply {len(pushed)}".encode() * 10]
 
 
 def test_frame_reader_errors(pair: tuple[socket.socket, ...]) -> None:

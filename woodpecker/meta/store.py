@@ -64,10 +64,12 @@ MAX_TXN_OPS = 128
 # must fit them (gRPC's default limit is 4 MiB).
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    # keepalive pings detect a half-open connection, which would otherwise silence watches
+    # keepalive pings detect a half-open connection, which would otherwise silence watches;
+    # only while a call (a watch, a lease keepalive) is open: etcd answers pings on an idle
+    # connection with GOAWAY "too_many_pings", which drops the connection
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),
 ]
 
 _TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
