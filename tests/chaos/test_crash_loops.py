@@ -229,6 +229,8 @@ def test_kill9_loop(backend, make_config, fleet_factory, rng):
             fleet.wait_progress(before, RECOVERY, f"recovery after kill {k + 1} ({target})")
             stalls[target] = max(stalls[target], time.monotonic() - start)
             loop.check_so_far()
+            if (k + 1) % 100 == 0:  # a long run's progress (seen with -s)
+                print(f"kill9 loop {backend}: {k + 1} of {len(schedule)} kills, all recovered")
         fleet.stop()
         loop.tail.close()
         report = check(fleet.ops(), read_back(reader_client.open_log(log.name)))
