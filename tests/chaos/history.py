@@ -13,7 +13,8 @@ read back can be attributed to the append that wrote it. ``check`` then proves:
 
 Producers in other processes record to a JSON-lines file (one ``os.write`` per
 event, so a ``kill -9`` loses at most the outcome of the appends in flight,
-which then count as unknown); ``History.load`` merges such files.
+which then count as unknown); ``HistoryFile`` reads such a file incrementally and
+``History.load`` merges several.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import itertools
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,11 +106,17 @@ class Op:
 
 
 class History:
-    """Thread-safe recorder of appends; optionally mirrored to a JSON-lines file."""
+    """Thread-safe recorder of appends; optionally mirrored to a JSON-lines file.
 
-    def __init__(self, path: Path | None = None) -> None:
+    With a file and ``keep=False`` the ops live only in the file (``load`` rebuilds them):
+    a producer process of a long run would otherwise hold every payload it ever wrote.
+    """
+
+    def __init__(self, path: Path | None = None, *, keep: bool = True) -> None:
         self._lock = threading.Lock()
         self.ops: list[Op] = []
+        self.acked: Counter[str] = Counter()  # acks per producer, cheap to poll
+        self._keep = keep or path is None
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if path else None
 
     def _log(self, event: dict) -> None:
@@ -119,13 +127,15 @@ class History:
         """Record an append about to be submitted; its payload comes from ``make_payload``."""
         op = Op(producer, seq, make_payload(producer, seq, size), invoked=time.monotonic())
         with self._lock:
-            self.ops.append(op)
+            if self._keep:
+                self.ops.append(op)
             self._log({"e": "invoke", "p": producer, "s": seq, "n": len(op.payload)})
         return op
 
     def ok(self, op: Op, message_id: LogMessageId) -> None:
         with self._lock:
             op.outcome, op.id, op.completed = OK, LogMessageId(*message_id), time.monotonic()
+            self.acked[op.producer] += 1
             self._log({"e": OK, "p": op.producer, "s": op.seq, "id": list(op.id)})
 
     def failed(self, op: Op, error: BaseException) -> None:
@@ -135,6 +145,10 @@ class History:
             op.completed = time.monotonic()
             self._log({"e": op.outcome, "p": op.producer, "s": op.seq, "err": op.error})
 
+    def acked_counts(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.acked)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -143,24 +157,53 @@ class History:
     @staticmethod
     def load(paths: Iterable[Path]) -> list[Op]:
         """Ops recorded by other processes; an invoke without outcome is PENDING (unknown)."""
-        ops: dict[tuple[str, int], Op] = {}
-        for path in paths:
-            if not path.exists():
+        return [op for path in paths for op in HistoryFile(path).ops()]
+
+
+class HistoryFile:
+    """The ops of one producer process's history file, read incrementally.
+
+    Each call parses only the complete lines appended since the previous one, so a
+    long run can poll its producers' progress without re-reading everything. A line
+    torn by ``kill -9`` is never completed (its process is gone): its outcome stays
+    unknown.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.acked: Counter[str] = Counter()
+        self._offset = 0
+        self._ops: dict[int, Op] = {}  # by seq: one file holds one producer
+
+    def refresh(self) -> None:
+        """Take in the complete lines written since the last call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
                 continue
-            for line in path.read_bytes().splitlines():
-                try:
-                    event = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue  # a line torn by kill -9: its outcome is unknown anyway
-                key = (event["p"], event["s"])
-                if event["e"] == "invoke":
-                    ops[key] = Op(event["p"], event["s"], make_payload(*key, event["n"]))
-                elif key in ops:
-                    op = ops[key]
-                    op.outcome = event["e"]
-                    op.id = LogMessageId(*event["id"]) if "id" in event else None
-                    op.error = event.get("err", "")
-        return list(ops.values())
+            seq = event["s"]
+            if event["e"] == "invoke":
+                self._ops[seq] = Op(event["p"], seq, make_payload(event["p"], seq, event["n"]))
+            elif seq in self._ops:
+                op = self._ops[seq]
+                op.outcome = event["e"]
+                op.id = LogMessageId(*event["id"]) if "id" in event else None
+                op.error = event.get("err", "")
+                if op.outcome == OK:
+                    self.acked[op.producer] += 1
+
+    def ops(self) -> list[Op]:
+        self.refresh()
+        return list(self._ops.values())
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import woodpecker as wp
-from chaos.history import OK, History, Op
+from chaos.history import History, HistoryFile, Op
 from woodpecker.config import Config
 
 ACK_TIMEOUT = 60.0  # an ack later than this is recorded unknown; it is never a hang
@@ -109,7 +109,7 @@ def produce_in_process(
     config: Config, log_name: str, producer: str, path: str, stop: Any, plan: Plan
 ) -> None:
     """Entry point of a ``spawn``ed producer: records to the JSON-lines file ``path``."""
-    history = History(Path(path))
+    history = History(Path(path), keep=False)  # the parent reads the file
     try:
         produce(config, log_name, producer, history, stop, plan)
     finally:
@@ -132,7 +132,7 @@ class Fleet:
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = self._ctx.Event()
-        self._files: list[Path] = []
+        self._files: list[HistoryFile] = []
         self._seeds = iter(range(self.plan.seed, self.plan.seed + 1_000_000))
 
     def _plan(self) -> Plan:
@@ -155,7 +155,7 @@ class Fleet:
 
     def start_process(self, name: str) -> None:
         path = self.directory / f"history-{name}.jsonl"
-        self._files.append(path)
+        self._files.append(HistoryFile(path))
         proc = self._ctx.Process(
             target=produce_in_process,
             args=(self.config, self.log_name, name, str(path), self._stop, self._plan()),
@@ -168,7 +168,7 @@ class Fleet:
     def ops(self) -> list[Op]:
         """Every append recorded so far, by threads and by processes (alive or killed)."""
         ops = [op for h in self.histories.values() for op in list(h.ops)]
-        return ops + History.load(self._files)
+        return ops + [op for f in self._files for op in f.ops()]
 
     def live(self) -> list[str]:
         """Producers still running (killed processes excluded)."""
@@ -176,8 +176,14 @@ class Fleet:
         return threads + [n for n, p in self.processes.items() if p.is_alive()]
 
     def acked(self) -> Counter[str]:
-        """Acknowledged appends per producer, so far."""
-        return Counter(op.producer for op in self.ops() if op.outcome == OK)
+        """Acknowledged appends per producer, so far (cheap: only new history lines are read)."""
+        acked: Counter[str] = Counter()
+        for h in self.histories.values():
+            acked.update(h.acked_counts())
+        for f in self._files:
+            f.refresh()
+            acked.update(f.acked)
+        return acked
 
     def wait_progress(self, since: Counter[str], timeout: float, what: str) -> None:
         """Wait until every live producer got an ack after ``since`` (a snapshot of ``acked``)."""
