@@ -43,13 +43,19 @@ def holders(path: Path) -> list[int]:
 
 
 def logstore_pid(config: Config) -> int | None:
-    """The live logstore serving ``config``'s socket (the holder of its lock), if any."""
+    """The live logstore serving ``config``'s socket (the holder of its lock), if any.
+
+    A child the logstore is forking (an uploader before its exec) holds the lock's fd
+    and the logstore's command line for an instant: the logstore is the holder whose
+    parent is not a holder too.
+    """
+    found: dict[int, int] = {}  # pid -> parent pid
     for pid in holders(lock_file(config)):
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE and "workers.logstore" in proc.cmdline():
-                return pid
-    return None
+                found[pid] = proc.ppid()
+    return next((pid for pid, parent in found.items() if parent not in found), None)
 
 
 def wait_logstore(config: Config, timeout: float = 30.0, *, other_than: int | None = None) -> int:
