@@ -451,13 +451,16 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
     rows = []
     for c in cells:
         if "error" in c:
-            rows.append([_f(c.get("target_mb_s")), "failed", "", "", "", "", ""])
+            rows.append([_f(c.get("target_mb_s")), _f(c.get("linger_ms", 0.0)), "failed"])
+            rows[-1] += [""] * 7
             continue
         m = c["monthly"]
         rows.append(
             [
                 _f(c["target_mb_s"]),
+                _f(c.get("linger_ms", 0.0)),
                 _f(c["achieved_mb_s"]),
+                f"{_f(c.get('ack_p50_ms'))} / {_f(c.get('ack_p99_ms'))}",
                 approx_size(c["mean_block_bytes"]),
                 _f(c["puts_per_gb"]),
                 _f(c["gets_per_gb"]),
@@ -468,7 +471,9 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
     md += _table(
         [
             "log rate MB/s",
+            "`uploader.linger_ms`",
             "achieved MB/s",
+            "ack p50 / p99 ms",
             "mean block",
             "PUT/GB",
             "GET/GB (read once)",
@@ -479,7 +484,8 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
     )
     md += [
         "Prices: PUT $0.005 per 1,000, GET $0.0004 per 1,000 (S3 Standard list prices); "
-        "16 KiB entries written with `write_async` at the paced rate, read back once. "
+        "16 KiB entries written with `write_async` at the paced rate, read back once; "
+        "`uploader.linger_ms` lets a block that is not full wait for more entries. "
         "Storage GB-months and etcd are not included.",
         "",
     ]

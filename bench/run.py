@@ -138,15 +138,16 @@ def build_plan(
     if "cost" in only:
         rates = (10,) if quick else suite_cost.RATES_MB_S
         for rate in rates:
-            steps.append(
-                Step(
-                    f"cost s3 at {rate} MB/s",
-                    duration + 8,
-                    "cost",
-                    lambda r=rate: suite_cost.run(r, parent, duration),
-                    {"suite": "cost", "target_mb_s": rate},
+            for linger in (0.0, suite_cost.LINGER_MS):
+                steps.append(
+                    Step(
+                        f"cost s3 at {rate} MB/s, linger {linger:.0f} ms",
+                        duration + 8,
+                        "cost",
+                        lambda r=rate, g=linger: suite_cost.run(r, parent, duration, g),
+                        {"suite": "cost", "target_mb_s": rate, "linger_ms": linger},
+                    )
                 )
-            )
     return steps
 
 

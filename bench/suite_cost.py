@@ -1,12 +1,13 @@
 """Object-store requests per GB and what they cost per month at S3 list prices.
 
 The request count depends on the write rate: at a low rate the pipeline cuts
-small blocks (it uploads as soon as it has room, so as not to delay acks), so
-each paced run writes at the rate it prices. PUTs are counted from the blocks
-committed in etcd (one PUT per block, CreateMultipartUpload + parts + Complete
-above ``uploader.multipart_threshold``); GETs and LISTs by wrapping the store of
-a reader that then reads everything back once. Storage (GB-month) is not priced:
-it depends on retention, not on Woodpecker.
+small blocks (by default it uploads as soon as it has room, so as not to delay
+acks), so each paced run writes at the rate it prices, once with the default and
+once with ``uploader.linger_ms`` = ``LINGER_MS`` (blocks wait to fill). PUTs are
+counted from the blocks committed in etcd (one PUT per block, CreateMultipartUpload
++ parts + Complete above ``uploader.multipart_threshold``); GETs and LISTs by
+wrapping the store of a reader that then reads everything back once. Storage
+(GB-month) is not priced: it depends on retention, not on Woodpecker.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ GET_PRICE = 0.0004 / 1000  # $ per GET / SELECT and all other requests
 SECONDS_PER_MONTH = 30 * 24 * 3600
 RATES_MB_S = (1, 10, 100)
 ENTRY_SIZE = 16 * 1024
+LINGER_MS = 200.0  # the reference system's object-storage flush interval
 
 
 def put_requests(sizes: list[int], config: Config) -> int:
@@ -48,10 +50,10 @@ def monthly_cost(rate_mb_s: float, puts_per_gb: float, gets_per_gb: float) -> di
     }
 
 
-def run(rate_mb_s: float, parent: Path, duration: float) -> dict[str, Any]:
+def run(rate_mb_s: float, parent: Path, duration: float, linger_ms: float = 0.0) -> dict[str, Any]:
     """Write at ``rate_mb_s`` (S3 backend, 16 KiB entries), read it all back, count requests."""
     limit = duration + 120
-    with scratch("s3", parent) as space:
+    with scratch("s3", parent, uploader_linger_ms=linger_ms) as space:
         with Logstore(space.config) as logstore:
             write = drivers.WriteJob(
                 space.overrides, "bench", "write_async", ENTRY_SIZE, duration, rate=rate_mb_s * 1e6
@@ -75,7 +77,10 @@ def run(rate_mb_s: float, parent: Path, duration: float) -> dict[str, Any]:
     return {
         "suite": "cost",
         "target_mb_s": rate_mb_s,
+        "linger_ms": linger_ms,
         "achieved_mb_s": w["mb_s"],
+        "ack_p50_ms": w["latency"]["p50_ms"],
+        "ack_p99_ms": w["latency"]["p99_ms"],
         "entry_size": ENTRY_SIZE,
         "blocks": blocks["blocks"],
         "mean_block_bytes": round(blocks["block_bytes"] / max(1, blocks["blocks"])),

@@ -125,6 +125,13 @@ class UploaderConfig:
         8 * _MiB, "Target size of one block object.", kind="size", minimum=_KiB
     )
     max_inflight: int = _opt(8, "Block uploads in flight at once.", minimum=1)
+    linger_ms: float = _opt(
+        0.0,
+        "Longest wait of a block that is not full for more entries before its upload; 0 "
+        "sends it as soon as an upload slot is free. On a billed object store, raise it: "
+        "fewer, larger PUTs for up to this much more ack latency.",
+        minimum=0.0,
+    )
     multipart_threshold: int = _opt(
         16 * _MiB, "Blocks above this use multipart upload.", kind="size", minimum=5 * _MiB
     )

@@ -96,6 +96,7 @@ class LogState:
     segment: SegmentCursor | None = None
     open_batches: list[Batch] = field(default_factory=list)
     open_bytes: int = 0
+    open_since: float = 0.0  # when the oldest open batch arrived (monotonic clock)
     timeline: deque[Block | MetaOp] = field(default_factory=deque)
     busy: bool = False
     committed_size: dict[int, int] = field(default_factory=dict)  # segment -> bytes committed
@@ -193,12 +194,24 @@ class Coordinator:
         batch = Batch(producer, seq, offset, length, count, cursor.next_entry)
         cursor.next_entry += count
         cursor.bytes += length
+        if not state.open_batches:
+            state.open_since = time.monotonic()
         state.open_batches.append(batch)
         state.open_bytes += length
         self.producer_batches[producer] = self.producer_batches.get(producer, 0) + 1
-        limits = self.config.uploader
-        if state.open_bytes >= limits.max_block_bytes or self.inflight < limits.max_inflight:
+        if self._ready(state, time.monotonic()):
             self._dispatch_open(state)
+
+    def _ready(self, state: LogState, now: float) -> bool:
+        """Whether the open block goes out now: it is full, or an upload slot is free and
+        it has lingered long enough (``uploader.linger_ms``: fewer, larger PUTs)."""
+        limits = self.config.uploader
+        if not state.open_batches:
+            return False
+        return state.open_bytes >= limits.max_block_bytes or (
+            self.inflight < limits.max_inflight
+            and now - state.open_since >= limits.linger_ms / 1000
+        )
 
     def _cursor(self, state: LogState) -> SegmentCursor:
         """The segment for the next batch, rolling first when a limit is reached."""
@@ -254,12 +267,22 @@ class Coordinator:
         )
 
     def dispatch_waiting(self) -> None:
-        """Upload room freed: send the open blocks that waited for it."""
+        """Upload room freed (or lingering ended): send the open blocks that waited."""
+        now = time.monotonic()
         for state in self.logs.values():
             if self.inflight >= self.config.uploader.max_inflight:
                 return
-            if state.open_batches:
+            if self._ready(state, now):
                 self._dispatch_open(state)
+
+    def next_deadline(self) -> float | None:
+        """When the next lingering open block is due (monotonic), None if none lingers.
+
+        A block already due that waits for an upload slot is not counted: the upload
+        that frees the slot wakes the loop."""
+        now, linger = time.monotonic(), self.config.uploader.linger_ms / 1000
+        due = [s.open_since + linger for s in self.logs.values() if s.open_batches]
+        return min((t for t in due if t > now), default=None)
 
     def on_upload_done(self, job: int, size: int, checksum: int) -> None:
         self.inflight -= 1
@@ -389,7 +412,9 @@ class Coordinator:
         future.add_done_callback(finished)
 
     def tick(self) -> None:
-        """Called by the loop: retry the metadata steps whose back-off has passed."""
+        """Called by the loop: send blocks done lingering, retry metadata steps whose
+        back-off has passed."""
+        self.dispatch_waiting()
         now = time.monotonic()
         for state in self.logs.values():
             if state.retry_at and now >= state.retry_at:

@@ -360,7 +360,7 @@ class Logstore:
         self.maintenance.start()
         try:
             while not self._stopping:
-                self._step(0.5)
+                self._step(self._wait_time())
                 if self.embedded and self._idle():
                     if time.monotonic() - self._idle_since >= self.config.logstore.idle_exit:
                         break
@@ -369,6 +369,11 @@ class Logstore:
             self._drain()
         finally:
             self._close()
+
+    def _wait_time(self) -> float:
+        """How long the loop may sleep: at most 0.5 s, less if a lingering block is due."""
+        due = self.coordinator.next_deadline()
+        return 0.5 if due is None else min(0.5, max(0.0, due - time.monotonic()))
 
     def _idle(self) -> bool:
         return not self.producers and self.coordinator.idle()

@@ -165,6 +165,35 @@ def test_segments_roll_on_size(make_config, backend):
         assert [m.id for m in messages] == ids
 
 
+def test_linger_gathers_small_appends_into_few_blocks(make_config, backend, unique):
+    """uploader.linger_ms trades ack latency for fewer, larger objects (billed PUTs)."""
+    entries = [f"small entry {i}".encode() for i in range(50)]
+    blocks, sync_ack = {}, {}
+    for linger_ms in (0.0, 500.0):
+        config = make_config(
+            backend,
+            writer_linger_ms=0.0,
+            uploader_linger_ms=linger_ms,
+            logstore_socket=f"/tmp/wp-test-{unique}/linger-{linger_ms:.0f}.sock",
+        )
+        with wp.Client(config) as client:
+            log = client.create_log(f"linger-{linger_ms:.0f}")
+            with log.open_writer() as w:
+                ids = [w.write(entries[0])]  # launches the logstore
+                start = time.monotonic()
+                ids += [w.write(e) for e in entries[1:5]]  # one at a time
+                sync_ack[linger_ms] = (time.monotonic() - start) / 4
+                futures = [w.write_async(e) for e in entries[5:]]  # all at once
+                ids += [f.result(30) for f in futures]
+            assert [m.payload for m in read_all(log, 50)] == entries
+            assert [m.id for m in read_all(log, 50)] == ids
+            blocks[linger_ms] = sum(s.block_count for s in log.segments())
+    print(f"blocks for 50 entries by uploader.linger_ms: {blocks}; sync write ack {sync_ack}")
+    assert blocks[0.0] >= 6, blocks  # each sync write is a block of its own
+    assert sync_ack[500.0] >= 0.45, "a lone block did not linger"
+    assert blocks[500.0] <= 6, blocks
+
+
 def test_new_logstore_fences_old_one(make_config, backend, tmp_path: Path, unique: str):
     first = make_config(backend)
     second = make_config(backend, logstore_socket=f"/tmp/wp-test-{unique}/other.sock")
