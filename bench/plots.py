@@ -74,13 +74,8 @@ def write_throughput(results: dict[str, Any], path: Path) -> None:
             )
         if sizes:
             _size_axis(ax, sizes)
-        ax.set_title(f"Woodpecker write throughput, {backend}")
-        ax.set_xlabel("entry size")
-        ax.set_ylabel("MB/s (acked)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _label(ax, f"Woodpecker write throughput, {backend}", "entry size", "MB/s (acked)")
+    _save(fig, path)
 
 
 def write_latency(results: dict[str, Any], path: Path) -> None:
@@ -102,13 +97,8 @@ def write_latency(results: dict[str, Any], path: Path) -> None:
     if sizes:
         _size_axis(ax, sorted(sizes))
     ax.set_yscale("log")
-    ax.set_title("Synchronous append latency (one producer)")
-    ax.set_xlabel("entry size")
-    ax.set_ylabel("ms")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _label(ax, "Synchronous append latency (one producer)", "entry size", "ms")
+    _save(fig, path)
 
 
 def read_throughput(results: dict[str, Any], path: Path) -> None:
@@ -124,29 +114,42 @@ def read_throughput(results: dict[str, Any], path: Path) -> None:
             ax.axhline(ceiling, color=color, linestyle="--", label=f"raw {backend} read ceiling")
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("MB/s")
-    ax.set_title("Read throughput (one reader)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _label(ax, "Read throughput (one reader)", "", "MB/s")
+    _save(fig, path)
 
 
 def cost(results: dict[str, Any], path: Path) -> None:
     cells = _ok(results.get("cost", []))
     if not cells:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     x = range(len(cells))
     put = [c["monthly"]["put_usd"] for c in cells]
     get = [c["monthly"]["get_usd"] for c in cells]
     ax.bar(x, put, label="PUT")
     ax.bar(x, get, bottom=put, label="GET (read once)")
     ax.set_xticks(list(x))
-    ax.set_xticklabels([f"{c['target_mb_s']} MB/s\n{c['puts_per_gb']:.0f} PUT/GB" for c in cells])
-    ax.set_ylabel("$ per month (requests only)")
-    ax.set_title("S3 request cost of one log")
-    ax.legend(fontsize=8)
+    ax.set_xticklabels(
+        [
+            f"{c['target_mb_s']} MB/s\nlinger {c.get('linger_ms', 0):.0f} ms"
+            f"\n{c['puts_per_gb']:.0f} PUT/GB"
+            for c in cells
+        ],
+        fontsize=7,
+    )
+    _label(ax, "S3 request cost of one log", "", "$ per month (requests only)")
+    _save(fig, path)
+
+
+def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
