@@ -452,7 +452,7 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
     for c in cells:
         if "error" in c:
             rows.append([_f(c.get("target_mb_s")), _f(c.get("linger_ms", 0.0)), "failed"])
-            rows[-1] += [""] * 7
+            rows[-1] += [""] * 6
             continue
         m = c["monthly"]
         rows.append(
