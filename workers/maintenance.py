@@ -10,7 +10,8 @@ One pass (``Maintenance.run_once``) walks every log:
    of about ``compaction.target_bytes`` and their block records swapped;
 3. **pending deletions** whose deadline passed delete their objects;
 4. **orphan sweep**: objects under ``<log_id>/`` that no block record references
-   and no PendingDeletion lists, older than ``retention.orphan_grace``, go.
+   and no PendingDeletion lists, older than ``retention.orphan_grace``, go; so do
+   multipart uploads of such keys left open that long (their uploader was killed).
 
 Every metadata change is a compare-and-swap (``woodpecker.meta.lifecycle``), so
 any number of logstores may run passes at once. The safety argument (stalled
@@ -47,6 +48,7 @@ class ActionKind(enum.StrEnum):
     COMPACT = "compact-segment"  # blocks merged, old objects pending
     DELETE_OBJECTS = "delete-objects"  # a PendingDeletion carried out
     DELETE_ORPHANS = "delete-orphans"  # unreferenced objects past the grace
+    ABORT_UPLOADS = "abort-uploads"  # multipart uploads left open past the grace
 
 
 @dataclass(frozen=True)
@@ -443,6 +445,26 @@ class Maintenance:
                 None,
                 orphans,
                 f"{why}, older than retention.orphan_grace {self.config.retention.orphan_grace:g}s",
+            )
+        self._abort_abandoned_uploads(report, cutoff)
+
+    def _abort_abandoned_uploads(self, report: MaintenanceReport, cutoff: float) -> None:
+        """Abort multipart uploads open longer than the grace: their parts are billed
+        storage, and the block could never be committed any more (the coordinator
+        refuses blocks uploaded more than half the grace ago)."""
+        for upload in self.store.list_multipart(""):
+            log_id = log_id_of(upload.key)
+            if log_id is None or upload.initiated > cutoff or self._stop.is_set():
+                continue
+            if not report.dry_run:
+                self.store.abort_multipart(upload.key, upload.upload_id)
+            report.add(
+                ActionKind.ABORT_UPLOADS,
+                log_id,
+                None,
+                [upload.key],
+                f"multipart upload {upload.upload_id} open for "
+                f"{report.now - upload.initiated:.0f}s, longer than retention.orphan_grace",
             )
 
     # ---- background thread -------------------------------------------------------------

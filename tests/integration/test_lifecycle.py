@@ -300,6 +300,28 @@ def test_orphans_and_deleted_logs_are_swept_after_the_grace(make_config, env_fac
     assert committed(env, log_id) == expected(log_id, range(2), 4)
 
 
+def test_abandoned_multipart_uploads_are_aborted_after_the_grace(env_factory, backend):
+    """An uploader killed mid multipart upload leaves its parts behind (billed storage)."""
+    env = env_factory(backend, retention_orphan_grace=HOUR)
+    log_id = seed(env, "kept", segments=1, blocks=1, entries=1)
+    abandoned = env.store.create_multipart(f"{log_id}/5/0-e9.arrow")
+    env.store.upload_part(f"{log_id}/5/0-e9.arrow", abandoned, 1, b"left by kill -9")
+    foreign = env.store.create_multipart("someone/else.bin")
+    m = env.maintenance()
+    now = time.time()
+    try:
+        assert m.run_once(now).of(ActionKind.ABORT_UPLOADS) == [], "younger than the grace"
+        dry = m.run_once(now + HOUR + 1, dry_run=True)
+        assert dry.keys(ActionKind.ABORT_UPLOADS) == [f"{log_id}/5/0-e9.arrow"]
+        assert len(list(env.store.list_multipart())) == 2
+        report = m.run_once(now + HOUR + 1)
+        assert [a.log_id for a in report.of(ActionKind.ABORT_UPLOADS)] == [log_id]
+        assert [u.upload_id for u in env.store.list_multipart()] == [foreign]
+        assert committed(env, log_id) == expected(log_id, range(1), 1)
+    finally:
+        env.store.abort_multipart("someone/else.bin", foreign)
+
+
 # ---- compaction ------------------------------------------------------------------------
 
 
@@ -535,6 +557,12 @@ def test_gc_racing_a_writer_a_reader_and_compaction_keeps_committed_data(
         for t in threads[1:]:
             t.start()
         time.sleep(6.0)  # long enough for pending deletions (grace 3 s) to come due
+
+        def seen(kind: ActionKind) -> bool:
+            return any(r.of(kind) for r in list(reports))
+
+        # on a loaded machine the writer may need longer to give maintenance work
+        wait_until(lambda: seen(ActionKind.DELETE_SEGMENT) and seen(ActionKind.COMPACT), 60)
         stop.set()
         for t in threads:
             t.join(60)

@@ -229,6 +229,22 @@ def test_abort_multipart_leaves_nothing(store: ObjectStore) -> None:
         store.upload_part("gone", upload_id, 2, b"late")
 
 
+def test_open_multipart_uploads_are_listed_until_completed_or_aborted(store: ObjectStore) -> None:
+    before = time.time()
+    uploads = {key: store.create_multipart(key) for key in ("1/0/a", "1/0/b", "2/0/a")}
+    store.upload_part("1/0/a", uploads["1/0/a"], 1, b"part")
+    listed = list(store.list_multipart())
+    assert [(u.key, u.upload_id) for u in listed] == sorted(uploads.items())
+    assert all(before - 5 <= u.initiated <= time.time() + 5 for u in listed), listed
+    assert [u.key for u in store.list_multipart("1/")] == ["1/0/a", "1/0/b"]
+    store.abort_multipart("1/0/a", uploads["1/0/a"])
+    done = store.upload_part("1/0/b", uploads["1/0/b"], 1, b"whole")
+    store.complete_multipart("1/0/b", uploads["1/0/b"], [done])
+    assert [(u.key, u.upload_id) for u in store.list_multipart()] == [("2/0/a", uploads["2/0/a"])]
+    store.abort_multipart("2/0/a", uploads["2/0/a"])
+    assert list(store.list_multipart()) == []
+
+
 def test_complete_multipart_rejects_unordered_parts(store: ObjectStore) -> None:
     upload_id = store.create_multipart("k")
     try:

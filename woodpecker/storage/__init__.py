@@ -9,10 +9,18 @@ from __future__ import annotations
 import os
 
 from woodpecker.config import Config
-from woodpecker.storage.base import Data, ObjectInfo, ObjectStore, PartInfo
+from woodpecker.storage.base import Data, ObjectInfo, ObjectStore, PartInfo, UploadInfo
 from woodpecker.storage.local import LocalObjectStore
 
-__all__ = ["Data", "LocalObjectStore", "ObjectInfo", "ObjectStore", "PartInfo", "open_store"]
+__all__ = [
+    "Data",
+    "LocalObjectStore",
+    "ObjectInfo",
+    "ObjectStore",
+    "PartInfo",
+    "UploadInfo",
+    "open_store",
+]
 
 
 def open_store(config: Config) -> ObjectStore:

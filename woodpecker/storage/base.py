@@ -41,6 +41,15 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class UploadInfo:
+    """A multipart upload started and neither completed nor aborted (it may be abandoned)."""
+
+    key: str
+    upload_id: str
+    initiated: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
 class PartInfo:
     """An uploaded part of a multipart upload, handed back to ``complete_multipart``."""
 
@@ -164,6 +173,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop an upload and its parts; aborting an unknown upload is not an error."""
+
+    @abc.abstractmethod
+    def list_multipart(self, prefix: str = "") -> Iterator[UploadInfo]:
+        """Uploads of keys starting with ``prefix`` still open: a process killed mid-upload
+        leaves one behind, holding (billed) parts until it is aborted."""
 
     @abc.abstractmethod
     def compose(self, dest: str, sources: Sequence[str]) -> None:

@@ -28,6 +28,7 @@ from woodpecker.storage.base import (
     ObjectInfo,
     ObjectStore,
     PartInfo,
+    UploadInfo,
     buffer_views,
     check_range,
     validate_key,
@@ -413,6 +414,23 @@ class LocalObjectStore(ObjectStore):
         except ObjectNotFoundError:
             return
         shutil.rmtree(directory, ignore_errors=True)
+
+    def list_multipart(self, prefix: str = "") -> Iterator[UploadInfo]:
+        """The staging directories, with the key each records (started = its creation)."""
+        validate_prefix(prefix)
+        uploads = []
+        with self._os_errors("list_multipart", prefix, missing_is_not_found=False):
+            for upload_id in os.listdir(self._staging):
+                try:
+                    path = os.path.join(self._staging, upload_id, "key")
+                    with open(path, encoding="utf-8") as f:
+                        key = f.read()
+                    initiated = os.stat(path).st_mtime
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # completed or aborted meanwhile, or not an upload
+                if _UPLOAD_ID.fullmatch(upload_id) and key.startswith(prefix):
+                    uploads.append(UploadInfo(key, upload_id, initiated))
+        yield from sorted(uploads, key=lambda u: (u.key, u.upload_id))
 
     def compose(self, dest: str, sources: Sequence[str]) -> None:
         """Concatenate the source files into a new durable file (sources opened up front)."""

@@ -44,6 +44,7 @@ from woodpecker.storage.base import (
     ObjectInfo,
     ObjectStore,
     PartInfo,
+    UploadInfo,
     buffer_views,
     check_range,
     validate_key,
@@ -396,6 +397,36 @@ class S3ObjectStore(ObjectStore):
                 key,
                 lambda: self._mc._abort_multipart_upload(self._bucket, name, upload_id),
             )
+
+    def list_multipart(self, prefix: str = "") -> Iterator[UploadInfo]:
+        """ListMultipartUploads, every page (continued from the last upload seen: the
+        client leaves NextUploadIdMarker unset)."""
+        validate_prefix(prefix)
+        start = len(self._root)
+
+        def fetch() -> list[UploadInfo]:
+            found: list[UploadInfo] = []
+            key_marker = upload_id_marker = None
+            while True:
+                page = self._mc._list_multipart_uploads(
+                    self._bucket,
+                    prefix=self._root + prefix,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_id_marker,
+                )
+                for up in page.uploads:
+                    started = up.initiated_time.timestamp() if up.initiated_time else 0.0
+                    found.append(UploadInfo(up.object_name[start:], up.upload_id or "", started))
+                if not page.is_truncated or not page.uploads:
+                    break
+                key_marker, upload_id_marker = (
+                    page.uploads[-1].object_name,
+                    page.uploads[-1].upload_id,
+                )
+            found.sort(key=lambda u: (u.key, u.upload_id))
+            return found
+
+        return iter(self._call("list_multipart", prefix, fetch))
 
     def compose(self, dest: str, sources: Sequence[str]) -> None:
         """Server-side copy when S3 allows it, else a bounded streaming copy.
