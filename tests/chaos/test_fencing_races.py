@@ -208,8 +208,17 @@ def test_a_commit_whose_reply_was_lost_is_not_reported_fenced(make_config, servi
     host, port = services["WOODPECKER_ETCD_ENDPOINTS"].split(",")[0].split(":")
     history = History()
     with FaultProxy(host, int(port)) as proxy:
+        # the commit retries until the proxy heals, however long the takeover takes (a
+        # loaded machine): its retry must meet the takeover, or the scenario is not played
         first = fight_config(
-            make_config, backend, unique, 0, etcd_endpoints=proxy.endpoint, etcd_timeout=1.0
+            make_config,
+            backend,
+            unique,
+            0,
+            etcd_endpoints=proxy.endpoint,
+            etcd_timeout=1.0,
+            retry_deadline=120.0,
+            retry_max_attempts=1000,
         )
         second = fight_config(make_config, backend, unique, 1)
         with wp.Client(first) as a, wp.Client(second) as b:

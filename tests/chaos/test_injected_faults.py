@@ -27,6 +27,7 @@ from woodpecker.config import Config
 RECOVERY = 30.0  # every producer acked again this long after a fault ended
 DEADLINE = 3.0  # retry.deadline of these tests
 TIMEOUT = 1.0  # s3.timeout / etcd.timeout of these tests
+LEASE = 30  # etcd.lease_ttl of the outage-shorter-than-the-lease test
 
 
 @dataclass
@@ -236,8 +237,12 @@ def test_etcd_outage_shorter_than_the_lease(make_config, services):
     with FaultProxy(host, int(port)) as proxy:
         deadline = 1.5
         config = fault_config(
-            make_config, "local", etcd_endpoints=proxy.endpoint, retry_deadline=deadline
-        )  # lease: the default 10 s, longer than this outage
+            make_config,
+            "local",
+            etcd_endpoints=proxy.endpoint,
+            retry_deadline=deadline,
+            etcd_lease_ttl=LEASE,  # far longer than this outage, even on a loaded machine
+        )
         with wp.Client(config) as client:
             log = client.create_log("etcd-outage")
             with log.open_writer() as writer:
@@ -253,5 +258,5 @@ def test_etcd_outage_shorter_than_the_lease(make_config, services):
                 after = history.invoke("w", 2, 100)
                 history.ok(after, writer.write(after.payload, timeout=30))
             report = check(history.ops, read_back(log, stall=3.0))
-    print(f"etcd unreachable for {deadline * 2 + 2:g}s, lease 10s: {report.summary()}")
+    print(f"etcd unreachable for {deadline * 2 + 2:g}s, lease {LEASE}s: {report.summary()}")
     assert_valid(report)
