@@ -71,18 +71,29 @@ class Loop:
         self.fleet = fleet
         self.rng = rng
         self.tail = Tail(log)
-        self.logstores: set[int] = set()
-        # uploaders of killed logstores: their in-flight temp files survive while they are
-        # unreaped zombies (test_temp_file_of_a_killed_put_is_removed[pool]); excused, counted
-        self.orphaned_uploaders: set[int] = set()
+        # every logstore of the run, with its start time: over a long run pids are reused
+        self.logstores: dict[int, float] = {}
         self.replacements = 0
+
+    def _record(self, store: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.logstores.setdefault(store, psutil.Process(store).create_time())
+
+    def _logstores(self) -> list[int]:
+        """The run's logstores still alive (not other processes that got their pids)."""
+        alive = []
+        for pid, started in self.logstores.items():
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).create_time() == started:
+                    alive.append(pid)
+        return alive
 
     def pipeline(self) -> set[int]:
         """This test's processes: itself, its producers, every logstore of the run."""
         store = logstore_pid(self.config)
         if store is not None:
-            self.logstores.add(store)
-        return family([os.getpid(), *self.logstores])
+            self._record(store)
+        return family([os.getpid(), *self._logstores()])
 
     def kill_producer(self) -> None:
         victims = [n for n, p in self.fleet.processes.items() if p.is_alive()]
@@ -103,9 +114,8 @@ class Loop:
     def kill_logstore(self, *, with_uploaders: bool = False) -> None:
         """SIGKILL the logstore (the coordinator lives in it), or its whole process group."""
         store = wait_logstore(self.config)
-        self.logstores.add(store)
+        self._record(store)
         uploaders = uploader_pids(store)
-        self.orphaned_uploaders.update(uploaders)
         if with_uploaders:
             os.killpg(store, signal.SIGKILL)  # a logstore leads its own session and group
         else:
@@ -150,11 +160,9 @@ class Loop:
         report = check(self.fleet.ops(), entries, complete=False)
         assert_valid(report)
 
-    def assert_clean(self) -> int:
-        """After the last client closed and the logstore idled out: nothing of the run remains.
-
-        Returns how many temp files the uploaders of killed logstores left (a known bug).
-        """
+    def assert_clean(self) -> None:
+        """After the last client closed and the logstore idled out: nothing of the run remains
+        (no logstore, lock, socket, process, arena or temp file)."""
         wait_until(
             lambda: logstore_pid(self.config) is None,
             SETTLE,
@@ -162,7 +170,7 @@ class Loop:
         )
         assert lock_is_free(lock_file(self.config)), "the logstore lock is still held"
         assert not self.config.logstore_socket.exists(), "the logstore left its socket behind"
-        survivors = lambda: {p for p in family(self.logstores) if _alive(p)}  # noqa: E731
+        survivors = lambda: {p for p in family(self._logstores()) if _alive(p)}  # noqa: E731
         try:
             wait_until(lambda: not survivors(), SETTLE, "processes of the run still alive")
         except AssertionError as e:
@@ -173,16 +181,7 @@ class Loop:
             "memfd arenas still held by this process or its children",
         )
         left = temp_files(self.config)
-        excused = {p for p in left if _temp_file_pid(p) in self.orphaned_uploaders}
-        leaked = left - excused
-        assert not leaked, f"temp files left behind: {sorted(p.name for p in leaked)}"
-        return len(excused)
-
-
-def _temp_file_pid(path: Path) -> int:
-    """The pid in a temp file name ``.wp-tmp-<pid>-<random>`` (-1 if there is none)."""
-    parts = path.name.split("-")
-    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else -1
+        assert not left, f"temp files left behind: {sorted(p.name for p in left)}"
 
 
 def _describe(pids: set[int]) -> list[str]:
@@ -237,16 +236,14 @@ def test_kill9_loop(backend, make_config, fleet_factory, rng):
         fleet.stop()
         loop.tail.close()
         report = check(fleet.ops(), read_back(reader_client.open_log(log.name)))
+        worst = ", ".join(f"{t} {s:.1f}s" for t, s in stalls.items())
+        print(
+            f"kill9 loop {backend}: {len(schedule)} kills ({per_target} per target); "
+            f"{report.summary()}; longest kill-to-all-acked: {worst}"
+        )
         assert_valid(report)
         assert report.ok > 0
-    orphaned_temp = loop.assert_clean()
-    worst = ", ".join(f"{t} {s:.1f}s" for t, s in stalls.items())
-    print(
-        f"kill9 loop {backend}: {len(schedule)} kills ({per_target} per target); "
-        f"{report.summary()}; "
-        f"longest kill-to-all-acked: {worst}; temp files of killed logstores' uploaders "
-        f"left: {orphaned_temp}"
-    )
+    loop.assert_clean()
 
 
 def catch_a_put_in_flight(config: Config, writer: wp.LogWriter, payload: bytes) -> list:
