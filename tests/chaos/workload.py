@@ -33,6 +33,24 @@ class Flag(Protocol):
     def is_set(self) -> bool: ...
 
 
+class StopFlag:
+    """A stop flag shared with producer processes that survives their ``kill -9``.
+
+    A ``multiprocessing.Event`` takes a shared lock on every ``is_set``: a producer
+    killed while holding it deadlocks every other producer and the test. One byte of
+    shared memory, read and written without a lock, cannot be left locked.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
 @dataclass
 class Plan:
     """What a producer writes: payload sizes (bytes), pipelining window, pacing."""
@@ -131,7 +149,7 @@ class Fleet:
 
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
-        self._stop = self._ctx.Event()
+        self._stop = StopFlag(self._ctx)
         self._files: list[HistoryFile] = []
         self._seeds = iter(range(self.plan.seed, self.plan.seed + 1_000_000))
 
