@@ -77,14 +77,7 @@ def measure(
         finally:
             usage = monitor.stop()
     finally:
-        for p in procs:
-            if p.pid is None:
-                continue  # never started
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        results.close()
+        reap(procs, results)
     by_role: dict[str, list[dict[str, Any]]] = {"writer": [], "reader": []}
     for pid, report in reports:
         by_role[roles[pid]].append(report)
@@ -130,6 +123,18 @@ def count_blocks(config: Config) -> dict[str, Any]:
             for segment in meta.list_segments(log_id):
                 sizes.extend(b.size for b in meta.list_blocks(log_id, segment.segment_id))
     return {"blocks": len(sizes), "block_bytes": sum(sizes), "sizes": sizes}
+
+
+def reap(procs: list[Any], results: Any) -> None:
+    """Join the driver processes (killing any that hang) and close their result queue."""
+    for p in procs:
+        if p.pid is None:
+            continue  # never started
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    results.close()
 
 
 def summarize(results: Results, what: str = "writers") -> dict[str, Any]:

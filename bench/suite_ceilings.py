@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import process_context
+from harness import process_context, reap
 from services import Scratch, scratch
 from stats import human_size, latency_ms, throughput
 
@@ -111,14 +111,7 @@ def _parallel(task: str, per_process: list[tuple[Any, ...]], duration: float) ->
                 raise RuntimeError(body)
             reports.append(body)
     finally:
-        for p in procs:
-            if p.pid is None:
-                continue  # never started
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        results.close()
+        reap(procs, results)
     wall = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     latencies = [x for r in reports for x in r["latencies"]]
     nbytes = sum(r["bytes"] for r in reports)
