@@ -203,10 +203,14 @@ def connect_logstore(config: Config) -> socket.socket:
         try:
             with contextlib.suppress(OSError):
                 return _connect(path)
-            if not _logstore_alive(config):
-                launch_logstore(config)
+            launched = False
             deadline = time.monotonic() + CONNECT_TIMEOUT
             while True:
+                # a logstore killed an instant ago may still hold its lock: look again
+                # while waiting, and launch once it is free
+                if not launched and not _logstore_alive(config):
+                    launch_logstore(config)
+                    launched = True
                 try:
                     return _connect(path)
                 except OSError as e:
