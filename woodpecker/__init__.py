@@ -4,6 +4,8 @@ Data lives in object storage (S3-compatible or a local/shared file system),
 metadata in etcd. Everything a user needs is importable from here.
 """
 
+__version__ = "0.1.0"
+
 from woodpecker.client import Client
 from woodpecker.config import Config
 from woodpecker.errors import (
@@ -57,4 +59,5 @@ __all__ = [
     "WoodpeckerError",
     "WriterClosedError",
     "WriterFencedError",
+    "__version__",
 ]

@@ -1,0 +1,21 @@
+"""A small typed program over the public API; the packaging test type-checks it with mypy."""
+
+import woodpecker as wp
+
+
+def append_and_read(client: wp.Client, payloads: list[bytes]) -> list[bytes]:
+    log: wp.LogHandle = client.open_log("typed-example", create=True)
+    with log.open_writer() as writer:
+        first: wp.LogMessageId = writer.write(payloads[0])
+        rest: list[wp.LogMessageId] = writer.write_batch(payloads[1:])
+        assert first < rest[0] if rest else True
+    out: list[bytes] = []
+    with log.open_reader(wp.EARLIEST) as reader:
+        message: wp.LogMessage | None = reader.read_next(timeout=1.0)
+        while message is not None:
+            out.append(message.payload)
+            message = reader.read_next(timeout=0.1)
+    return out
+
+
+VERSION: str = wp.__version__
