@@ -175,6 +175,38 @@ class ReaderConfig:
     read_ahead: int = _opt(4, "Blocks fetched in parallel ahead of the reader.", minimum=0)
 
 
+@dataclass
+class LoggingConfig:
+    format: str = _opt(
+        "text",
+        "Log line format of the logstore: text, or json (one object a line).",
+        choices=("text", "json"),
+    )
+    max_bytes: int = _opt(
+        10 * _MiB,
+        "The embedded logstore's logstore.log is rotated past this size.",
+        kind="size",
+        minimum=_KiB,
+    )
+    backups: int = _opt(3, "Rotated logstore.log files kept (logstore.log.1, ...).", minimum=1)
+    repeat_interval: float = _opt(
+        600.0,
+        "Seconds during which a maintenance warning identical to one already logged is "
+        "counted instead of printed again.",
+        minimum=0.0,
+    )
+
+
+@dataclass
+class MetricsConfig:
+    port: int = _opt(
+        0,
+        "Serve Prometheus metrics of the logstore on this TCP port; 0 turns them off.",
+        minimum=0,
+    )
+    host: str = _opt("127.0.0.1", "Address the metrics endpoint listens on.")
+
+
 _SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "s3": S3Config,
@@ -187,6 +219,8 @@ _SECTIONS: dict[str, type] = {
     "retention": RetentionConfig,
     "compaction": CompactionConfig,
     "reader": ReaderConfig,
+    "logging": LoggingConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -276,6 +310,8 @@ class Config:
     retention: RetentionConfig
     compaction: CompactionConfig
     reader: ReaderConfig
+    logging: LoggingConfig
+    metrics: MetricsConfig
 
     def __init__(
         self,
@@ -311,6 +347,11 @@ class Config:
         if self.logstore.socket:
             return Path(self.logstore.socket)
         return Path(self.storage.root) / "logstore.sock"
+
+    @property
+    def logstore_log(self) -> Path:
+        """The embedded logstore's log file (rotated), beside its socket."""
+        return self.logstore_socket.with_name("logstore.log")
 
     @property
     def logstore_lock(self) -> Path:

@@ -38,6 +38,7 @@ from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.storage import LocalObjectStore, open_store
 from workers import protocol
 from workers.coordinator import Coordinator, Outbox
+from workers.logfile import configure_logging
 from workers.maintenance import Maintenance
 
 log = logging.getLogger("woodpecker.logstore")
@@ -458,7 +459,7 @@ class Logstore:
 
 def serve(config: Config, *, embedded: bool) -> int:
     """Run a logstore until it is stopped (or, embedded, until it idles out)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s logstore %(levelname)s %(message)s")
+    configure_logging(config, config.logstore_log if embedded else None)
     try:
         store = Logstore(config, embedded=embedded)
     except WoodpeckerError as e:

@@ -506,7 +506,7 @@ def _string_keys() -> list[str]:
     out = []
     for s, kv in Config(env={}).as_dict().items():
         for k, v in kv.items():
-            if isinstance(v, str) and (s, k) != ("storage", "type"):
+            if isinstance(v, str) and (s, k) not in (("storage", "type"), ("logging", "format")):
                 out.append(f"{s}_{k}")
     return out
 
