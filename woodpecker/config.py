@@ -71,7 +71,7 @@ class S3Config:
 @dataclass
 class EtcdConfig:
     endpoints: list[str] = _opt(  # noqa: RUF009 - _opt copies list defaults per instance
-        [], "Comma-separated host:port list; empty starts embedded etcd."
+        [], "Comma-separated host:port (or unix:///path) list; empty starts embedded etcd."
     )
     prefix: str = _opt("/woodpecker", "Root of every key this project writes.")
     user: str = _opt("", "etcd user (authentication).")

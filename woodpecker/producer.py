@@ -35,6 +35,7 @@ from woodpecker.config import Config
 from woodpecker.errors import LogstoreUnavailableError, WoodpeckerError
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.message import LogMessageId
+from woodpecker.private_files import make_private_dirs, private_opener
 from workers import protocol
 
 CONNECT_TIMEOUT = 30.0
@@ -164,7 +165,7 @@ def _logstore_alive(config: Config) -> bool:
     path = config.logstore_lock
     if not path.exists():
         return False
-    with open(path, "a+") as f:
+    with open(path, "a+", opener=private_opener) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -176,8 +177,8 @@ def _logstore_alive(config: Config) -> bool:
 def launch_logstore(config: Config) -> None:
     """Start the embedded logstore in the background (it outlives this process)."""
     root = config.logstore_socket.parent
-    root.mkdir(parents=True, exist_ok=True)
-    log_file = open(root / "logstore.log", "ab")  # noqa: SIM115 - handed to the child
+    make_private_dirs(root)
+    log_file = open(root / "logstore.log", "ab", opener=private_opener)  # noqa: SIM115 - handed to the child
     with log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.logstore", "--embedded"],
@@ -196,9 +197,9 @@ def connect_logstore(config: Config) -> socket.socket:
     path = str(config.logstore_socket)
     with contextlib.suppress(OSError):
         return _connect(path)
-    config.logstore_socket.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(config.logstore_socket.parent)
     launch_lock = config.logstore_socket.with_name(config.logstore_socket.name + ".launch")
-    with open(launch_lock, "a+") as guard:
+    with open(launch_lock, "a+", opener=private_opener) as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # one launcher at a time per socket
         try:
             with contextlib.suppress(OSError):

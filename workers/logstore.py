@@ -35,6 +35,7 @@ from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.meta import MetaStore
 from woodpecker.meta.embedded import EmbeddedEtcd
+from woodpecker.private_files import make_private_dirs, private_opener
 from woodpecker.storage import LocalObjectStore, open_store
 from workers import protocol
 from workers.coordinator import Coordinator, Outbox
@@ -77,8 +78,8 @@ class Logstore:
         self.config = config
         self.embedded = embedded
         self.socket_path = config.logstore_socket
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(config.logstore_lock, "a+")  # noqa: SIM115 - held for life
+        make_private_dirs(self.socket_path.parent)
+        self._lock = open(config.logstore_lock, "a+", opener=private_opener)  # noqa: SIM115 - held for life
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import orjson
 import psutil
-import pyetcd
 import pytest
 
+from woodpecker.config import Config
 from woodpecker.meta.embedded import EmbeddedEtcd, _healthy
+from woodpecker.meta.store import EtcdConnection
 
 
 def etcd_processes(root: Path) -> list[psutil.Process]:
@@ -57,9 +59,8 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
-def kv(endpoint: str) -> pyetcd.Etcd3Client:
-    host, _, port = endpoint.rpartition(":")
-    return pyetcd.client(host=host, port=int(port), timeout=5)
+def kv(endpoint: str) -> EtcdConnection:
+    return EtcdConnection(Config(env={}), [endpoint])
 
 
 @pytest.fixture
@@ -80,11 +81,17 @@ def test_acquire_starts_a_healthy_etcd(root: Path) -> None:
     endpoints = holder.acquire()
     try:
         assert len(endpoints) == 1
-        assert endpoints[0].startswith("127.0.0.1:")
+        assert endpoints[0] == f"unix://{root / 'etcd' / 'client.sock:0'}"
         assert _healthy(endpoints[0])
         st = state(root)
-        assert st is not None and endpoints[0] == f"127.0.0.1:{st['port']}"
+        assert st is not None and endpoints[0] == st["endpoint"]
         assert [p.pid for p in etcd_processes(root)] == [st["pid"]]
+        # neither its client nor its peer listener is on the network: Unix sockets only
+        connections = psutil.Process(st["pid"]).net_connections(kind="all")
+        assert [c for c in connections if c.family != socket.AF_UNIX] == []
+        # (etcd names its sockets relative to its working directory, <root>/etcd)
+        bound = {c.laddr for c in connections if c.type == socket.SOCK_STREAM and c.laddr}
+        assert bound == {"client.sock:0", "peer.sock:0"}
         assert len(list((root / "etcd" / "users").iterdir())) == 1
     finally:
         holder.release()
@@ -137,13 +144,13 @@ def test_stale_state_from_killed_etcd_is_replaced(root: Path) -> None:
     try:
         st = state(root)
         assert st is not None and st["pid"] != old_pid
-        assert new_endpoint == f"127.0.0.1:{st['port']}"
+        assert new_endpoint == st["endpoint"]
         assert _healthy(new_endpoint)
         assert [p.pid for p in etcd_processes(root)] == [st["pid"]]
         client = kv(new_endpoint)
         try:
-            client.put("/k", "v")
-            assert client.get("/k")[0] == b"v"
+            client.call("put", lambda c: c.put("/k", "v"))
+            assert client.get("get", "/k")[0] == b"v"
         finally:
             client.close()
     finally:
@@ -157,7 +164,9 @@ def test_state_pointing_at_a_reused_pid_is_not_trusted(root: Path) -> None:
     impostor = subprocess.Popen(["sleep", "30"])
     try:
         (root / "etcd").mkdir(parents=True)
-        (root / "etcd" / "state.json").write_bytes(orjson.dumps({"pid": impostor.pid, "port": 1}))
+        (root / "etcd" / "state.json").write_bytes(
+            orjson.dumps({"pid": impostor.pid, "endpoint": "unix:///nowhere"})
+        )
         holder = EmbeddedEtcd(root)
         endpoint = holder.acquire()[0]
         try:
@@ -268,7 +277,7 @@ def test_data_survives_stop_and_start(root: Path) -> None:
     endpoint = holder.acquire()[0]
     client = kv(endpoint)
     try:
-        client.put("/survivor", "still here")
+        client.call("put", lambda c: c.put("/survivor", "still here"))
     finally:
         client.close()
     old_pid = state(root)["pid"]  # type: ignore[index]
@@ -281,7 +290,7 @@ def test_data_survives_stop_and_start(root: Path) -> None:
         assert state(root)["pid"] != old_pid  # type: ignore[index]
         client = kv(endpoint)
         try:
-            assert client.get("/survivor")[0] == b"still here"
+            assert client.get("get", "/survivor")[0] == b"still here"
         finally:
             client.close()
     finally:

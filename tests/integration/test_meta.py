@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
@@ -371,6 +372,17 @@ def test_fails_over_to_a_live_endpoint(make_config, services) -> None:
 def test_empty_endpoints_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"etcd\.endpoints is empty"):
         MetaStore(Config(env={}), endpoints=[])
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [("etcd-host", "host:port or unix:///path"), ("unix://relative.sock", "unix:///absolute/path")],
+)
+def test_bad_endpoint_is_a_config_error(endpoint: str, expected: str) -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape(f"invalid endpoint {endpoint!r}; expected {expected}")
+    ):
+        MetaStore(Config(env={}), endpoints=[endpoint])
 
 
 def test_commit_latency(store: MetaStore) -> None:

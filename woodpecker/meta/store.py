@@ -53,6 +53,8 @@ T = TypeVar("T")
 
 KV = tuple[bytes, Any]  # (value, pyetcd KVMetadata)
 
+UNIX_SCHEME = "unix://"  # an endpoint ``unix:///path`` is a Unix socket (the embedded etcd's)
+
 # Compare-and-swap conflicts are not failures (another client won a race), so
 # they are retried immediately; this bounds a pathological livelock.
 CAS_ATTEMPTS = 64
@@ -85,12 +87,38 @@ def first(kvs: Sequence[KV]) -> KV | None:
     return kvs[0] if kvs else None
 
 
-def _parse_endpoint(endpoint: str) -> tuple[str, int]:
-    address = endpoint.strip().removeprefix("http://").removeprefix("https://")
+def grpc_target(endpoint: str) -> str:
+    """The gRPC target of an endpoint: ``host:port`` (http:// or https:// allowed) or
+    ``unix:///absolute/path`` for a Unix socket (how the embedded etcd listens)."""
+    address = endpoint.strip()
+    if address.startswith(UNIX_SCHEME):
+        path = address[len(UNIX_SCHEME) :]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"etcd.endpoints: invalid endpoint {endpoint!r}; expected unix:///absolute/path"
+            )
+        return f"unix:{path}"
+    address = address.removeprefix("http://").removeprefix("https://")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"etcd.endpoints: invalid endpoint {endpoint!r}; expected host:port")
-    return host.strip("[]"), int(port)
+        raise ConfigError(
+            f"etcd.endpoints: invalid endpoint {endpoint!r}; expected host:port or unix:///path"
+        )
+    return f"{host}:{port}"
+
+
+class _Endpoint(pyetcd.Endpoint):
+    """A pyetcd endpoint for any gRPC target: pyetcd itself only builds ``host:port``."""
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        self._target = target
+        super().__init__(target, 0, **kwargs)  # host and port only name the endpoint
+        self.netloc = target
+
+    def _mkchannel(self, opts: Any) -> grpc.Channel:
+        if self.secure:
+            return grpc.secure_channel(self._target, self.credentials, options=opts)
+        return grpc.insecure_channel(self._target, options=opts)
 
 
 def _grpc_code(e: BaseException) -> grpc.StatusCode | None:
@@ -115,8 +143,8 @@ class EtcdConnection:
         if not endpoints:
             raise ConfigError("etcd.endpoints is empty")
         self.config = config
-        self.endpoints = [_parse_endpoint(e) for e in endpoints]
-        self._label = ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        self.targets = [grpc_target(e) for e in endpoints]
+        self._label = ",".join(e.strip() for e in endpoints)
         self._credentials = self._tls_credentials()
         self._clients: list[pyetcd.MultiEndpointEtcd3Client | None] = [None] * len(endpoints)
         # replaced clients stay open until close(): other threads may be mid-call on them
@@ -155,12 +183,10 @@ class EtcdConnection:
                 raise MetadataUnavailableError("the metadata store is closed")
             client = self._clients[index]
             if client is None:
-                host, port = self.endpoints[index]
                 # time_retry=0: pyetcd would otherwise refuse the endpoint for 300 s
                 # after one failure; failover and backoff are done here instead.
-                endpoint = pyetcd.Endpoint(
-                    host,
-                    port,
+                endpoint = _Endpoint(
+                    self.targets[index],
                     secure=self._credentials is not None,
                     creds=self._credentials,
                     time_retry=0,
@@ -189,7 +215,7 @@ class EtcdConnection:
                 self._clients[index] = None
                 self._retired.append(client)
             if self._current == index:
-                self._current = (index + 1) % len(self.endpoints)
+                self._current = (index + 1) % len(self.targets)
 
     def call(
         self,

@@ -5,6 +5,10 @@ write goes to a hidden temp file in the target directory, is fsynced, then
 renamed (or hard-linked, for ``put_if_absent``) into place and the directory is
 fsynced, so a reader sees a whole object or none and a returned write survives
 power loss. Hidden names (``.wp-*``) are never listed and never valid keys.
+
+Objects are created ``0600`` and directories ``0700`` (see
+``woodpecker.private_files``), also under a shared root such as NFS: every
+process that writes or reads a deployment's data runs as its one owner.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from woodpecker.errors import ObjectNotFoundError, StorageUnavailableError
+from woodpecker.private_files import DIR_MODE, FILE_MODE, make_private_dirs, private_opener
 from woodpecker.storage.base import (
     RESERVED_PREFIX,
     Data,
@@ -140,14 +145,8 @@ class LocalObjectStore(ObjectStore):
         return real == self._real_root or real.startswith(self._real_root + os.sep)
 
     def _makedirs(self, directory: str) -> None:
-        """Create ``directory`` and missing parents, fsyncing each new entry's parent."""
-        missing: list[str] = []
-        while not os.path.isdir(directory):
-            missing.append(directory)
-            directory = os.path.dirname(directory)
-        for path in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path)
+        """Create ``directory`` and missing parents (``0700``), fsyncing each new entry's parent."""
+        for path in make_private_dirs(directory):
             _fsync_dir(os.path.dirname(path))
 
     @contextlib.contextmanager
@@ -176,7 +175,7 @@ class LocalObjectStore(ObjectStore):
             name = f"{RESERVED_PREFIX}tmp-{os.getpid()}-{secrets.token_hex(8)}"
             tmp = os.path.join(directory, name)
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
                 break
             except FileNotFoundError:
                 if attempt == _CREATE_ATTEMPTS:
@@ -350,8 +349,9 @@ class LocalObjectStore(ObjectStore):
         upload_id = secrets.token_hex(16)
         directory = os.path.join(self._staging, upload_id)
         with self._os_errors("create_multipart", key, missing_is_not_found=False):
-            os.mkdir(directory)
-            with open(os.path.join(directory, "key"), "w", encoding="utf-8") as f:
+            os.mkdir(directory, DIR_MODE)
+            key_file = os.path.join(directory, "key")
+            with open(key_file, "w", encoding="utf-8", opener=private_opener) as f:
                 f.write(key)
         return upload_id
 
@@ -371,7 +371,7 @@ class LocalObjectStore(ObjectStore):
             self._os_errors("upload_part", key, missing_is_not_found=False),
         ):
             size = sum(len(v) for v in views)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
                 try:
                     _write_views(fd, views)
