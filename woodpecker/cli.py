@@ -22,7 +22,13 @@ def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(
             orjson.dumps(
-                {"ok": report.ok, "error": report.error, **report.facts}, option=orjson.OPT_INDENT_2
+                {
+                    "ok": report.ok,
+                    "error": report.error,
+                    "warnings": report.warnings,
+                    **report.facts,
+                },
+                option=orjson.OPT_INDENT_2,
             ).decode()
         )
     else:
@@ -30,6 +36,8 @@ def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
             print(f"{key:26} {value}")
+        for warning in report.warnings:
+            print(f"{'warning':26} {warning}")
     if not report.ok:
         print(f"woodpecker doctor: {report.error}", file=sys.stderr)
         return 1
@@ -140,10 +148,15 @@ def _cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker.meta.access import etcd_access
+
     if args.table:
         print(config_table())
     else:
-        print(orjson.dumps(config.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        # "resolved": what the settings amount to (where etcd and the logstore are reached)
+        resolved = {"etcd": etcd_access(config), "logstore_socket": str(config.logstore_socket)}
+        shown = {**config.as_dict(), "resolved": resolved}
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 

@@ -1,8 +1,10 @@
 """``woodpecker doctor``: can this configuration reach etcd and the object store?
 
 Answers in one screen what an operator asks first: which config was read, which
-endpoints were used, whether etcd and storage round-trip and how fast, and
-whether the store honours conditional PUT (``If-None-Match``).
+endpoints were used and how they are protected, whether etcd and storage
+round-trip and how fast, and whether the store honours conditional PUT
+(``If-None-Match``). It warns about a storage root that other local users can
+reach (one created by an older version, or by hand).
 """
 
 from __future__ import annotations
@@ -18,17 +20,23 @@ from typing import Any
 
 from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
+from woodpecker.meta.access import etcd_access
 from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.meta.store import MetaStore
+from woodpecker.private_files import loose_paths
 from woodpecker.storage import open_store
 
 
 @dataclass
 class DoctorReport:
-    """What the checks found; ``ok`` is False as soon as one check failed."""
+    """What the checks found; ``ok`` is False as soon as one check failed.
+
+    Warnings do not fail the checks: they say what to fix, not what is broken.
+    """
 
     ok: bool = True
     facts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     error: str = ""
 
 
@@ -49,6 +57,12 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
     report = DoctorReport()
     report.facts["versions"] = _versions()
     report.facts["config_file"] = config_file or os.environ.get("WOODPECKER_CONFIG") or "(none)"
+    report.facts["storage_root"] = config.storage.root
+    report.warnings += [
+        f"{path} is {mode:04o}: other local users may reach it (chmod go-rwx {path})"
+        for path, mode in loose_paths(config.storage.root)
+    ]
+    report.facts["etcd_access"] = etcd_access(config)
     embedded: EmbeddedEtcd | None = None
     step = "etcd"
     try:

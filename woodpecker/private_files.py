@@ -41,14 +41,14 @@ def private_opener(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
 
 
-def loose_paths(root: str | os.PathLike[str]) -> list[str]:
+def loose_paths(root: str | os.PathLike[str]) -> list[tuple[Path, int]]:
     """The root and its direct entries that group or others may access, with their modes.
 
     Only the top level is looked at: a private root hides everything below it.
     """
     root = Path(root)
     try:
-        entries = [root, *root.iterdir()]
+        entries = [root, *sorted(root.iterdir())]
     except (FileNotFoundError, NotADirectoryError):
         return []
     loose = []
@@ -57,7 +57,6 @@ def loose_paths(root: str | os.PathLike[str]) -> list[str]:
             st = path.lstat()
         except FileNotFoundError:
             continue
-        if stat.S_ISLNK(st.st_mode) or not st.st_mode & _OTHERS:
-            continue
-        loose.append(f"{path} is {stat.S_IMODE(st.st_mode):04o}")
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & _OTHERS:
+            loose.append((path, stat.S_IMODE(st.st_mode)))
     return loose

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -97,7 +98,12 @@ def test_doctor_on_embedded_default(tmp_path: Path) -> None:
         result = doctor(env, "doctor")
         assert result.returncode == 0, result.stderr
         out = result.stdout
-        assert fact(out, "etcd_endpoints").endswith("(embedded)")
+        socket_url = f"unix://{root / 'etcd' / 'client.sock:0'}"
+        assert fact(out, "etcd_endpoints") == f"{socket_url} (embedded)"
+        assert fact(out, "etcd_access") == (
+            f"embedded etcd at {socket_url}: Unix sockets only (client and peer) "
+            "in an owner-only directory, no TCP listener"
+        )
         assert re.fullmatch(r"\d+\.\d+\.\d+", fact(out, "etcd_version"))
         assert float(fact(out, "etcd_embedded_start_ms")) > 0
         assert fact(out, "storage") == f"file://{root / 'data'}"
@@ -105,12 +111,40 @@ def test_doctor_on_embedded_default(tmp_path: Path) -> None:
         assert float(fact(out, "storage_get_1KiB_ms")) >= 0
         assert fact(out, "conditional_put") == "honoured"
         assert "doctor: all checks passed" in out
+        # the root it created is owner-only, so nothing to warn about
+        assert "warning" not in out
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
         # the embedded etcd lived only as long as the doctor
         assert etcd_processes(root) == []
         assert not (root / "etcd" / "state.json").exists()
         assert list((root / "etcd" / "users").iterdir()) == []
         # and the probe object was deleted
         assert not [p for p in (root / "data").rglob("*") if p.is_file()]
+    finally:
+        for proc in etcd_processes(root):
+            proc.kill()
+
+
+def test_doctor_warns_about_a_root_other_users_can_reach(tmp_path: Path) -> None:
+    """A root made by hand or by an older version (0755, data 0755): named, not fixed."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o755)
+    (root / "data").mkdir(mode=0o755)
+    (root / "etcd").mkdir(mode=0o700)
+    os.chmod(root, 0o755)  # whatever the umask
+    os.chmod(root / "data", 0o755)
+    env = clean_env(WOODPECKER_STORAGE_TYPE="local", WOODPECKER_STORAGE_ROOT=str(root))
+    try:
+        result = doctor(env, "doctor")
+        assert result.returncode == 0, result.stderr  # a warning, not a failure
+        warnings = re.findall(r"^warning\s+(.+)$", result.stdout, re.MULTILINE)
+        assert warnings == [
+            f"{path} is 0755: other local users may reach it (chmod go-rwx {path})"
+            for path in (root, root / "data")
+        ]
+        report = orjson.loads(doctor(env, "doctor", "--json").stdout)
+        assert report["warnings"] == warnings
+        assert stat.S_IMODE(root.stat().st_mode) == 0o755, "the doctor only reports"
     finally:
         for proc in etcd_processes(root):
             proc.kill()
@@ -160,6 +194,9 @@ def test_doctor_json(services: dict[str, str], tmp_path: Path, unique: str) -> N
     assert report["ok"] is True
     assert report["error"] == ""
     assert report["etcd_endpoints"] == services["WOODPECKER_ETCD_ENDPOINTS"]
+    endpoints = services["WOODPECKER_ETCD_ENDPOINTS"]
+    assert report["etcd_access"] == f"{endpoints}: plaintext TCP, no authentication"
+    assert report["warnings"] == []
     assert isinstance(report["etcd_version"], str) and report["etcd_version"]
     assert isinstance(report["storage_put_1KiB_ms"], float)
     assert isinstance(report["storage_get_1KiB_ms"], float)

@@ -570,6 +570,38 @@ def test_cli_config_prints_redacted(
     assert out.count("<redacted>") == 3
 
 
+def test_cli_config_says_how_etcd_is_reached(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import os
+
+    import orjson
+
+    for var in [v for v in os.environ if v.startswith("WOODPECKER_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("WOODPECKER_STORAGE_ROOT", str(tmp_path))
+    assert cli.main(["config"]) == 0
+    resolved = orjson.loads(capsys.readouterr().out)["resolved"]
+    assert resolved["etcd"] == (
+        f"embedded etcd at unix://{tmp_path}/etcd/client.sock:0: Unix sockets only "
+        "(client and peer) in an owner-only directory, no TCP listener"
+    )
+    assert resolved["logstore_socket"] == f"{tmp_path}/logstore.sock"
+
+    monkeypatch.setenv("WOODPECKER_ETCD_ENDPOINTS", "etcd1:2379,etcd2:2379")
+    monkeypatch.setenv("WOODPECKER_ETCD_USER", "wal")
+    monkeypatch.setenv("WOODPECKER_ETCD_PASSWORD", PASSWORD)
+    monkeypatch.setenv("WOODPECKER_ETCD_CA_FILE", "/etc/wp/ca.pem")
+    monkeypatch.setenv("WOODPECKER_ETCD_CERT_FILE", "/etc/wp/client.pem")
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert PASSWORD not in out
+    assert orjson.loads(out)["resolved"]["etcd"] == (
+        "etcd1:2379,etcd2:2379: TLS (CA /etc/wp/ca.pem), client certificate /etc/wp/client.pem, "
+        "user 'wal'"
+    )
+
+
 # --------------------------------------------------------------------------- overrides / equality
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -242,6 +243,47 @@ def test_a_failed_put_does_not_pin_the_callers_shared_memory(
             view.release()
     assert kept.value.__traceback__ is not None
     arena.close()  # BufferError if a view made by the store were still alive
+
+
+# ------------------------------------------------------------ permissions
+
+
+def test_everything_the_store_creates_is_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects, temp files, staged parts 0600 and directories 0700, even with umask 000."""
+    real_writev = os.writev
+    temp_modes: set[int] = set()
+
+    def spy(fd: int, buffers: list[memoryview]) -> int:
+        temp_modes.add(stat.S_IMODE(os.fstat(fd).st_mode))  # the temp file, before its rename
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(local_module.os, "writev", spy)
+    old_umask = os.umask(0)
+    try:
+        root = tmp_path / "shared" / "data"
+        store = LocalObjectStore(root)
+        store.put("1/0/0-e1.arrow", b"block")
+        assert store.put_if_absent("1/1/0-e1.arrow", b"block")
+        store.compose("2/0/0-e2.arrow", ["1/0/0-e1.arrow", "1/1/0-e1.arrow"])
+        upload = store.create_multipart("3/0/0-e1.arrow")
+        part = store.upload_part("3/0/0-e1.arrow", upload, 1, b"part")
+        staged = sorted(p for p in (root / ".wp-staging").rglob("*"))
+        assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in staged if p.is_file()} == {"0o600"}
+        assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in staged if p.is_dir()} == {"0o700"}
+        store.complete_multipart("3/0/0-e1.arrow", upload, [part])
+    finally:
+        os.umask(old_umask)
+    assert temp_modes == {0o600}
+    created = [tmp_path / "shared", *sorted((tmp_path / "shared").rglob("*"))]
+    loose = {
+        str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in created
+        if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)
+    }
+    assert loose == {}
+    assert len([p for p in created if p.is_file()]) == 4
 
 
 # ----------------------------------------------------------- hidden files
