@@ -55,6 +55,8 @@ def _cmd_quickstart(args: argparse.Namespace, config: Config) -> int:
 def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:
     from workers.logstore import serve
 
+    if args.metrics_port is not None:
+        config = Config(env={}, **{**config.overrides(), "metrics_port": args.metrics_port})
     return serve(config, embedded=False)
 
 
@@ -200,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_cmd_quickstart)
 
     logstore = sub.add_parser("logstore", help="run the standalone uploader pool of this host")
+    logstore.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (overrides metrics.port; 0 turns them off)",
+    )
     logstore.set_defaults(func=_cmd_logstore)
 
     def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from typing import Any
 from woodpecker.config import Config
 from woodpecker.errors import MetadataUnavailableError, WoodpeckerError, WriterFencedError
 from woodpecker.meta import BlockRecord, MetaStore, WriterSession
+from workers import metrics
 
 log = logging.getLogger("woodpecker.coordinator")
 
@@ -45,6 +46,7 @@ class Batch:
     length: int
     count: int
     first_entry: int = -1
+    arrived: float = 0.0  # when it reached the logstore (monotonic clock), for ack latency
 
 
 @dataclass
@@ -191,15 +193,17 @@ class Coordinator:
             self.out.nack(producer, seq, "WriterFencedError", state.fenced)
             return
         cursor = self._cursor(state)
-        batch = Batch(producer, seq, offset, length, count, cursor.next_entry)
+        now = time.monotonic()
+        batch = Batch(producer, seq, offset, length, count, cursor.next_entry, now)
         cursor.next_entry += count
         cursor.bytes += length
+        metrics.arena_used.inc(length)
         if not state.open_batches:
-            state.open_since = time.monotonic()
+            state.open_since = now
         state.open_batches.append(batch)
         state.open_bytes += length
         self.producer_batches[producer] = self.producer_batches.get(producer, 0) + 1
-        if self._ready(state, time.monotonic()):
+        if self._ready(state, now):
             self._dispatch_open(state)
 
     def _ready(self, state: LogState, now: float) -> bool:
@@ -307,6 +311,7 @@ class Coordinator:
     def _release_batches(self, batches: list[Batch]) -> None:
         for b in batches:
             self.producer_batches[b.producer] -= 1
+        metrics.arena_used.dec(sum(b.length for b in batches))
 
     def _fail_segment(self, state: LogState, segment_id: int, error: str, message: str) -> None:
         """Fail every uncommitted block of the segment (the LAC stops before them) and roll."""
@@ -334,6 +339,7 @@ class Coordinator:
     def _fence(self, state: LogState, message: str) -> None:
         """Another session took the log: fail everything pending, accept nothing more."""
         state.fenced = message
+        metrics.fenced.inc()
         for item in state.timeline:
             if isinstance(item, Block):
                 self._nack_block(state, item, "WriterFencedError", message)
@@ -357,7 +363,7 @@ class Coordinator:
                 if head.kind == "create"
                 else state.session.seal_segment
             )
-            self._submit(state, 1, fn, head.segment_id)
+            self._submit(state, 1, head.kind, fn, head.segment_id)
             return
         group: list[Block] = []
         for item in state.timeline:
@@ -398,12 +404,26 @@ class Coordinator:
         ]
         lac = group[-1].first_entry + group[-1].entries - 1
         self._submit(
-            state, len(group), state.session.commit, head.segment_id, records, lac, committed
+            state,
+            len(group),
+            "commit",
+            state.session.commit,
+            head.segment_id,
+            records,
+            lac,
+            committed,
         )
 
-    def _submit(self, state: LogState, n_items: int, fn: Callable[..., Any], *args: Any) -> None:
+    def _submit(
+        self, state: LogState, n_items: int, op: str, fn: Callable[..., Any], *args: Any
+    ) -> None:
         state.busy = True
-        future = self._pool.submit(fn, *args)
+
+        def timed() -> Any:
+            with metrics.etcd_txn.labels(op).time():
+                return fn(*args)
+
+        future = self._pool.submit(timed)
 
         def finished(f: Future) -> None:
             self._results.append(lambda: self._on_meta_done(state, n_items, f))
@@ -438,9 +458,13 @@ class Coordinator:
                 state.committed_size[head.segment_id] = state.committed_size.get(
                     head.segment_id, 0
                 ) + sum(b.size for b in items)
+                now = time.monotonic()
                 for block in items:
                     for b in block.batches:
                         self.out.ack(b.producer, b.seq, block.segment_id, b.first_entry)
+                        metrics.ack_latency.observe(now - b.arrived)
+                    metrics.appends.inc(block.entries)
+                    metrics.append_bytes.inc(block.size)
                     self._release_batches(block.batches)
             elif head.kind == "seal":
                 state.committed_size.pop(head.segment_id, None)

@@ -37,7 +37,7 @@ from woodpecker.meta import MetaStore
 from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.private_files import make_private_dirs, private_opener
 from woodpecker.storage import LocalObjectStore, open_store
-from workers import protocol
+from workers import metrics, protocol
 from workers.coordinator import Coordinator, Outbox
 from workers.logfile import configure_logging
 from workers.maintenance import Maintenance
@@ -107,7 +107,10 @@ class Logstore:
             Outbox(dispatch=self._dispatch, ack=self._ack, nack=self._nack, wake=self._wake),
         )
         # retention, GC and compaction run here whether or not any writer is open
-        self.maintenance = Maintenance(config, self.meta, open_store(config))
+        self.store = open_store(config)
+        self.maintenance = Maintenance(
+            config, self.meta, metrics.MeteredStore(self.store, metrics.count_object_request)
+        )
         self._stopping = False
         self._idle_since = time.monotonic()
         with contextlib.suppress(FileNotFoundError):
@@ -148,6 +151,7 @@ class Logstore:
 
     def _restart_uploader(self, up: UploaderProc) -> None:
         log.warning("uploader pid %s exited (%s); restarting it", up.proc.pid, up.proc.poll())
+        metrics.uploader_restarts.inc()
         self.sel.unregister(up.sock)
         up.sock.close()
         with contextlib.suppress(ProcessLookupError):
@@ -184,6 +188,7 @@ class Logstore:
         for frame, _ in frames:
             kind, body = protocol.decode(frame)
             job = body["job"]
+            metrics.add_object_requests(body.get("requests", {}))
             up.jobs.pop(job, None)
             self.job_owner.pop(job, None)
             if kind == protocol.DONE:
@@ -424,7 +429,7 @@ class Logstore:
 
     def _remove_temp_files(self) -> None:
         """Local backend: delete temp files that dead processes left inside ``put``."""
-        store = self.maintenance.store
+        store = self.store
         if isinstance(store, LocalObjectStore):
             try:
                 removed = store.remove_orphaned_temp_files()
@@ -446,7 +451,7 @@ class Logstore:
                 up.proc.kill()
                 up.proc.wait()
         self._remove_temp_files()
-        self.maintenance.store.close()
+        self.store.close()
         for pid in list(self.producers):
             self._producer_gone(pid)
         self.meta.close()
@@ -466,6 +471,15 @@ def serve(config: Config, *, embedded: bool) -> int:
     except WoodpeckerError as e:
         log.error("%s", e)
         return 1
+    try:
+        port = metrics.serve_metrics(config)
+    except WoodpeckerError as e:
+        log.error("%s", e)
+        store.request_stop()
+        store.run()
+        return 1
+    if port:
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", config.metrics.host, port)
     log.info("serving %s (etcd %s)", store.socket_path, ",".join(store.etcd_endpoints))
     store.run()
     return 0

@@ -37,6 +37,7 @@ from woodpecker.meta.lifecycle import SWAP_MAX_BLOCKS, Lifecycle, Versioned
 from woodpecker.meta.readers import live_readers
 from woodpecker.meta.records import TruncationPoint
 from woodpecker.storage import ObjectStore
+from workers import metrics
 
 log = logging.getLogger("woodpecker.maintenance")
 
@@ -49,6 +50,10 @@ class ActionKind(enum.StrEnum):
     DELETE_OBJECTS = "delete-objects"  # a PendingDeletion carried out
     DELETE_ORPHANS = "delete-orphans"  # unreferenced objects past the grace
     ABORT_UPLOADS = "abort-uploads"  # multipart uploads left open past the grace
+
+
+for _kind in ActionKind:
+    metrics.maintenance_actions.labels(_kind.value)  # every series exists from the start
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class MaintenanceReport:
     dry_run: bool
     actions: list[Action] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    segment_states: dict[str, int] = field(
+        default_factory=lambda: {s.value.lower(): 0 for s in SegmentState}
+    )
 
     def add(
         self,
@@ -261,6 +269,7 @@ class Maintenance:
         floor = -1 if point is None else point.segment_id
         for seg in self.lifecycle.segments(record.log_id):
             r = seg.record
+            report.segment_states[r.state.value.lower()] += 1
             if (
                 r.state is SegmentState.SEALED
                 and r.compacted_ms is None
@@ -488,6 +497,9 @@ class Maintenance:
                 next_sweep = time.monotonic() + self.config.retention.sweep_interval
             try:
                 report = self.run_once(sweep=sweep)
+                metrics.record_maintenance(
+                    [a.kind.value for a in report.actions], report.segment_states
+                )
                 if report.actions:
                     log.info(
                         "maintenance: %s",

@@ -27,7 +27,7 @@ from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.format import STREAM_FOOTER, STREAM_HEADER, check_batch_message, checksum
 from woodpecker.storage import ObjectStore, open_store
-from workers import protocol
+from workers import metrics, protocol
 
 Buffer = bytes | memoryview
 
@@ -81,7 +81,8 @@ class Uploader:
     def __init__(self, config: Config, sock: socket.socket) -> None:
         self.config = config
         self.sock = sock
-        self.store = open_store(config)
+        self.requests = metrics.RequestTally()
+        self.store = metrics.MeteredStore(open_store(config), self.requests.count)
         self.arenas: dict[int, Arena] = {}
         self.send_lock = threading.Lock()
         self.jobs = ThreadPoolExecutor(config.uploader.max_inflight, "upload")
@@ -126,12 +127,23 @@ class Uploader:
             )
             reply = protocol.encode(
                 protocol.DONE,
-                {"job": job["job"], "checksum": digest, "size": sum(len(b) for b in buffers)},
+                {
+                    "job": job["job"],
+                    "checksum": digest,
+                    "size": sum(len(b) for b in buffers),
+                    "requests": self.requests.take(),
+                },
             )
         except Exception as e:  # every failure goes back to the coordinator, typed
             name = type(e).__name__ if isinstance(e, WoodpeckerError) else "StorageUnavailableError"
             reply = protocol.encode(
-                protocol.FAILED, {"job": job["job"], "error": name, "message": f"{job['key']}: {e}"}
+                protocol.FAILED,
+                {
+                    "job": job["job"],
+                    "error": name,
+                    "message": f"{job['key']}: {e}",
+                    "requests": self.requests.take(),
+                },
             )
         finally:
             for v in views:
