@@ -25,6 +25,7 @@ from typing import TextIO
 import orjson
 
 from woodpecker.config import Config
+from woodpecker.private_files import private_opener
 
 TEXT_FORMAT = "%(asctime)s logstore %(levelname)s %(message)s"
 REPEAT_MEMORY = 1024  # distinct messages remembered by the repeat filter
@@ -55,8 +56,13 @@ class RotatingLogFile(logging.handlers.RotatingFileHandler):
         self._redirect_std_streams()
 
     def _open(self) -> TextIO:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return open(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+        return open(
+            self.baseFilename,
+            "a",
+            encoding=self.encoding or "utf-8",
+            errors=self.errors,
+            opener=private_opener,
+        )
 
     def doRollover(self) -> None:
         super().doRollover()
