@@ -38,9 +38,9 @@ import suite_nats  # noqa: E402
 import suite_read  # noqa: E402
 import suite_targets  # noqa: E402
 import suite_write  # noqa: E402
-from progress import Progress  # noqa: E402
 
 from woodpecker.config import Config  # noqa: E402
+from woodpecker.progress import Progress  # noqa: E402
 
 SUITES = ("ceilings", "write", "read", "targets", "nats", "cost")
 BACKENDS = ("local", "s3")
@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(BENCH / "results"), help="results folder (bench/results)")
     ap.add_argument("--only", nargs="+", choices=SUITES, help="run only these suites")
     ap.add_argument("--duration", type=float, help="seconds per timed loop (3, quick 0.75)")
+    ap.add_argument(
+        "--quiet", action="store_true", help="no progress, only failures and the report"
+    )
     args = ap.parse_args(argv)
     duration = args.duration or (0.75 if args.quick else 3.0)
     only = set(args.only or SUITES)
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     bar: Progress | None = None
     try:
         steps = build_plan(args.quick, only, parent, duration, lambda s: bar and bar.step(s))
-        bar = Progress([s.estimate for s in steps])
+        # the bar counts estimated seconds, so its ETA scales with the measured pace
+        bar = Progress("bench", sum(s.estimate for s in steps), unit="est. s", quiet=args.quiet)
         for step in steps:
             bar.step(step.label)
             began = time.monotonic()
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"step": step.label, "error": message, "traceback": traceback.format_exc()}
                 )
                 _store(results, step.section, {**step.ident, "error": message})
-            bar.finish_step()
+            bar.update(step.estimate)
     except KeyboardInterrupt:
         results["errors"].append({"step": "run", "error": "interrupted"})
     finally:

@@ -49,7 +49,7 @@ def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 def _cmd_quickstart(args: argparse.Namespace, config: Config) -> int:
     from woodpecker.quickstart import run_quickstart
 
-    return run_quickstart(config, args.small, args.large)
+    return run_quickstart(config, args.small, args.large, quiet=args.quiet)
 
 
 def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:
@@ -106,7 +106,7 @@ def _cmd_tail(args: argparse.Namespace, config: Config) -> int:
         start = admin.parse_position(args.start)
         for message in admin.follow(client, args.log, start, stop_after=args.seconds):
             seg, entry = message.id
-            if args.json:
+            if args.json or args.format == "jsonl":
                 out.write(orjson.dumps(admin.message_json(seg, entry, message.payload)) + b"\n")
             else:
                 out.write(f"{message.id}\t".encode() + message.payload + b"\n")
@@ -177,6 +177,7 @@ def _cmd_bench(args: argparse.Namespace, config: Config) -> int:
         )
         return 2
     argv = [sys.executable, str(runner), *(["--quick"] if args.quick else [])]
+    argv += ["--quiet"] if args.quiet else []
     if args.out:
         argv += ["--out", args.out]
     return subprocess.call(argv)
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="write, read back and verify entries end to end")
     quick.add_argument("--small", type=int, default=100_000, help="1 KiB entries (100000)")
     quick.add_argument("--large", type=int, default=1_000, help="1 MiB entries (1000)")
+    quick.add_argument("--quiet", action="store_true", help="no progress, only the report")
     quick.set_defaults(func=_cmd_quickstart)
 
     logstore = sub.add_parser("logstore", help="run the standalone uploader pool of this host")
@@ -235,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="start", default="latest", help="earliest, latest (default) or SEGMENT:ENTRY"
     )
     tail.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    tail.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text: ID<tab>payload (default); jsonl: one JSON object a line, for piping "
+        "(the same objects as cat --format jsonl; --json is the same)",
+    )
     tail.set_defaults(func=_cmd_tail)
 
     cat = sub.add_parser("cat", help="print committed entries")
@@ -270,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suites (from a source checkout)")
     bench.add_argument("--quick", action="store_true", help="smoke run, under a minute")
     bench.add_argument("--out", metavar="DIR", help="results folder (default bench/results)")
+    bench.add_argument("--quiet", action="store_true", help="no progress, only the report")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

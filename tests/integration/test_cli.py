@@ -72,6 +72,21 @@ def test_tail_truncate_and_gc(cli_env, capsysbinary):
     assert code == 0 and orjson.loads(out)["dry_run"] is True
 
 
+def test_tail_format_jsonl_prints_one_object_a_line(cli_env, capsysbinary):
+    argv = ("tail", "cli", "--from", "earliest", "--seconds", "1", "--format", "jsonl")
+    code, out, _ = run(capsysbinary, *argv)
+    assert code == 0
+    rows = [orjson.loads(line) for line in out.splitlines()]
+    assert [r.get("payload") for r in rows[:6]] == [f"entry {i}" for i in range(6)]
+    assert rows[6] == {
+        "segment_id": cli_env[6].segment_id,
+        "entry_id": cli_env[6].entry_id,
+        "payload_b64": "/wA=",
+    }
+    code, text, _ = run(capsysbinary, "tail", "cli", "--from", "earliest", "--seconds", "1")
+    assert not text.startswith(b"{")  # the control: text is the default
+
+
 def test_unknown_log_is_a_clear_error(cli_env, capsysbinary):
     code, out, err = run(capsysbinary, "segments", "nope")
     assert code == 1 and b"nope" in err
