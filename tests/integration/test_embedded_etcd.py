@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from woodpecker.config import Config
-from woodpecker.meta.embedded import EmbeddedEtcd, _healthy
+from woodpecker.errors import MetadataUnavailableError
+from woodpecker.meta.embedded import EmbeddedEtcd, _healthy, etcd_binary
 from woodpecker.meta.store import EtcdConnection
 
 
@@ -295,3 +296,64 @@ def test_data_survives_stop_and_start(root: Path) -> None:
             client.close()
     finally:
         again.release()
+
+
+def test_an_etcd_listening_on_tcp_is_replaced(root: Path) -> None:
+    """An embedded etcd started by an older version (TCP client and peer ports) is stopped
+    and replaced by one on Unix sockets, on the same data."""
+    data_dir = root / "etcd" / "data"
+    data_dir.mkdir(parents=True)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    client, peer = (f"http://127.0.0.1:{port}" for port in ports)
+    old = subprocess.Popen(
+        [
+            etcd_binary(),
+            *("--name", "embedded", "--data-dir", str(data_dir)),
+            *("--listen-client-urls", client, "--advertise-client-urls", client),
+            *("--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer),
+            *("--initial-cluster", f"embedded={peer}", "--log-level", "error"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(
+            c.status == psutil.CONN_LISTEN for c in psutil.Process(old.pid).net_connections()
+        ):
+            assert time.monotonic() < deadline, "the TCP etcd did not start"
+            time.sleep(0.05)
+        written = kv(f"127.0.0.1:{ports[0]}")
+        try:
+            written.call("put", lambda c: c.put("/survivor", "from the TCP etcd"))
+        finally:
+            written.close()
+        (root / "etcd" / "state.json").write_bytes(orjson.dumps({"pid": old.pid, "port": ports[0]}))
+        holder = EmbeddedEtcd(root)
+        endpoint = holder.acquire()[0]
+        try:
+            old.wait(10)  # TimeoutExpired if the TCP etcd still runs
+            assert endpoint.startswith("unix://")
+            assert [p.pid for p in etcd_processes(root)] == [state(root)["pid"]]  # type: ignore[index]
+            client = kv(endpoint)
+            try:
+                assert client.get("get", "/survivor")[0] == b"from the TCP etcd"
+            finally:
+                client.close()
+        finally:
+            holder.release()
+    finally:
+        old.kill()
+        old.wait()
+
+
+def test_a_root_too_long_for_a_socket_path_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / ("r" * 120)
+    with pytest.raises(
+        MetadataUnavailableError, match=r"longer than 107 bytes; choose a shorter storage\.root"
+    ):
+        EmbeddedEtcd(root).acquire()
