@@ -51,7 +51,8 @@ class StorageConfig:
     type: str = _opt("local", "Object store backend.", choices=("local", "s3"))
     root: str = _opt(
         str(Path.home() / ".local" / "share" / "woodpecker"),
-        "Local directory: the data of the local backend, embedded etcd, logstore socket.",
+        "Local directory: the data of the local backend, embedded etcd, logstore socket; "
+        "created owner-only (0700, files 0600).",
     )
 
 
