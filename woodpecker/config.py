@@ -82,6 +82,18 @@ class EtcdConfig:
     key_file: str = _opt("", "Client private key for TLS to etcd.")
     timeout: float = _opt(5.0, "Seconds before one etcd request times out.", minimum=0.1)
     lease_ttl: int = _opt(10, "Writer-session lease TTL in seconds.", minimum=2)
+    history_retention: float = _opt(
+        600.0,
+        "Seconds of etcd revision history maintenance keeps; older history is compacted "
+        "(0: never compact, leave it to etcd's --auto-compaction-*).",
+        minimum=0.0,
+    )
+    quota_bytes: int = _opt(
+        2048 * _MiB,
+        "etcd's --quota-backend-bytes, assumed when its /metrics cannot be read.",
+        kind="size",
+        minimum=_MiB,
+    )
 
 
 @dataclass
@@ -169,6 +181,13 @@ class CompactionConfig:
         64 * _MiB, "Size of the objects sealed segments are merged into.", kind="size", minimum=_KiB
     )
     min_blocks: int = _opt(8, "Compact a sealed segment only from this many blocks.", minimum=2)
+    chunk_bytes: int = _opt(
+        1 * _MiB,
+        "Granularity of a compacted segment's index: a read starting inside a chunk "
+        "fetches the whole chunk.",
+        kind="size",
+        minimum=_KiB,
+    )
 
 
 @dataclass

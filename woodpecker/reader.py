@@ -42,9 +42,16 @@ from woodpecker.errors import (
     PositionTruncatedError,
     ReaderClosedError,
 )
-from woodpecker.format import decode_block
+from woodpecker.format import decode_block, decode_messages
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
-from woodpecker.meta import BlockRecord, MetaStore, SegmentRecord, SegmentState, TruncationPoint
+from woodpecker.meta import (
+    BlockRecord,
+    MetaStore,
+    SegmentIndex,
+    SegmentRecord,
+    SegmentState,
+    TruncationPoint,
+)
 from woodpecker.meta.readers import CommitWatch, ReaderRegistration
 from woodpecker.meta.records import decode_counter
 from woodpecker.storage import ObjectStore
@@ -396,8 +403,9 @@ class LogReader:
     def _fetch(self, records: list[BlockRecord]) -> list[pa.ChunkedArray]:
         """GET contiguous blocks of one object in ONE request and verify each (on the pool).
 
-        Compaction packs a segment's blocks into a few large objects; reading
-        them with one ranged GET each is what makes compaction cut GETs per GB.
+        Compaction packs a segment's blocks into a few large Arrow IPC files,
+        indexed by chunks of their messages; reading contiguous chunks with one
+        ranged GET is what makes compaction cut GETs per GB.
         CorruptedDataError names log/segment/block.
         """
         first = records[0]
@@ -406,7 +414,8 @@ class LogReader:
         columns = []
         for record in records:
             start = record.offset - first.offset
-            table = decode_block(
+            decode = decode_messages if record.messages_only else decode_block
+            table = decode(
                 data[start : start + record.length],
                 expected_checksum=record.checksum,
                 expected_entries=record.entry_count,
@@ -586,16 +595,22 @@ class LogReader:
     def _snapshot(self, segment_id: int, from_block: int, deadline: float | None) -> _Snapshot:
         k, ops, log_id = self._meta.keys, self._meta.etcd.ops, self.log_id
         blocks_end = etcd_utils.prefix_range_end(k.blocks_prefix(log_id, segment_id).encode())
-        exists, truncation, segment, blocks = self._txn_get(
+        exists, truncation, segment, blocks, index = self._txn_get(
             "read_log",
             [
                 ops.get(k.log_id(log_id)),
                 ops.get(k.truncation(log_id)),
                 ops.get(k.segment(log_id, segment_id)),
                 ops.get(k.block(log_id, segment_id, from_block), blocks_end),
+                ops.get(k.segment_index(log_id, segment_id)),
             ],
             deadline,
         )
+        records = [BlockRecord.from_bytes(v, meta.key.decode()) for v, meta in blocks]
+        if index:  # a compacted segment: its index replaced the block records
+            records = SegmentIndex.from_bytes(
+                index[0][0], k.segment_index(log_id, segment_id)
+            ).blocks()
         return _Snapshot(
             log_exists=bool(exists),
             truncation=(
@@ -608,7 +623,7 @@ class LogReader:
                 if segment
                 else None
             ),
-            blocks=[BlockRecord.from_bytes(v, meta.key.decode()) for v, meta in blocks],
+            blocks=records,
         )
 
     # ---- lifecycle ---------------------------------------------------------------------

@@ -6,12 +6,16 @@ One pass (``Maintenance.run_once``) walks every log:
    TRUNCATED; ``retention.ttl`` later, unless a live reader is positioned at or
    before them, their metadata is deleted and their objects become a
    PendingDeletion;
-2. **compaction**: SEALED segments of many small blocks are merged into objects
-   of about ``compaction.target_bytes`` and their block records swapped;
+2. **compaction**: finished segments of several blocks are rewritten into Arrow
+   IPC files of about ``compaction.target_bytes`` and their block records
+   replaced by one segment index;
 3. **pending deletions** whose deadline passed delete their objects;
 4. **orphan sweep**: objects under ``<log_id>/`` that no block record references
    and no PendingDeletion lists, older than ``retention.orphan_grace``, go; so do
-   multipart uploads of such keys left open that long (their uploader was killed).
+   multipart uploads of such keys left open that long (their uploader was killed);
+5. **etcd**: its revision history older than ``etcd.history_retention`` is
+   compacted, and its database size is checked against its quota (a warning
+   at 80 %, an error while an alarm is raised).
 
 Every metadata change is a compare-and-swap (``woodpecker.meta.lifecycle``), so
 any number of logstores may run passes at once. The safety argument (stalled
@@ -27,19 +31,35 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from woodpecker.config import Config
 from woodpecker.errors import CorruptedDataError, WoodpeckerError
-from woodpecker.meta import BlockRecord, LogRecord, MetaStore, SegmentRecord, SegmentState
-from woodpecker.meta.lifecycle import SWAP_MAX_BLOCKS, Lifecycle, Versioned
+from woodpecker.format import checksum, decode_block, decode_messages, encode_file
+from woodpecker.meta import (
+    BlockRecord,
+    LogRecord,
+    MetaStore,
+    SegmentIndex,
+    SegmentRecord,
+    SegmentState,
+)
+from woodpecker.meta.history import HistoryCompactor
+from woodpecker.meta.lifecycle import Lifecycle, Versioned
 from woodpecker.meta.readers import live_readers
 from woodpecker.meta.records import TruncationPoint
+from woodpecker.meta.space import EtcdSpace, QuotaWatch
 from woodpecker.storage import ObjectStore
 from workers import metrics
 
 log = logging.getLogger("woodpecker.maintenance")
+
+COMPACTION_READERS = 8
+"""Block GETs in flight while a segment is compacted."""
 
 
 class ActionKind(enum.StrEnum):
@@ -50,6 +70,7 @@ class ActionKind(enum.StrEnum):
     DELETE_OBJECTS = "delete-objects"  # a PendingDeletion carried out
     DELETE_ORPHANS = "delete-orphans"  # unreferenced objects past the grace
     ABORT_UPLOADS = "abort-uploads"  # multipart uploads left open past the grace
+    COMPACT_HISTORY = "compact-etcd-history"  # etcd revisions older than the retention
 
 
 for _kind in ActionKind:
@@ -78,6 +99,7 @@ class MaintenanceReport:
     segment_states: dict[str, int] = field(
         default_factory=lambda: {s.value.lower(): 0 for s in SegmentState}
     )
+    etcd_space: EtcdSpace | None = None
 
     def add(
         self,
@@ -121,15 +143,6 @@ def plan_groups(
     return groups
 
 
-@dataclass
-class _Swap:
-    """Block records waiting to be pointed at a merged object, and when it was composed."""
-
-    old: Versioned[BlockRecord]
-    new: BlockRecord
-    composed_at: float  # time.monotonic() when its compose started
-
-
 class Maintenance:
     """Retention, GC and compaction over every log of ``meta``, on objects of ``store``."""
 
@@ -138,6 +151,8 @@ class Maintenance:
         self.meta = meta
         self.store = store
         self.lifecycle = Lifecycle(meta)
+        self.history = HistoryCompactor(meta.etcd, config.etcd.history_retention)
+        self.quota = QuotaWatch(meta.etcd)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         stall_bound = 2 * config.retry.deadline + config.etcd.lease_ttl
@@ -167,7 +182,21 @@ class Maintenance:
         self._step(report, "pending deletions", self._carry_out_pending, report)
         if sweep:
             self._step(report, "orphan sweep", self._sweep_orphans, report)
+        if not dry_run:
+            self._step(report, "etcd history compaction", self._compact_history, report)
+        report.etcd_space = self._step(report, "etcd space", self.quota.check)
         return report
+
+    def _compact_history(self, report: MaintenanceReport) -> None:
+        revision = self.history.run()
+        if revision is not None:
+            report.add(
+                ActionKind.COMPACT_HISTORY,
+                0,
+                None,
+                reason=f"etcd history compacted to revision {revision} "
+                f"(etcd.history_retention {self.config.etcd.history_retention:g}s)",
+            )
 
     @staticmethod
     def _step(report: MaintenanceReport, what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -265,134 +294,128 @@ class Maintenance:
     def _compaction(
         self, record: LogRecord, point: TruncationPoint | None, report: MaintenanceReport
     ) -> None:
-        """Compact SEALED segments not yet compacted, skipping those retention will delete."""
-        floor = -1 if point is None else point.segment_id
+        """Compact finished segments not compacted yet, except those retention deletes soon."""
         for seg in self.lifecycle.segments(record.log_id):
             r = seg.record
             report.segment_states[r.state.value.lower()] += 1
+            if self._stop.is_set():
+                continue
             if (
-                r.state is SegmentState.SEALED
+                r.state is not SegmentState.ACTIVE
                 and r.compacted_ms is None
-                and r.segment_id >= floor
                 and r.block_count >= self.config.compaction.min_blocks
-                and not self._stop.is_set()
+                and not self._deleted_soon(r, point, _ms(report.now))
             ):
                 self._compact(seg, report)
 
-    def _compact(self, seg: Versioned[SegmentRecord], report: MaintenanceReport) -> None:
-        """Merge runs of small blocks into objects of about ``compaction.target_bytes``.
+    def _deleted_soon(self, r: SegmentRecord, point: TruncationPoint | None, now_ms: int) -> bool:
+        """Whether retention deletes the segment by the next pass (compacting it is wasted)."""
+        if point is None or r.segment_id >= point.segment_id:
+            return False
+        stamp = r.truncated_ms or now_ms
+        retention = self.config.retention
+        return stamp + (retention.ttl - retention.interval) * 1000 <= now_ms
 
-        A block is a self-contained Arrow IPC stream checked by its own
-        checksum, so a merged object is the plain concatenation of whole block
-        objects (``ObjectStore.compose``) and each block record only changes
-        its key and offset. Records are swapped in one txn per up to
-        SWAP_MAX_BLOCKS blocks (one txn for most segments); if the segment
-        changed meanwhile the swap fails and the merged objects are orphans.
+    def _compact(self, seg: Versioned[SegmentRecord], report: MaintenanceReport) -> None:
+        """Rewrite a segment's blocks into Arrow IPC files and its block records into one index.
+
+        Runs of blocks up to ``compaction.target_bytes`` become one IPC file each
+        (blocks are read and verified first: corruption is never copied); the
+        index lists chunks of up to ``compaction.chunk_bytes`` of record batch
+        messages with a fresh checksum, which is what readers fetch by range.
+        One txn swaps the block records for the index (``Lifecycle.index_segment``);
+        if the segment changed meanwhile nothing is swapped and the files are
+        orphans for the sweep.
         """
         r, now_ms = seg.record, _ms(report.now)
         blocks = self.lifecycle.blocks(r.log_id, r.segment_id)
-        target = self.config.compaction.target_bytes
-        groups = plan_groups(blocks, target)
-        before = len({b.record.key for b in blocks})
-        whole = len(blocks) == r.block_count and all(b.record.offset == 0 for b in blocks)
-        if not whole or len(groups) >= before:
-            # nothing to gain, or an earlier pass was cut short after a partial swap
-            if not report.dry_run:
-                self.lifecycle.swap_blocks(seg, [], [], [], 0, compacted_ms=now_ms)
-            return
-        merged: list[str] = []
-        pending: list[_Swap] = []
-        swapped: set[str] = set()
-        current = seg
-        for group in groups:
-            if len(group) == 1:
-                continue  # a lone block stays where it is
-            first_block, token = group[0].record.block_id, uuid.uuid4().hex[:12]
-            key = f"{r.log_id}/{r.segment_id}/merged-{first_block}-{token}.arrow"
-            merged.append(key)
-            if report.dry_run:
-                continue
-            started = time.monotonic()
-            self._compose(key, group)
-            offset = 0
-            for b in group:
-                pending.append(
-                    _Swap(b, dataclasses.replace(b.record, key=key, offset=offset), started)
-                )
-                offset += b.record.length
-            while len(pending) >= SWAP_MAX_BLOCKS:
-                chunk, pending = pending[:SWAP_MAX_BLOCKS], pending[SWAP_MAX_BLOCKS:]
-                written = self._swap(current, chunk, blocks, swapped, report, final=False)
-                if written is None:
-                    return
-                current = written
-        if not report.dry_run and not self._swap(
-            current, pending, blocks, swapped, report, final=True
-        ):
-            return
-        report.add(
-            ActionKind.COMPACT,
-            r.log_id,
-            r.segment_id,
-            merged,
-            f"{before} objects -> {len(groups)} (compaction.target_bytes {target})",
-        )
-
-    def _compose(self, key: str, group: list[Versioned[BlockRecord]]) -> None:
-        self.store.compose(key, [b.record.key for b in group])
-        size, expected = self.store.stat(key).size, sum(b.record.length for b in group)
-        if size != expected:
+        now = self.lifecycle.etcd.get("compaction", seg.key)
+        if now is None or now[1].mod_revision != seg.revision:
+            return  # changed since it was listed (another maintainer): the next pass looks again
+        if len(blocks) != r.block_count or any(b.record.messages_only for b in blocks):
             raise CorruptedDataError(
-                f"compaction: {key} holds {size} bytes, its blocks {expected}; "
-                "left to the orphan sweep"
+                f"compaction: log {r.log_id} segment {r.segment_id} has {len(blocks)} block "
+                f"records, its record counts {r.block_count}; left as it is"
             )
-
-    def _swap(
-        self,
-        seg: Versioned[SegmentRecord],
-        chunk: list[_Swap],
-        blocks: list[Versioned[BlockRecord]],
-        swapped: set[str],
-        report: MaintenanceReport,
-        *,
-        final: bool,
-    ) -> Versioned[SegmentRecord] | None:
-        """Commit one chunk of the swap, unless its merged objects may already be swept.
-
-        The orphan sweep deletes an unreferenced object ``orphan_grace`` after
-        its mtime, so a merged object is referenced only while its compose
-        started less than half that ago.
-        """
-        r = seg.record
-        if (
-            chunk
-            and time.monotonic() - min(s.composed_at for s in chunk)
-            > self.config.retention.orphan_grace / 2
-        ):
+        groups = plan_groups(blocks, self.config.compaction.target_bytes)
+        before = sorted({b.record.key for b in blocks})
+        files = [
+            f"{r.log_id}/{r.segment_id}/compacted-{g[0].record.block_id}-{uuid.uuid4().hex[:12]}"
+            ".arrow"
+            for g in groups
+        ]
+        reason = (
+            f"{len(before)} objects -> {len(files)} Arrow IPC files, "
+            f"{len(blocks)} block records -> 1 index"
+        )
+        if report.dry_run:
+            report.add(ActionKind.COMPACT, r.log_id, r.segment_id, files, reason)
+            return
+        started = time.monotonic()
+        chunks: list[list[int]] = []
+        with ThreadPoolExecutor(COMPACTION_READERS, thread_name_prefix="wp-compact") as pool:
+            for number, (key, group) in enumerate(zip(files, groups, strict=True)):
+                tables = list(pool.map(self._read_block, [b.record for b in group]))
+                data, spans = encode_file(tables)
+                chunks += self._chunks(number, data, group, spans)
+                self.store.put(key, data)
+        if time.monotonic() - started > self.config.retention.orphan_grace / 2:
             report.errors.append(
                 f"compaction of log {r.log_id} segment {r.segment_id} took longer than half of "
-                "retention.orphan_grace; abandoned (its merged objects are orphans)"
+                "retention.orphan_grace; abandoned (its files are orphans)"
             )
-            return None
-        swapped |= {s.old.key for s in chunk}
-        still = {b.record.key for b in blocks if b.key not in swapped}
-        unreferenced = sorted({s.old.record.key for s in chunk} - still)
-        now_ms = _ms(report.now)
-        result = self.lifecycle.swap_blocks(
-            seg,
-            [s.old for s in chunk],
-            [s.new for s in chunk],
-            unreferenced,
-            now_ms + self._grace_ms(),
-            compacted_ms=now_ms if final else None,
-        )
-        if result is None:
+            return
+        index = SegmentIndex(log_id=r.log_id, segment_id=r.segment_id, objects=files, chunks=chunks)
+        if self.lifecycle.index_segment(seg, index, before, now_ms + self._grace_ms(), now_ms):
+            report.add(ActionKind.COMPACT, r.log_id, r.segment_id, files, reason)
+        else:
             log.info(
-                "compaction: log %d segment %d changed meanwhile; its merged objects are orphans",
+                "compaction: log %d segment %d changed meanwhile; its files are orphans",
                 r.log_id,
                 r.segment_id,
             )
-        return result
+
+    def _read_block(self, b: BlockRecord) -> pa.Table:
+        """A block's entries, verified like a reader verifies them (on the pool)."""
+        return decode_block(
+            self.store.get(b.key, b.offset, b.length),
+            expected_checksum=b.checksum,
+            expected_entries=b.entry_count,
+            where=f"compaction: log {b.log_id} segment {b.segment_id} block {b.block_id}",
+        )
+
+    def _chunks(
+        self,
+        number: int,
+        data: pa.Buffer,
+        group: list[Versioned[BlockRecord]],
+        spans: list[tuple[int, int]],
+    ) -> list[list[int]]:
+        """Index chunks of file ``number``: consecutive blocks up to ``compaction.chunk_bytes``.
+
+        Each chunk is parsed back before it is indexed, so an index never names
+        bytes that do not decode to its entries.
+        """
+        limit = self.config.compaction.chunk_bytes
+        runs: list[list[int]] = []  # [object, first, count, size, offset, length]
+        for b, (offset, length) in zip(group, spans, strict=True):
+            last = runs[-1] if runs else None
+            if last is not None and last[5] + length <= limit:
+                last[2] += b.record.entry_count
+                last[3] += b.record.size
+                last[5] += length
+            else:
+                runs.append(
+                    [number, b.record.first_entry_id, b.record.entry_count, b.record.size,
+                     offset, length]
+                )  # fmt: skip
+        chunks = []
+        for obj, first, count, size, offset, length in runs:
+            part = data[offset : offset + length]
+            digest = checksum([part])
+            decode_messages(part, expected_checksum=digest, expected_entries=count)
+            chunks.append([obj, first, count, size, offset, length, digest])
+        return chunks
 
     # ---- garbage collection ------------------------------------------------------------
 

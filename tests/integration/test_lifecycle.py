@@ -12,8 +12,8 @@ import pytest
 
 import woodpecker as wp
 from woodpecker.config import Config
-from woodpecker.format import checksum, decode_block, encode_block
-from woodpecker.meta import BlockRecord, MetaStore, SegmentState
+from woodpecker.format import checksum, decode_block, decode_messages, encode_block
+from woodpecker.meta import BlockRecord, MetaStore, SegmentIndex, SegmentState
 from woodpecker.meta.lifecycle import Lifecycle
 from woodpecker.reader import LogReader
 from woodpecker.storage import ObjectStore, open_store
@@ -123,7 +123,8 @@ def committed(env: Env, log_id: int) -> dict[tuple[int, int], bytes]:
     out = {}
     for seg in env.meta.list_segments(log_id):
         for b in env.meta.list_blocks(log_id, seg.segment_id):
-            table = decode_block(
+            decode = decode_messages if b.messages_only else decode_block
+            table = decode(
                 env.store.get(b.key, b.offset, b.length),
                 expected_checksum=b.checksum,
                 expected_entries=b.entry_count,
@@ -325,10 +326,16 @@ def test_abandoned_multipart_uploads_are_aborted_after_the_grace(env_factory, ba
 # ---- compaction ------------------------------------------------------------------------
 
 
+def keys_under(env: Env, prefix: str) -> int:
+    kvs = env.meta.etcd.scan("test", prefix, keys_only=True)
+    return len(kvs)
+
+
 def test_compaction_merges_small_blocks_and_old_readers_keep_working(env_factory, backend):
     env = env_factory(
         backend,
         compaction_target_bytes="16KiB",
+        compaction_chunk_bytes="4KiB",
         compaction_min_blocks=4,
         retention_orphan_grace=60.0,
     )
@@ -355,13 +362,21 @@ def test_compaction_merges_small_blocks_and_old_readers_keep_working(env_factory
     per_object = 16 * 1024 // old_records[0].length  # the blocks all have the same size
     assert before == blocks and after == -(-blocks // per_object)
     assert before / after >= 0.7 * (16 * 1024 / block_size)
-    assert [
-        (b.block_id, b.first_entry_id, b.entry_count, b.checksum, b.length) for b in new_records
-    ] == [(b.block_id, b.first_entry_id, b.entry_count, b.checksum, b.length) for b in old_records]
+    # the block records became one index of chunks of at most compaction.chunk_bytes
+    k = env.meta.keys
+    assert keys_under(env, k.blocks_prefix(log_id)) == 0
+    assert keys_under(env, k.indexes_prefix(log_id)) == 2
+    assert all(b.messages_only and b.length <= 4096 for b in new_records)
+    assert len(new_records) < blocks / 2
+    assert [(b.first_entry_id, b.entry_count) for b in new_records] == [
+        (first, sum(c.entry_count for c in new_records if c.first_entry_id == first))
+        for first in [c.first_entry_id for c in new_records]
+    ]
+    assert sum(b.entry_count for b in new_records) == blocks * entries
     segment = env.meta.get_segment(log_id, 0)
     assert segment.compacted_ms is not None and segment.state is SegmentState.SEALED
     assert committed(env, log_id) == expected(log_id, range(2), blocks * entries, size)
-    # the reader fetches contiguous blocks of one object with one ranged GET
+    # the reader fetches contiguous chunks of one object with one ranged GET
     gets = CountingGets(env.store)
     with LogReader(env.meta, gets, "compact", log_id, wp.EARLIEST) as reader:
         table = reader.read_until(None)
@@ -381,21 +396,21 @@ def test_compaction_merges_small_blocks_and_old_readers_keep_working(env_factory
     assert committed(env, log_id) == expected(log_id, range(2), blocks * entries, size)
 
 
-def test_compaction_beyond_one_txn_and_too_slow_compaction(env_factory):
+def test_compaction_of_a_big_segment_is_one_txn_and_a_too_slow_one_is_abandoned(env_factory):
     env = env_factory("local", compaction_target_bytes="1MiB", retention_orphan_grace=60.0)
-    log_id = seed(env, "big", segments=1, blocks=130, entries=1)
+    log_id = seed(env, "big", segments=1, blocks=300, entries=1)  # over etcd's 128 ops per txn
     report = env.maintenance().run_once(time.time())
     assert report.errors == [] and len(report.of(ActionKind.COMPACT)) == 1
-    assert len({b.key for b in env.meta.list_blocks(log_id, 0)}) == 1  # swapped in 2 txns
+    assert len({b.key for b in env.meta.list_blocks(log_id, 0)}) == 1
     (segment,) = env.meta.list_segments(log_id)
     assert segment.compacted_ms is not None
     pending = Lifecycle(env.meta).pending_deletions(log_id)
     assert sorted(k for p in pending for k in p.record.keys) == sorted(
-        f"{log_id}/0/{b}.arrow" for b in range(130)
+        f"{log_id}/0/{b}.arrow" for b in range(300)
     )
-    assert committed(env, log_id) == expected(log_id, range(1), 130)
+    assert committed(env, log_id) == expected(log_id, range(1), 300)
 
-    # with no grace a merged object could be swept before its swap: never swapped
+    # with no grace a compacted file could be swept before its swap: never swapped
     env = env_factory("local", compaction_min_blocks=2, retention_orphan_grace=0.0)
     log_id = seed(env, "slow", segments=1, blocks=4, entries=1)
     old = env.meta.list_blocks(log_id, 0)
@@ -403,7 +418,7 @@ def test_compaction_beyond_one_txn_and_too_slow_compaction(env_factory):
     assert report.of(ActionKind.COMPACT) == []
     assert len(report.errors) == 1 and "abandoned" in report.errors[0]
     assert env.meta.list_blocks(log_id, 0) == old
-    leftover = [k for k in env.objects(log_id) if "merged" in k]
+    leftover = [k for k in env.objects(log_id) if "compacted" in k]
     assert len(leftover) == 1
     report = env.maintenance().run_once(time.time() + 1)  # sweeps it (and tries again)
     assert set(leftover) <= set(report.keys(ActionKind.DELETE_ORPHANS))
@@ -417,17 +432,16 @@ def test_compaction_swap_loses_to_a_concurrent_change(env_factory):
     lifecycle = Lifecycle(env.meta)
     (seg,) = lifecycle.segments(log_id)
     blocks = lifecycle.blocks(log_id, 0)
-    offsets = [sum(b.record.length for b in blocks[:i]) for i in range(len(blocks))]
-    new = [
-        dataclasses.replace(b.record, key=f"{log_id}/0/merged.arrow", offset=o)
-        for b, o in zip(blocks, offsets, strict=True)
-    ]
-    with pytest.raises(ValueError, match="only key and offset"):
-        lifecycle.swap_blocks(
-            seg, blocks[:1], [dataclasses.replace(new[0], checksum=1)], [], 0, compacted_ms=None
-        )
+    index = SegmentIndex(
+        log_id=log_id,
+        segment_id=0,
+        objects=[f"{log_id}/0/compacted.arrow"],
+        chunks=[[0, 0, 4, 400, 200, 800, 1]],
+    )
+    with pytest.raises(ValueError, match="index of"):
+        lifecycle.index_segment(seg, dataclasses.replace(index, segment_id=1), [], 0, 1)
     assert lifecycle.mark_truncated(seg, 1) is not None  # retention got there first
-    assert lifecycle.swap_blocks(seg, blocks, new, ["k"], 0, compacted_ms=1) is None
+    assert lifecycle.index_segment(seg, index, ["k"], 0, 1) is None
     assert lifecycle.blocks(log_id, 0) == blocks and lifecycle.pending_deletions() == []
 
 

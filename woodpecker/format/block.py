@@ -6,6 +6,11 @@ serialize their batch messages straight into shared memory with
 into the stored object and records ``checksum`` of those bytes in etcd. Readers
 call ``decode_block``, which refuses anything that is not exactly such a stream.
 Because blocks are plain Arrow IPC streams, any Arrow tool can read them.
+
+Compaction rewrites a segment's blocks into Arrow IPC *files* (``encode_file``):
+one schema, every batch message in entry order, a footer; pyarrow, Polars and
+DuckDB read such a file whole. Readers fetch a run of its messages by range and
+parse it with ``decode_messages``.
 """
 
 from __future__ import annotations
@@ -150,15 +155,9 @@ def decode_block(
     buf = pa.py_buffer(data)
     if buf.size == 0:
         raise CorruptedDataError(f"{where}: empty block")
-    if expected_checksum is not None:
-        actual = xxhash.xxh3_64_intdigest(buf)
-        if actual != expected_checksum:
-            raise CorruptedDataError(
-                f"{where}: checksum mismatch (expected {expected_checksum:#018x}, "
-                f"got {actual:#018x}, {buf.size} bytes)"
-            )
+    _verify_checksum(buf, expected_checksum, where)
     source = pa.BufferReader(buf)
-    batches = []
+    batches: list[pa.RecordBatch] = []
     try:
         reader = pa.ipc.open_stream(source)
         if not reader.schema.equals(SCHEMA, check_metadata=True):
@@ -180,12 +179,86 @@ def decode_block(
             f"{where}: missing end-of-stream marker or trailing bytes "
             f"({buf.size} bytes, messages end at {end_of_messages})"
         )
+    return _table(batches, expected_entries, where)
+
+
+def _table(batches: list[pa.RecordBatch], expected_entries: int | None, where: str) -> pa.Table:
     table = pa.Table.from_batches(batches, schema=SCHEMA)
     if table.column(0).null_count:
         raise CorruptedDataError(f"{where}: null payloads")
     if expected_entries is not None and table.num_rows != expected_entries:
         raise CorruptedDataError(f"{where}: {table.num_rows} entries, expected {expected_entries}")
     return table
+
+
+def _verify_checksum(buf: pa.Buffer, expected: int | None, where: str) -> None:
+    if expected is None:
+        return
+    actual = xxhash.xxh3_64_intdigest(buf)
+    if actual != expected:
+        raise CorruptedDataError(
+            f"{where}: checksum mismatch (expected {expected:#018x}, "
+            f"got {actual:#018x}, {buf.size} bytes)"
+        )
+
+
+def decode_messages(
+    data: BytesLike,
+    *,
+    expected_checksum: int | None = None,
+    expected_entries: int | None = None,
+    where: str = "chunk",
+) -> pa.Table:
+    """Verify and parse a run of record batch messages (a chunk of a compacted file).
+
+    Like ``decode_block`` for bytes that hold only messages of the block schema,
+    with no stream header or end-of-stream marker.
+    """
+    buf = pa.py_buffer(data)
+    if buf.size == 0:
+        raise CorruptedDataError(f"{where}: empty chunk")
+    _verify_checksum(buf, expected_checksum, where)
+    source = pa.BufferReader(buf)
+    batches = []
+    try:
+        while source.tell() < buf.size:
+            message = pa.ipc.read_message(source)
+            if message.type != "record batch":
+                raise CorruptedDataError(f"{where}: unexpected {message.type} message")
+            batch = pa.ipc.read_record_batch(message, SCHEMA)
+            batch.validate(full=True)
+            batches.append(batch)
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptedDataError(f"{where}: not valid Arrow IPC messages: {exc}") from exc
+    return _table(batches, expected_entries, where)
+
+
+FILE_MAGIC = b"ARROW1\x00\x00"
+
+
+def encode_file(blocks: Sequence[pa.Table]) -> tuple[pa.Buffer, list[tuple[int, int]]]:
+    """One Arrow IPC file of the batches of ``blocks``, in order.
+
+    Returns the file and, per block, the ``(offset, length)`` of its messages,
+    which ``decode_messages`` parses. pyarrow writes the schema with the first
+    batch, as our ``STREAM_HEADER`` right after the file magic: checked here.
+    """
+    if not blocks:
+        raise ValueError("encode_file needs at least one block")
+    header = FILE_MAGIC + STREAM_HEADER
+    sink = pa.BufferOutputStream()
+    spans = []
+    with pa.ipc.new_file(sink, SCHEMA) as writer:
+        start = len(header)
+        for table in blocks:
+            for batch in table.to_batches():
+                writer.write_batch(batch)
+            spans.append((start, sink.tell() - start))
+            start = sink.tell()
+    data = sink.getvalue()
+    if data[: len(header)].to_pybytes() != header:
+        raise CorruptedDataError("encode_file: pyarrow wrote an unexpected file header")
+    return data, spans
 
 
 def iter_payloads(table: pa.Table) -> Iterator[bytes]:

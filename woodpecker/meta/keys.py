@@ -57,6 +57,13 @@ class Keys:
     def block(self, log_id: int, segment_id: int, block_id: int) -> str:
         return f"{self.blocks_prefix(log_id, segment_id)}{_id(block_id)}"
 
+    def indexes_prefix(self, log_id: int) -> str:
+        return f"{self.root}/index/{log_id}/"
+
+    def segment_index(self, log_id: int, segment_id: int) -> str:
+        """The SegmentIndex of a compacted segment, which replaces its block records."""
+        return f"{self.indexes_prefix(log_id)}{_id(segment_id)}"
+
     def truncation(self, log_id: int) -> str:
         return f"{self.root}/truncation/{log_id}"
 
@@ -84,6 +91,7 @@ class Keys:
         return [
             self.segments_prefix(log_id),
             self.blocks_prefix(log_id),
+            self.indexes_prefix(log_id),
             self.readers_prefix(log_id),
         ]
 

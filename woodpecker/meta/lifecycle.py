@@ -1,4 +1,4 @@
-"""The lifecycle of a log's metadata: truncation, retention states, compaction swaps, GC.
+"""The lifecycle of a log's metadata: truncation, retention states, segment indexes, GC.
 
 Every change here is one etcd transaction that compares what it read (the
 truncation key, the segment record, the block records) by ``mod_revision``, so
@@ -29,16 +29,14 @@ from woodpecker.meta.records import (
     BlockRecord,
     LogRecord,
     PendingDeletion,
+    SegmentIndex,
     SegmentRecord,
     SegmentState,
     TruncationPoint,
 )
-from woodpecker.meta.store import CAS_ATTEMPTS, MAX_TXN_OPS, MetaStore, first
+from woodpecker.meta.store import CAS_ATTEMPTS, MetaStore, first
 
 R = TypeVar("R")
-
-SWAP_MAX_BLOCKS = MAX_TXN_OPS - 2
-"""Block records per compaction swap: its txn also puts the segment and a PendingDeletion."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +77,26 @@ class Lifecycle:
         ]
 
     def blocks(self, log_id: int, segment_id: int | None = None) -> list[Versioned[BlockRecord]]:
-        """The block records of one segment, or of the whole log."""
-        prefix = self.keys.blocks_prefix(log_id, segment_id)
-        return [
+        """The blocks of one segment, or of the whole log: block records and index chunks.
+
+        A chunk carries its index's key and revision.
+        """
+        k = self.keys
+        found = [
             Versioned(BlockRecord.from_bytes(v, kv.key.decode()), kv.key.decode(), kv.mod_revision)
-            for v, kv in self.etcd.scan("lifecycle_blocks", prefix)
+            for v, kv in self.etcd.scan("lifecycle_blocks", k.blocks_prefix(log_id, segment_id))
         ]
+        if segment_id is None:
+            indexes = self.etcd.scan("lifecycle_blocks", k.indexes_prefix(log_id))
+        else:
+            one = self.etcd.get("lifecycle_blocks", k.segment_index(log_id, segment_id))
+            indexes = [] if one is None else [one]
+        for v, kv in indexes:
+            key = kv.key.decode()
+            found += [
+                Versioned(b, key, kv.mod_revision) for b in SegmentIndex.from_bytes(v, key).blocks()
+            ]
+        return found
 
     def pending_deletions(self, log_id: int | None = None) -> list[Versioned[PendingDeletion]]:
         """Recorded deletions of one log or of all logs (including deleted logs)."""
@@ -176,7 +188,7 @@ class Lifecycle:
     def delete_segment(
         self, seg: Versioned[SegmentRecord], keys: Sequence[str], not_before_ms: int
     ) -> bool:
-        """Delete a TRUNCATED segment's record and block records; its objects become pending.
+        """Delete a TRUNCATED segment's record, block records or index; its objects become pending.
 
         ``keys`` are the objects its block records (read after ``seg``) point to.
         False if the segment changed since it was read.
@@ -188,6 +200,7 @@ class Lifecycle:
         success = [
             ops.delete(seg.key),
             ops.delete(blocks, etcd_utils.prefix_range_end(blocks.encode())),
+            ops.delete(self.keys.segment_index(r.log_id, r.segment_id)),
         ]
         success += self._pending(r.log_id, keys, not_before_ms, f"segment {r.segment_id} retention")
         ok, _ = self.etcd.txn(
@@ -197,51 +210,43 @@ class Lifecycle:
 
     # ---- compaction ------------------------------------------------------------------
 
-    def swap_blocks(
+    def index_segment(
         self,
         seg: Versioned[SegmentRecord],
-        old: Sequence[Versioned[BlockRecord]],
-        new: Sequence[BlockRecord],
+        index: SegmentIndex,
         unreferenced: Sequence[str],
         not_before_ms: int,
-        *,
-        compacted_ms: int | None,
+        compacted_ms: int,
     ) -> Versioned[SegmentRecord] | None:
-        """Point block records at new objects in one txn; the objects they leave become pending.
+        """Replace a segment's block records by one SegmentIndex, in one txn.
 
-        Compares the segment and every old block record; puts the new block
-        records, the segment record (``compacted_ms`` when given: the segment is
-        done) and a PendingDeletion of ``unreferenced``. The segment record is
-        put even when unchanged, so its revision moves with its blocks. Returns
-        the segment as written, or None if anything changed since it was read.
+        Compares the segment record only: every change of its blocks puts it,
+        so its revision (read before the blocks) proves they are still the
+        ones the index was built from. Deletes the block records, puts the
+        index, the segment with ``compacted_ms`` and a PendingDeletion of
+        ``unreferenced``. Returns the segment as written, or None if it changed.
         """
-        if len(old) != len(new) or len(old) > SWAP_MAX_BLOCKS:
-            raise ValueError(f"swap 0..{SWAP_MAX_BLOCKS} block records, old and new alike")
-        for before, after in zip(old, new, strict=True):
-            same = dataclasses.replace(after, key=before.record.key, offset=before.record.offset)
-            if same != before.record:
-                raise ValueError(f"{before.key}: a swap may change only key and offset")
-        if seg.record.state is not SegmentState.SEALED:
-            raise ValueError(f"segment {seg.key} is {seg.record.state}, only SEALED is compacted")
+        r = seg.record
+        if r.state is SegmentState.ACTIVE:
+            raise ValueError(f"segment {seg.key} is ACTIVE; only a finished segment is compacted")
+        if (index.log_id, index.segment_id) != (r.log_id, r.segment_id):
+            raise ValueError(f"index of {index.log_id}/{index.segment_id} for {seg.key}")
         ops = self.etcd.ops
-        record = seg.record
-        if compacted_ms is not None:
-            record = dataclasses.replace(record, compacted_ms=compacted_ms)
-        success = [ops.put(b.key, a.to_bytes()) for b, a in zip(old, new, strict=True)]
-        success.append(ops.put(seg.key, record.to_bytes()))
-        reason = f"segment {record.segment_id} compaction"
-        success += self._pending(record.log_id, unreferenced, not_before_ms, reason)
+        record = dataclasses.replace(r, compacted_ms=compacted_ms)
+        blocks = self.keys.blocks_prefix(r.log_id, r.segment_id)
+        success = [
+            ops.delete(blocks, etcd_utils.prefix_range_end(blocks.encode())),
+            ops.put(self.keys.segment_index(r.log_id, r.segment_id), index.to_bytes()),
+            ops.put(seg.key, record.to_bytes()),
+        ]
+        reason = f"segment {r.segment_id} compaction"
+        success += self._pending(r.log_id, unreferenced, not_before_ms, reason)
         ok, replies = self.etcd.txn(
-            "swap_blocks",
-            compare=[
-                ops.mod(seg.key) == seg.revision,
-                *(ops.mod(b.key) == b.revision for b in old),
-            ],
-            success=success,
+            "index_segment", compare=[ops.mod(seg.key) == seg.revision], success=success
         )
         if not ok:
             return None
-        return Versioned(record, seg.key, replies[0].response_put.header.revision)
+        return Versioned(record, seg.key, replies[2].response_put.header.revision)
 
     # ---- pending deletions -----------------------------------------------------------
 

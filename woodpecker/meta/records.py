@@ -155,8 +155,11 @@ class SegmentRecord(_Record):
 class BlockRecord(_Record):
     """A committed block: which entries it holds and where its bytes are.
 
-    ``offset``/``length`` locate the block inside the object ``key`` so that
-    compaction can later pack several blocks into one object.
+    ``offset``/``length`` locate the block inside the object ``key``, and
+    ``checksum`` is the xxh3_64 of exactly those bytes. A block written by a
+    writer is a whole Arrow IPC stream; a chunk of a compacted segment
+    (``messages_only``, from a ``SegmentIndex``) is only the record batch
+    messages inside an Arrow IPC file, whose schema is the block format's.
     """
 
     log_id: int = _min(1)
@@ -169,6 +172,7 @@ class BlockRecord(_Record):
     offset: int = _min(0)
     length: int = _min(0)
     checksum: int = _min(0)
+    messages_only: bool = False
 
     def __post_init__(self) -> None:
         _Record.__post_init__(self)
@@ -180,6 +184,60 @@ class BlockRecord(_Record):
     @property
     def last_entry_id(self) -> int:
         return self.first_entry_id + self.entry_count - 1
+
+
+_CHUNK_FIELDS = ("object", "first_entry_id", "entry_count", "size", "offset", "length", "checksum")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentIndex(_Record):
+    """Where the entries of a compacted segment are: one value instead of a record per block.
+
+    ``objects`` are the segment's Arrow IPC files. Each chunk is a list of
+    ``_CHUNK_FIELDS``: entries ``first_entry_id`` onwards are the record batch
+    messages at ``objects[object][offset:offset + length]``, whose xxh3_64 is
+    ``checksum``. Chunks are in entry order and cover the segment densely from 0.
+    """
+
+    log_id: int = _min(1)
+    segment_id: int = _min(0)
+    objects: list[str] = field()
+    chunks: list[list[int]] = field()
+
+    def __post_init__(self) -> None:
+        _Record.__post_init__(self)
+        if not self.objects or not all(self.objects):
+            raise ValueError("objects must be a non-empty list of non-empty keys")
+        expected = 0
+        for chunk in self.chunks:
+            if len(chunk) != len(_CHUNK_FIELDS) or min(chunk) < 0:
+                raise ValueError(f"a chunk is {len(_CHUNK_FIELDS)} ints >= 0, not {chunk!r}")
+            if chunk[0] >= len(self.objects) or chunk[1] != expected or chunk[2] < 1:
+                raise ValueError(f"chunk {chunk!r} does not continue at entry {expected}")
+            if chunk[6] > _U64_MAX:
+                raise ValueError(f"checksum must fit in 64 bits, not {chunk[6]!r}")
+            expected += chunk[2]
+
+    def blocks(self) -> list[BlockRecord]:
+        """The chunks as block records (block id = chunk number), for readers and GC."""
+        return [
+            BlockRecord(
+                log_id=self.log_id,
+                segment_id=self.segment_id,
+                block_id=number,
+                first_entry_id=first,
+                entry_count=count,
+                size=size,
+                key=self.objects[obj],
+                offset=offset,
+                length=length,
+                checksum=checksum,
+                messages_only=True,
+            )
+            for number, (obj, first, count, size, offset, length, checksum) in enumerate(
+                self.chunks
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from woodpecker.meta.keys import Keys
 from woodpecker.meta.records import (
     BlockRecord,
     LogRecord,
+    SegmentIndex,
     SegmentRecord,
     TruncationPoint,
     decode_counter,
@@ -153,6 +154,11 @@ class EtcdConnection:
         self._lock = threading.Lock()
         self._closed = False
         self.ops = pyetcd.Transactions()  # builders of compares and txn operations
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """The endpoint (host, port) that calls go to now."""
+        return self.endpoints[self._current]
 
     def _tls_credentials(self) -> grpc.ChannelCredentials | None:
         etcd = self.config.etcd
@@ -424,7 +430,11 @@ class MetaStore:
         return None if kv is None else SegmentRecord.from_bytes(kv[0], key)
 
     def list_blocks(self, log_id: int, segment_id: int) -> list[BlockRecord]:
-        """The committed blocks of a segment, by block id."""
+        """The committed blocks of a segment, by block id (a compacted one's index chunks)."""
+        index_key = self.keys.segment_index(log_id, segment_id)
+        index = self.etcd.get("list_blocks", index_key)
+        if index is not None:
+            return SegmentIndex.from_bytes(index[0], index_key).blocks()
         prefix = self.keys.blocks_prefix(log_id, segment_id)
         return [
             BlockRecord.from_bytes(v, kv.key.decode())
