@@ -256,54 +256,6 @@ def test_complete_multipart_rejects_unordered_parts(store: ObjectStore) -> None:
         store.abort_multipart("k", upload_id)
 
 
-# --------------------------------------------------------------------- compose
-
-
-def test_compose_small_sources(store: ObjectStore) -> None:
-    for i in range(3):
-        store.put(f"src/{i}", f"part{i};".encode())
-    store.compose("dest", ["src/0", "src/1", "src/2"])
-    assert store.get("dest") == b"part0;part1;part2;"
-    assert store.get("src/1") == b"part1;"  # sources stay
-
-
-def test_compose_large_sources(store: ObjectStore) -> None:
-    data = [os.urandom(5 * MiB), os.urandom(5 * MiB + 3), os.urandom(100)]
-    for i, d in enumerate(data):
-        store.put(f"src/{i}", d)
-    store.compose("dest", ["src/0", "src/1", "src/2"])
-    assert store.get("dest") == b"".join(data)
-
-
-def test_compose_small_sources_into_a_large_object(
-    make_config: Callable[..., Config], backend: str
-) -> None:
-    # Sources too small for a server-side compose, total above the part size:
-    # S3 must stream them through a multipart upload.
-    data = [os.urandom(1000), os.urandom(6 * MiB), os.urandom(3000)]
-    with open_store(make_config(backend, uploader_part_size="5MiB")) as store:
-        try:
-            for i, d in enumerate(data):
-                store.put(f"src/{i}", d)
-            store.compose("dest", ["src/0", "src/1", "src/2"])
-            assert store.get("dest") == b"".join(data)
-        finally:
-            store.delete_many(info.key for info in store.list())
-
-
-def test_compose_of_one_source_copies_it(store: ObjectStore) -> None:
-    store.put("src", b"only")
-    store.compose("copy", ["src"])
-    assert store.get("copy") == b"only"
-
-
-def test_compose_with_a_missing_source_fails_and_writes_nothing(store: ObjectStore) -> None:
-    store.put("src/0", b"a")
-    with pytest.raises(ObjectNotFoundError, match="src/1"):
-        store.compose("dest", ["src/0", "src/1"])
-    assert keys(store) == ["src/0"]
-
-
 # ------------------------------------------------------------- put_if_absent
 
 

@@ -180,10 +180,6 @@ class ObjectStore(abc.ABC):
         leaves one behind, holding (billed) parts until it is aborted."""
 
     @abc.abstractmethod
-    def compose(self, dest: str, sources: Sequence[str]) -> None:
-        """Create or replace ``dest`` with the concatenation of ``sources``, durably."""
-
-    @abc.abstractmethod
     def put_if_absent(self, key: str, data: Data) -> bool:
         """Create ``key`` only if it does not exist; True if this call created it."""
 

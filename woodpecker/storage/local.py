@@ -432,22 +432,6 @@ class LocalObjectStore(ObjectStore):
                     uploads.append(UploadInfo(key, upload_id, initiated))
         yield from sorted(uploads, key=lambda u: (u.key, u.upload_id))
 
-    def compose(self, dest: str, sources: Sequence[str]) -> None:
-        """Concatenate the source files into a new durable file (sources opened up front)."""
-        path = self._path(dest)
-        if not sources:
-            raise ValueError(f"compose of {dest!r} needs at least one source")
-        fds: list[int] = []
-        try:
-            for source in sources:
-                with self._os_errors("compose", source, missing_is_not_found=True):
-                    fds.append(os.open(self._path(source), os.O_RDONLY | os.O_CLOEXEC))
-            with self._os_errors("compose", dest, missing_is_not_found=False):
-                self._create_durably(path, _concatenate(fds), replace=True)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
     def describe(self) -> str:
         """The root as a ``file://`` URL."""
         return Path(self._root).as_uri()

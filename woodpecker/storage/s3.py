@@ -24,7 +24,6 @@ import certifi
 import urllib3
 from minio import Minio
 from minio import time as amz_time
-from minio.commonconfig import ComposeSource
 from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
@@ -35,10 +34,8 @@ from woodpecker.errors import (
     ConfigError,
     ObjectNotFoundError,
     StorageUnavailableError,
-    WoodpeckerError,
 )
 from woodpecker.storage.base import (
-    MIN_PART_SIZE,
     RESERVED_PREFIX,
     Data,
     ObjectInfo,
@@ -427,51 +424,6 @@ class S3ObjectStore(ObjectStore):
             return found
 
         return iter(self._call("list_multipart", prefix, fetch))
-
-    def compose(self, dest: str, sources: Sequence[str]) -> None:
-        """Server-side copy when S3 allows it, else a bounded streaming copy.
-
-        S3 composes only sources of >= 5 MiB (the last excepted); smaller ones are
-        read back and written again: one PUT up to ``uploader.part_size``, else a
-        multipart upload holding at most one part in memory.
-        """
-        if not sources:
-            raise ValueError(f"compose of {dest!r} needs at least one source")
-        name = self._name(dest)
-        sizes = [self.stat(source).size for source in sources]
-        if all(size >= MIN_PART_SIZE for size in sizes[:-1]):
-            copies = [ComposeSource(self._bucket, self._name(source)) for source in sources]
-            self._call("compose", dest, lambda: self._mc.compose_object(self._bucket, name, copies))
-        elif sum(sizes) <= self._part_size:
-            self.put(dest, [self.get(source) for source in sources])
-        else:
-            self._compose_by_parts(dest, sources, sizes)
-
-    def _compose_by_parts(self, dest: str, sources: Sequence[str], sizes: list[int]) -> None:
-        upload_id = self.create_multipart(dest)
-        try:
-            parts: list[PartInfo] = []
-            pending: list[bytes] = []
-            room = self._part_size
-            for source, size in zip(sources, sizes, strict=True):
-                offset = 0
-                while offset < size:
-                    chunk = self.get(source, offset, min(size - offset, room))
-                    if not chunk:
-                        raise StorageUnavailableError(f"{source!r} shrank during compose")
-                    pending.append(chunk)
-                    offset += len(chunk)
-                    room -= len(chunk)
-                    if room == 0:
-                        parts.append(self.upload_part(dest, upload_id, len(parts) + 1, pending))
-                        pending, room = [], self._part_size
-            if pending or not parts:
-                parts.append(self.upload_part(dest, upload_id, len(parts) + 1, pending))
-            self.complete_multipart(dest, upload_id, parts)
-        except BaseException:
-            with contextlib.suppress(WoodpeckerError):
-                self.abort_multipart(dest, upload_id)
-            raise
 
     def describe(self) -> str:
         """``s3://bucket/prefix at host:port``."""
