@@ -22,6 +22,7 @@ from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.meta.access import etcd_access
 from woodpecker.meta.embedded import EmbeddedEtcd
+from woodpecker.meta.space import NOSPACE_RECOVERY, WARN_FRACTION, EtcdSpace, etcd_space
 from woodpecker.meta.store import MetaStore
 from woodpecker.private_files import loose_paths
 from woodpecker.storage import open_store
@@ -52,6 +53,26 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _check_space(report: DoctorReport, space: EtcdSpace) -> None:
+    """etcd's db size against its quota; an active alarm fails the doctor (commits fail)."""
+    report.facts["etcd_db_size"] = space.db_size
+    report.facts["etcd_db_size_in_use"] = space.db_size_in_use
+    report.facts["etcd_quota"] = f"{space.quota} (from {space.quota_source})"
+    report.facts["etcd_alarms"] = ", ".join(space.alarms) or "none"
+    if space.fraction >= WARN_FRACTION:
+        report.warnings.append(
+            f"etcd is at {space.fraction:.0%} of its space quota ({space.describe()}); "
+            "at 100 % it raises NOSPACE and every commit fails (docs/metadata.md)"
+        )
+    if space.alarms:
+        report.ok = False
+        report.error = (
+            f"etcd raised alarm {', '.join(space.alarms)}: it refuses every write, so no log "
+            f"can commit ({space.describe()}). Free space (truncate logs, let maintenance "
+            f"delete them), then run: {'; '.join(NOSPACE_RECOVERY)}"
+        )
+
+
 def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
     """Run every check in order; stop at the first unreachable service."""
     report = DoctorReport()
@@ -79,6 +100,7 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
             report.facts["etcd_version"] = meta.server_version()
             report.facts["etcd_round_trip_ms"] = _ms(start)
             report.facts["logs"] = len(meta.list_logs())
+            _check_space(report, etcd_space(meta.etcd))
         finally:
             meta.close()
 

@@ -523,6 +523,8 @@ class Maintenance:
                 metrics.record_maintenance(
                     [a.kind.value for a in report.actions], report.segment_states
                 )
+                if report.etcd_space is not None:
+                    metrics.record_etcd_space(report.etcd_space.db_size, report.etcd_space.quota)
                 if report.actions:
                     log.info(
                         "maintenance: %s",

@@ -33,8 +33,8 @@ ack_latency = Histogram(
 )
 object_requests = Counter(
     "woodpecker_object_requests",
-    "Object store requests made by the logstore and its uploaders (multipart steps and "
-    "compose count as put, stat as get).",
+    "Object store requests made by the logstore and its uploaders (multipart steps "
+    "count as put, stat as get).",
     ["op"],
 )
 etcd_txn = Histogram(
@@ -63,6 +63,14 @@ segments = Gauge(
     "Segments of every log by state, as of the last maintenance pass.",
     ["state"],
 )
+etcd_db_size = Gauge(
+    "woodpecker_etcd_db_size_bytes",
+    "Size of etcd's database file (what its quota is checked against), last maintenance pass.",
+)
+etcd_quota = Gauge(
+    "woodpecker_etcd_quota_bytes",
+    "etcd's --quota-backend-bytes (from its /metrics, else etcd.quota_bytes).",
+)
 for _op in OBJECT_OPS:
     object_requests.labels(_op)
 for _op in ("create", "commit", "seal"):
@@ -76,7 +84,6 @@ _STORE_OPS = {
     "create_multipart": "put",
     "upload_part": "put",
     "complete_multipart": "put",
-    "compose": "put",
     "get": "get",
     "stat": "get",
     "list": "list",
@@ -140,6 +147,11 @@ def record_maintenance(kinds: Iterable[str], segment_states: dict[str, int]) -> 
         maintenance_actions.labels(kind).inc()
     for state, n in segment_states.items():
         segments.labels(state).set(n)
+
+
+def record_etcd_space(db_size: int, quota: int) -> None:
+    etcd_db_size.set(db_size)
+    etcd_quota.set(quota)
 
 
 def serve_metrics(config: Config, port: int | None = None) -> int:

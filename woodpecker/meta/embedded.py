@@ -60,8 +60,8 @@ def etcd_binary() -> str:
     return str(path)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP to a Unix socket (etcd serves ``/health`` on its client socket)."""
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP to a Unix socket (etcd serves ``/health`` and ``/metrics`` on its client socket)."""
 
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -75,7 +75,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def _healthy(endpoint: str) -> bool:
     """Does the etcd at ``unix:///path`` answer its health check?"""
-    conn = _UnixHTTPConnection(endpoint.removeprefix(UNIX_SCHEME), timeout=1)
+    conn = UnixHTTPConnection(endpoint.removeprefix(UNIX_SCHEME), timeout=1)
     try:
         conn.request("GET", "/health")
         return b'"health":"true"' in conn.getresponse().read()

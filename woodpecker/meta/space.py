@@ -10,14 +10,15 @@ Why the database grows and which settings bound it: ``docs/metadata.md``.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import ssl
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from pyetcd import etcdrpc
 
+from woodpecker.meta.embedded import UnixHTTPConnection
 from woodpecker.meta.store import EtcdConnection
 
 log = logging.getLogger("woodpecker.etcd_space")
@@ -92,25 +93,28 @@ def _metrics(etcd: EtcdConnection) -> dict[str, int]:
 
     Empty when /metrics cannot be read (another port, a proxy in front).
     """
-    host, port = etcd.endpoint
-    config = etcd.config.etcd
-    context = None
-    scheme = "http"
-    if config.ca_file or config.cert_file:
-        scheme = "https"
+    target, config = etcd.target, etcd.config.etcd
+    conn: http.client.HTTPConnection
+    if target.startswith("unix:"):
+        conn = UnixHTTPConnection(target.removeprefix("unix:"), timeout=config.timeout)
+    elif config.ca_file or config.cert_file:
         context = ssl.create_default_context(cafile=config.ca_file or None)
         if config.cert_file:
             context.load_cert_chain(config.cert_file, config.key_file)
-    url = f"{scheme}://{host}:{port}/metrics"
+        conn = http.client.HTTPSConnection(target, timeout=config.timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(target, timeout=config.timeout)
     found = {}
     try:
-        with urllib.request.urlopen(url, timeout=config.timeout, context=context) as reply:
-            for line in reply.read().decode().splitlines():
-                name, _, value = line.partition(" ")
-                if name in _METRICS:
-                    found[_METRICS[name]] = int(float(value))
-    except (OSError, ValueError) as e:
-        log.debug("etcd /metrics not readable at %s: %s", url, e)
+        conn.request("GET", "/metrics")
+        for line in conn.getresponse().read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name in _METRICS:
+                found[_METRICS[name]] = int(float(value))
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        log.debug("etcd /metrics not readable at %s: %s", target, e)
+    finally:
+        conn.close()
     return found
 
 

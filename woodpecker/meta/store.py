@@ -156,9 +156,9 @@ class EtcdConnection:
         self.ops = pyetcd.Transactions()  # builders of compares and txn operations
 
     @property
-    def endpoint(self) -> tuple[str, int]:
-        """The endpoint (host, port) that calls go to now."""
-        return self.endpoints[self._current]
+    def target(self) -> str:
+        """The gRPC target calls go to now: ``host:port`` or ``unix:/path``."""
+        return self.targets[self._current]
 
     def _tls_credentials(self) -> grpc.ChannelCredentials | None:
         etcd = self.config.etcd
