@@ -1,7 +1,10 @@
 """The coordinator: orders batches, forms blocks, commits them in order, acks producers.
 
-It is a single-threaded state machine driven by the logstore's event loop; only
-etcd calls run on a small thread pool so the loop never waits on the network.
+It is a single-threaded state machine driven by the logstore's event loop. Every
+etcd call (opening a log: session acquire, recovery and the next segment id;
+commits; seals; lease release) runs on a small thread pool and its result comes
+back through one results queue, so the loop never waits on etcd: a log that is
+slow to open holds back only its own batches, never another log's acks.
 Per log it keeps a *timeline*: the ordered list of what must reach etcd —
 segment creations, blocks (uploading → done) and seals. The head of the timeline
 is committed first and at most one metadata operation per log is in flight, so
@@ -34,6 +37,9 @@ log = logging.getLogger("woodpecker.coordinator")
 
 SEAL_RETRY_INTERVAL = 1.0  # seconds between attempts to seal while etcd is unreachable
 MAX_COMMIT_BLOCKS = 127  # etcd allows 128 operations per txn; one is the segment record
+MAX_HELD_BATCHES = 4096  # batches of one log held while it opens; more are refused
+
+OpenReply = Callable[[WoodpeckerError | None], None]
 
 
 @dataclass
@@ -106,6 +112,19 @@ class LogState:
     retry_at: float = 0.0  # a failed seal is retried from then on (monotonic clock)
 
 
+@dataclass
+class Opening:
+    """A log whose writer session is being acquired and recovered on the pool.
+
+    Producers that asked to open it wait for the result; batches sent for it meanwhile
+    are held, in arrival order, and replayed once it is open (or failed with its error).
+    """
+
+    name: str
+    waiters: list[tuple[int, OpenReply]] = field(default_factory=list)
+    held: list[Batch] = field(default_factory=list)
+
+
 class Outbox:
     """What the coordinator asks of the logstore (sockets and uploaders live there)."""
 
@@ -132,6 +151,7 @@ class Coordinator:
         self.owner = owner
         self.out = outbox
         self.logs: dict[int, LogState] = {}
+        self.opening: dict[int, Opening] = {}
         self.jobs: dict[int, tuple[LogState, Block]] = {}
         self.inflight = 0
         self._next_job = 1
@@ -142,22 +162,58 @@ class Coordinator:
 
     # ---- producers -------------------------------------------------------------------
 
-    def open_log(self, producer: int, name: str, log_id: int) -> None:
-        """Join (or start) this logstore's writer session for the log; fences other owners."""
+    def open_log(self, producer: int, name: str, log_id: int, reply: OpenReply) -> None:
+        """Join (or start) this logstore's writer session for the log; fences other owners.
+
+        ``reply`` is called once the producer may write: at once if the session is live,
+        otherwise when acquiring and recovering it on the pool finished (with its error
+        if that failed)."""
+        opening = self.opening.get(log_id)
+        if opening is not None:
+            opening.waiters.append((producer, reply))
+            return
         state = self.logs.get(log_id)
-        if state is None or state.fenced:
-            if state is not None:
-                state.session.release()
-            session = self.meta.acquire_writer(log_id, self.owner, preempt=True)
-            try:
-                session.recover()
-                next_segment = session.next_segment_id()
-            except BaseException:
-                session.release()
-                raise
-            state = LogState(log_id, name, session, next_segment)
-            self.logs[log_id] = state
-        state.writers[producer] = state.writers.get(producer, 0) + 1
+        if state is not None and not state.fenced:
+            state.writers[producer] = state.writers.get(producer, 0) + 1
+            reply(None)
+            return
+        # a fenced session was already released by _fence
+        self.opening[log_id] = Opening(name, [(producer, reply)])
+        self._background(self._open_session, (log_id,), lambda f: self._on_opened(log_id, f))
+
+    def _open_session(self, log_id: int) -> tuple[WriterSession, int]:
+        """On the pool: take the log (fencing any other owner) and recover it."""
+        session = self.meta.acquire_writer(log_id, self.owner, preempt=True)
+        try:
+            session.recover()
+            return session, session.next_segment_id()
+        except BaseException:
+            session.release()
+            raise
+
+    def _on_opened(self, log_id: int, future: Future) -> None:
+        opening = self.opening.pop(log_id)
+        error = future.exception()
+        if error is not None:
+            failure = (
+                error
+                if isinstance(error, WoodpeckerError)
+                else WoodpeckerError(f"opening log {opening.name!r} failed: {error}")
+            )
+            log.warning("opening log %r failed: %s", opening.name, failure)
+            for _, reply in opening.waiters:
+                reply(failure)
+            self._fail_batches(opening.held, type(failure).__name__, str(failure))
+            return
+        session, next_segment = future.result()
+        state = LogState(log_id, opening.name, session, next_segment)
+        self.logs[log_id] = state
+        for producer, reply in opening.waiters:
+            state.writers[producer] = state.writers.get(producer, 0) + 1
+            reply(None)
+        self._release_batches(opening.held)  # _take counts them again
+        for batch in opening.held:
+            self._take(log_id, batch)
 
     def close_log(self, producer: int, log_id: int) -> None:
         """A writer closed; the last one seals the active segment (the session stays)."""
@@ -172,6 +228,8 @@ class Coordinator:
             self._pump(state)
 
     def producer_gone(self, producer: int) -> None:
+        for opening in self.opening.values():
+            opening.waiters = [w for w in opening.waiters if w[0] != producer]
         for state in list(self.logs.values()):
             if producer in state.writers:
                 state.writers[producer] = 1
@@ -180,31 +238,51 @@ class Coordinator:
     def on_batch(
         self, producer: int, log_id: int, seq: int, offset: int, length: int, count: int
     ) -> None:
-        state = self.logs.get(log_id)
-        if state is None or producer not in state.writers:
+        batch = Batch(producer, seq, offset, length, count, arrived=time.monotonic())
+        opening = self.opening.get(log_id)
+        if opening is None:
+            self._take(log_id, batch)
+        elif len(opening.held) >= MAX_HELD_BATCHES:
             self.out.nack(
                 producer,
                 seq,
+                "MetadataUnavailableError",
+                f"log {opening.name!r} is still opening (etcd is slow) and already "
+                f"holds {MAX_HELD_BATCHES} batches",
+            )
+        else:
+            opening.held.append(batch)
+            self._count(batch)  # the producer's arena must stay mapped while it is held
+
+    def _take(self, log_id: int, batch: Batch) -> None:
+        """Give the batch its entry ids in the log's open block (or refuse it)."""
+        state = self.logs.get(log_id)
+        if state is None or batch.producer not in state.writers:
+            self.out.nack(
+                batch.producer,
+                batch.seq,
                 "WriterClosedError",
                 f"log id {log_id} is not open for writing by this producer",
             )
             return
         if state.fenced:
-            self.out.nack(producer, seq, "WriterFencedError", state.fenced)
+            self.out.nack(batch.producer, batch.seq, "WriterFencedError", state.fenced)
             return
         cursor = self._cursor(state)
-        now = time.monotonic()
-        batch = Batch(producer, seq, offset, length, count, cursor.next_entry, now)
-        cursor.next_entry += count
-        cursor.bytes += length
-        metrics.arena_used.inc(length)
+        batch.first_entry = cursor.next_entry
+        cursor.next_entry += batch.count
+        cursor.bytes += batch.length
         if not state.open_batches:
-            state.open_since = now
+            state.open_since = time.monotonic()
         state.open_batches.append(batch)
-        state.open_bytes += length
-        self.producer_batches[producer] = self.producer_batches.get(producer, 0) + 1
-        if self._ready(state, now):
+        state.open_bytes += batch.length
+        self._count(batch)
+        if self._ready(state, time.monotonic()):
             self._dispatch_open(state)
+
+    def _count(self, batch: Batch) -> None:
+        self.producer_batches[batch.producer] = self.producer_batches.get(batch.producer, 0) + 1
+        metrics.arena_used.inc(batch.length)
 
     def _ready(self, state: LogState, now: float) -> bool:
         """Whether the open block goes out now: it is full, or an upload slot is free and
@@ -308,6 +386,12 @@ class Coordinator:
             self._pump(state)
         self.dispatch_waiting()
 
+    def _fail_batches(self, batches: list[Batch], error: str, message: str) -> None:
+        """NACK the batches and let go of them."""
+        for b in batches:
+            self.out.nack(b.producer, b.seq, error, message)
+        self._release_batches(batches)
+
     def _release_batches(self, batches: list[Batch]) -> None:
         for b in batches:
             self.producer_batches[b.producer] -= 1
@@ -323,18 +407,14 @@ class Coordinator:
                 kept.append(item)
         state.timeline = kept
         if state.segment is not None and state.segment.segment_id == segment_id:
-            for b in state.open_batches:
-                self.out.nack(b.producer, b.seq, error, message)
-            self._release_batches(state.open_batches)
+            self._fail_batches(state.open_batches, error, message)
             state.open_batches, state.open_bytes = [], 0
             self._roll(state)
 
     def _nack_block(self, state: LogState, block: Block, error: str, message: str) -> None:
         # if still uploading, its result is ignored and the object stays an orphan
         self.jobs.pop(block.job, None)
-        for b in block.batches:
-            self.out.nack(b.producer, b.seq, error, message)
-        self._release_batches(block.batches)
+        self._fail_batches(block.batches, error, message)
 
     def _fence(self, state: LogState, message: str) -> None:
         """Another session took the log: fail everything pending, accept nothing more."""
@@ -343,12 +423,10 @@ class Coordinator:
         for item in state.timeline:
             if isinstance(item, Block):
                 self._nack_block(state, item, "WriterFencedError", message)
-        for b in state.open_batches:
-            self.out.nack(b.producer, b.seq, "WriterFencedError", message)
-        self._release_batches(state.open_batches)
+        self._fail_batches(state.open_batches, "WriterFencedError", message)
         state.timeline.clear()
         state.open_batches, state.open_bytes, state.segment = [], 0, None
-        state.session.release()
+        self._background(state.session.release, (), _log_release_failure)
 
     # ---- commits ---------------------------------------------------------------------
 
@@ -423,13 +501,18 @@ class Coordinator:
             with metrics.etcd_txn.labels(op).time():
                 return fn(*args)
 
-        future = self._pool.submit(timed)
+        self._background(timed, (), lambda f: self._on_meta_done(state, n_items, f))
+
+    def _background(
+        self, fn: Callable[..., Any], args: tuple, then: Callable[[Future], None]
+    ) -> None:
+        """Run ``fn`` on the pool; ``then(future)`` runs on the loop once it finished."""
 
         def finished(f: Future) -> None:
-            self._results.append(lambda: self._on_meta_done(state, n_items, f))
+            self._results.append(lambda: then(f))
             self.out.wake()
 
-        future.add_done_callback(finished)
+        self._pool.submit(fn, *args).add_done_callback(finished)
 
     def tick(self) -> None:
         """Called by the loop: send blocks done lingering, retry metadata steps whose
@@ -503,20 +586,28 @@ class Coordinator:
                 self._pump(state)
 
     def idle(self) -> bool:
-        return all(not s.timeline and not s.busy for s in self.logs.values())
+        return not self.opening and all(not s.timeline and not s.busy for s in self.logs.values())
 
     def fail_all(self, error: str, message: str) -> None:
+        for opening in self.opening.values():
+            self._fail_batches(opening.held, error, message)
+            opening.held = []
         for state in self.logs.values():
             for item in state.timeline:
                 if isinstance(item, Block):
                     self._nack_block(state, item, error, message)
-            for b in state.open_batches:
-                self.out.nack(b.producer, b.seq, error, message)
-            self._release_batches(state.open_batches)
+            self._fail_batches(state.open_batches, error, message)
             state.timeline.clear()
             state.open_batches = []
 
     def close(self) -> None:
+        """Release the sessions; one still being opened is released by ``MetaStore.close``."""
+        self._pool.shutdown(wait=True)
         for state in self.logs.values():
             state.session.release()
-        self._pool.shutdown(wait=True)
+
+
+def _log_release_failure(future: Future) -> None:
+    # release is best effort (an unrevoked lease expires by itself); say if it raised
+    if future.exception() is not None:
+        log.warning("releasing a fenced session failed: %s", future.exception())

@@ -315,17 +315,26 @@ class Logstore:
         )
 
     def _control(self, pid: int, kind: int, body: dict) -> None:
-        reply: dict = {"req": body.get("req"), "ok": True}
-        try:
-            if kind == protocol.OPEN_LOG:
-                if self._stopping:
-                    raise WoodpeckerError("the logstore is shutting down")
-                self.coordinator.open_log(pid, body["name"], body["log_id"])
-            elif kind == protocol.CLOSE_LOG:
-                self.coordinator.close_log(pid, body["log_id"])
-        except WoodpeckerError as e:
-            reply.update(ok=False, error=type(e).__name__, message=str(e))
-        self._send(pid, protocol.encode(protocol.REPLY, reply))
+        req = body.get("req")
+
+        def reply(error: WoodpeckerError | None) -> None:
+            answer: dict = {"req": req, "ok": error is None}
+            if error is not None:
+                answer.update(error=type(error).__name__, message=str(error))
+            self._send(pid, protocol.encode(protocol.REPLY, answer))
+
+        if kind == protocol.OPEN_LOG:
+            name, log_id = body["name"], body["log_id"]
+            if not isinstance(name, str) or type(log_id) is not int:
+                raise TypeError("OPEN_LOG needs a string name and an integer log_id")
+            if self._stopping:
+                reply(WoodpeckerError("the logstore is shutting down"))
+            else:
+                # answered once the session is open: etcd work runs off the loop
+                self.coordinator.open_log(pid, name, log_id, reply)
+        elif kind == protocol.CLOSE_LOG:
+            self.coordinator.close_log(pid, body["log_id"])
+            reply(None)
 
     def _producer_gone(self, pid: int) -> None:
         p = self.producers.get(pid)
@@ -416,6 +425,8 @@ class Logstore:
         self.coordinator.seal_all()
         while not self.coordinator.idle() and time.monotonic() < deadline:
             self._step(0.1)
+            # a log that finished opening meanwhile may have started a segment
+            self.coordinator.seal_all()
         if not self.coordinator.idle():
             self.coordinator.fail_all(
                 "StorageUnavailableError", "the logstore stopped before this append was durable"

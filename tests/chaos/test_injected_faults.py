@@ -10,6 +10,7 @@ At the end the history check proves nothing acknowledged was lost.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from chaos.scale import pick
 from chaos.services import EtcdCluster, Seaweed
 from chaos.workload import Fleet, Plan, settle
 from woodpecker.config import Config
+from woodpecker.meta import MetaStore
+from woodpecker.meta.records import SegmentState
+from woodpecker.producer import AppendFuture
 
 RECOVERY = 30.0  # every producer acked again this long after a fault ended
 DEADLINE = 3.0  # retry.deadline of these tests
@@ -260,3 +264,65 @@ def test_etcd_outage_shorter_than_the_lease(make_config, services):
             report = check(history.ops, read_back(log, stall=3.0))
     print(f"etcd unreachable for {deadline * 2 + 2:g}s, lease {LEASE}s: {report.summary()}")
     assert_valid(report)
+
+
+def test_a_slow_log_opening_does_not_delay_the_acks_of_other_logs(make_config, services):
+    """etcd answers slowly (every packet delayed through the fault proxy) while a producer
+    opens a log whose recovery takes many round trips; a log already open on the same
+    logstore keeps acking at its usual pace. Regression: opening a log (session acquire,
+    recovery) ran on the logstore's loop thread and stalled every other log's acks."""
+    host, port = services["WOODPECKER_ETCD_ENDPOINTS"].split(",")[0].split(":")
+    stale_segments = 100  # left ACTIVE by a crashed session: recovery seals each, one txn each
+    with FaultProxy(host, int(port)) as proxy:
+        config = fault_config(make_config, "local", etcd_endpoints=proxy.endpoint)
+        with MetaStore(make_config("local")) as meta:  # straight to etcd: fast set-up
+            meta.create_log("busy")
+            crashed = meta.acquire_writer(meta.create_log("slow").log_id, "a crashed logstore")
+            for segment_id in range(stale_segments):
+                crashed.create_segment(segment_id)
+            crashed.release()
+        proxy.set(latency=0.002)
+        offered: list[tuple[float, AppendFuture]] = []
+        acked: dict[int, float] = {}
+        with wp.Client(config) as client, wp.Client(config) as opener:
+            busy = client.open_log("busy").open_writer()
+            busy.write(b"warm-up", timeout=30)  # the uploaders are up
+            slow = opener.open_log("slow")
+            stop = threading.Event()
+
+            def offer() -> None:
+                while not stop.is_set():
+                    future = busy.write_async(b"x" * 100)
+                    offered.append((time.monotonic(), future))
+                    n = len(offered) - 1
+                    future.add_done_callback(lambda _, n=n: acked.setdefault(n, time.monotonic()))
+                    time.sleep(0.005)
+
+            producer = threading.Thread(target=offer)
+            producer.start()
+            try:
+                time.sleep(1.0)
+                opening = time.monotonic()
+                writer = slow.open_writer()
+                opened = time.monotonic()
+                time.sleep(0.3)
+            finally:
+                stop.set()
+                producer.join()
+            for _, future in offered:
+                future.result(timeout=30)
+            writer.write(b"after recovery", timeout=30)
+            writer.close()
+            busy.close()
+            sealed = [s.state is SegmentState.SEALED for s in slow.segments()]
+    during = sorted(acked[n] - t for n, (t, _) in enumerate(offered) if opening <= t <= opened)
+    p99 = during[int(len(during) * 0.99)] if during else float("inf")
+    print(
+        f"open_writer with {stale_segments} segments to recover took {opened - opening:.2f}s; "
+        f"{len(during)} appends to another log meanwhile: p50 {during[len(during) // 2] * 1e3:.0f}"
+        f" ms, p99 {p99 * 1e3:.0f} ms, max {during[-1] * 1e3:.0f} ms"
+    )
+    assert opened - opening >= 0.3, "the opening was not slow: the scenario was not played"
+    assert len(sealed) == stale_segments + 1 and all(sealed[:stale_segments])
+    assert len(during) >= 30
+    assert p99 < 0.1, f"acks of an open log waited on another log's opening: p99 {p99:.3f}s"
