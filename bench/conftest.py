@@ -1,7 +1,8 @@
-"""Fixtures of the hot-path micro-benchmarks (``pytest bench/ --benchmark-only``).
+"""Fixtures and plugins of the pytest-benchmark runs (``pytest bench/ --benchmark-only``).
 
-The commit-txn benchmark needs the real etcd (``eval "$(scripts/services start)"``);
-like the integration tests it fails, never skips, when etcd is not configured.
+The commit-txn benchmark and the throughput runs need the real services
+(``eval "$(scripts/services start)"``); like the integration tests they fail, never
+skip, when those are not configured. ``ratio_gate`` adds ``--benchmark-ratio-fail``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from ratio_gate import RatioGate, add_option
 
 from woodpecker.config import Config
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_option(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(RatioGate(config), "ratio-gate")
 
 
 @pytest.fixture

@@ -115,7 +115,7 @@ def build_plan(
                 steps.append(
                     Step(
                         f"targets round {r + 1} {backend}",
-                        (22 if backend == "local" else 10) * (duration + 1.5) / 4.5,
+                        suite_targets.estimate(backend, duration, quick),
                         "target_rounds",
                         lambda b=backend, n=r + 1: {
                             "round": n,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -32,11 +33,11 @@ KiB = 1 << 10
 
 
 def _run_ops(
-    op: Callable[[int], int], threads: int, duration: float, first: int = 0, limit: int = 0
+    op: Callable[[int], int], threads: int, duration: float, first: int = 0
 ) -> dict[str, Any]:
     """Call ``op(i)`` (returns bytes moved) from ``threads`` threads for ``duration`` s.
 
-    Calls are numbered from ``first``; ``limit`` > 0 caps the number of calls.
+    Calls are numbered from ``first``.
     """
     lock = threading.Lock()
     state = {"next": 0, "bytes": 0}
@@ -49,8 +50,6 @@ def _run_ops(
         while time.monotonic() < end and not errors:
             with lock:
                 i = state["next"]
-                if limit and i >= limit:
-                    return
                 state["next"] += 1
             t = time.perf_counter()
             try:
@@ -154,15 +153,17 @@ def _local_write(directory: str, size: int, threads: int, duration: float, first
 
 
 def _local_read(directory: str, threads: int, duration: float) -> dict[str, Any]:
+    """Read the files round and round for ``duration``, each evicted from the page cache first
+    (a ceiling lasts as long as the figures divided by it, however few files there are)."""
     files = sorted(Path(directory).iterdir())
-    for f in files:
-        _drop_cache(f)
 
     def op(i: int) -> int:
-        with open(files[i], "rb", buffering=0) as f:
+        path = files[i % len(files)]
+        _drop_cache(path)
+        with open(path, "rb", buffering=0) as f:
             return len(f.read())
 
-    return _run_ops(op, threads, duration, limit=len(files))
+    return _run_ops(op, threads, duration)
 
 
 def _s3_put(
@@ -179,9 +180,10 @@ def _s3_put(
 
 
 def _s3_get(overrides: dict[str, Any], prefix: str, threads: int, duration: float) -> Any:
+    """GET the objects round and round for ``duration``."""
     with open_store(Config(env={}, **overrides)) as store:
         keys = [o.key for o in store.list(prefix + "/")]
-        return _run_ops(lambda i: len(store.get(keys[i])), threads, duration, limit=len(keys))
+        return _run_ops(lambda i: len(store.get(keys[i % len(keys)])), threads, duration)
 
 
 TASKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -207,10 +209,20 @@ def raw_write(
 
 
 def raw_read(space: Scratch, where: str, threads: int, duration: float) -> dict[str, Any]:
-    """Read / GET back what ``raw_write`` wrote under ``where``, from one process."""
+    """Read / GET back what ``raw_write`` wrote under ``where``, from one process, cycling
+    through it for ``duration``."""
     if space.backend == "local":
         return _parallel("local_read", [(str(space.root / where), threads, duration)], duration)
     return _parallel("s3_get", [(space.overrides, where, threads, duration)], duration)
+
+
+def discard(space: Scratch, where: str) -> None:
+    """Delete what ``raw_write`` wrote under ``where`` (a long run would fill the disk)."""
+    if space.backend == "local":
+        shutil.rmtree(space.root / where, ignore_errors=True)
+        return
+    with open_store(space.config) as store:
+        store.delete_many([o.key for o in store.list(where + "/")])
 
 
 def measure_ceilings(

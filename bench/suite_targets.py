@@ -102,18 +102,27 @@ def ceiling(
     return best
 
 
+def estimate(backend: str, duration: float, quick: bool) -> float:
+    """Seconds one round takes (for the ETA): its cells and its ceiling shapes, before and
+    after (one shape, before only, when quick), each with its start-up."""
+    cells = sum(1 for c in dict.fromkeys(t.cell for t in TARGETS) if c.backend == backend)
+    shapes = 1 if quick else 8
+    return cells * (duration + 2) + shapes * (duration + 1)
+
+
 def run_round(
     backend: str, parent: Path, duration: float, quick: bool, step: Callable[[str], None]
 ) -> dict[str, Any]:
     """One round for one backend: its ceiling, every target cell of that backend, its ceiling
-    again. The disk drifts within seconds, so the ratio uses the better of the two ceilings."""
-    span = duration if quick else duration / 3  # a raw op of 8 MiB x 8 takes ~0.1-0.3 s
-    before = ceiling(backend, parent, span, quick, step)
+    again. The disk drifts within seconds, so the ratio uses the better of the two ceilings.
+    Each shape of the ceiling runs as long as a cell: a shorter one would catch a luckier or
+    unluckier moment of the disk than the cells it divides."""
+    before = ceiling(backend, parent, duration, quick, step)
     cells = []
     for cell in dict.fromkeys(t.cell for t in TARGETS if t.cell.backend == backend):
         step(f"targets: {cell.name}")
         cells.append(suite_write.run(cell, parent, duration))
-    after = before if quick else ceiling(backend, parent, span, quick, step)
+    after = before if quick else ceiling(backend, parent, duration, quick, step)
     raw = max(before, after, key=lambda c: c["mb_s"])
     for result in cells:
         result["pct_of_ceiling"] = round(100 * result["mb_s"] / raw["mb_s"], 1)
