@@ -84,6 +84,7 @@ def render(results: dict[str, Any]) -> str:
     md += _reads(results.get("read", []), results.get("ceilings", {}))
     md += _peer(results)
     md += _cost(results.get("cost", []))
+    md += _etcd(results.get("etcd", {}))
     md += _resources(results.get("write", []), results.get("nats", []))
     plots = run.get("plots", [])
     md += ["## Plots", "", *[f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots], ""]
@@ -441,6 +442,41 @@ def _peer(results: dict[str, Any]) -> list[str]:
         f"- NATS sync=always: {DURABILITY['always']}.",
         f"- server: {server['server'] if server else '-'}; one client process, one stream "
         "(the rows above are one producer each).",
+        "",
+    ]
+    return md
+
+
+def _etcd(etcd: dict[str, Any]) -> list[str]:
+    md = ["## Metadata: etcd bytes per GB written", ""]
+    if "db_size_before" not in etcd:
+        return [*md, f"not measured ({etcd.get('error', 'no etcd figures')})", ""]
+    mib = 1 << 20
+    row = [
+        f"{etcd['db_size_before'] / mib:,.1f} MiB",
+        f"{etcd['db_size_after'] / mib:,.1f} MiB",
+        f"{etcd['write_steps_payload_bytes'] / 1e9:,.2f}",
+        f"{etcd['write_steps_db_growth_bytes'] / mib:,.1f} MiB",
+        _f(etcd["db_bytes_per_gb"]),
+        _f(etcd["revisions_per_gb"]),
+    ]
+    md += _table(
+        [
+            "etcd db size before the run",
+            "etcd db size after the run",
+            "GB written by the write and targets suites",
+            "db growth during them",
+            "etcd bytes per GB written",
+            "etcd revisions per GB written",
+        ],
+        [row],
+    )
+    md += [
+        "From etcd's status API around every write and targets cell (its database file, "
+        "which the quota limits; it grows in steps of up to 16 MiB, so the sum over the "
+        "cells is meaningful, a single cell's growth is not). Each cell's growth and "
+        "revisions are in report.json. Every client of that etcd counts: "
+        "figures from a shared etcd include other work.",
         "",
     ]
     return md

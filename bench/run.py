@@ -38,6 +38,7 @@ import suite_nats  # noqa: E402
 import suite_read  # noqa: E402
 import suite_targets  # noqa: E402
 import suite_write  # noqa: E402
+from etcd_usage import EtcdGrowth  # noqa: E402
 
 from woodpecker.config import Config  # noqa: E402
 from woodpecker.progress import Progress  # noqa: E402
@@ -54,6 +55,7 @@ class Step:
     section: str  # where the result goes in the report
     run: Callable[[], Any]
     ident: dict[str, Any]  # what identifies the cell when it failed
+    writes: bool = False  # a write or targets step: etcd's growth is measured around it
 
 
 def build_plan(
@@ -91,6 +93,7 @@ def build_plan(
                             "entry_size": cell.entry_size,
                             "producers": cell.producers,
                         },
+                        writes=True,
                     )
                 )
         if "read" in only:
@@ -122,6 +125,7 @@ def build_plan(
                             **suite_targets.run_round(b, parent, duration, quick, progress),
                         },
                         {"backend": backend, "round": r + 1},
+                        writes=True,
                     )
                 )
     if "nats" in only:
@@ -250,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         "errors": [],
     }
     bar: Progress | None = None
+    etcd: EtcdGrowth | None = None
     try:
+        etcd = EtcdGrowth(os.environ["WOODPECKER_ETCD_ENDPOINTS"].split(",")[0])
         steps = build_plan(args.quick, only, parent, duration, lambda s: bar and bar.step(s))
         # the bar counts estimated seconds, so its ETA scales with the measured pace
         bar = Progress("bench", sum(s.estimate for s in steps), unit="est. s", quiet=args.quiet)
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.step(step.label)
             began = time.monotonic()
             try:
-                value = step.run()
+                value = etcd.around(step.run) if step.writes else step.run()
                 value["step_s"] = round(time.monotonic() - began, 1)
                 _store(results, step.section, value)
             except Exception as e:
@@ -278,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         run = results["run"]
         run["load_after"] = round(os.getloadavg()[0], 2)
         run["elapsed_s"] = round(time.monotonic() - (bar.start if bar else time.monotonic()), 1)
+        try:
+            results["etcd"] = etcd.summary() if etcd else {"error": "not measured"}
+        except Exception as e:
+            results["errors"].append({"step": "etcd status", "error": f"{type(e).__name__}: {e}"})
         report.add_ratios(results)
         results["targets"] = suite_targets.judge(results.get("target_rounds", []))
         try:
