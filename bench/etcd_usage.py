@@ -5,9 +5,9 @@ database file is what its quota (2 GiB by default) is measured against, so the
 bytes it grows by per GB written say how long a deployment runs before the
 quota stops every commit. Read from etcd's status API around every step that
 writes (the write and targets suites) and at the start and end of the run. The
-file grows in steps of up to 16 MiB (bbolt's allocation unit), so one cell's
-growth is coarse; the sum over all the write steps is not. The figure counts
-every client of that etcd: run the bench on a quiet one.
+file grows by whole pages and reuses pages freed by a compaction, so one cell's
+growth is rough; the sum over all the write steps is the figure. It counts every
+client of that etcd: run the bench on a quiet one.
 """
 
 from __future__ import annotations

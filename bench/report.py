@@ -473,8 +473,9 @@ def _etcd(etcd: dict[str, Any]) -> list[str]:
     )
     md += [
         "From etcd's status API around every write and targets cell (its database file, "
-        "which the quota limits; it grows in steps of up to 16 MiB, so the sum over the "
-        "cells is meaningful, a single cell's growth is not). Each cell's growth and "
+        "which the quota limits; it grows by whole pages and reuses pages a compaction "
+        "freed, so the sum over the cells is the figure, one cell's growth is rough). "
+        "Each cell's growth and "
         "revisions are in report.json. Every client of that etcd counts: "
         "figures from a shared etcd include other work.",
         "",
