@@ -158,6 +158,16 @@ def run_gc(client: Client, *, dry_run: bool) -> dict[str, Any]:
             }
             for a in report.actions
         ],
+        "pending": [
+            {
+                "log_id": w.log_id,
+                "objects": w.objects,
+                "bytes": w.bytes,
+                "due": _when(int(w.due * 1000)),
+                "reason": w.reason,
+            }
+            for w in report.waiting
+        ],
         "errors": report.errors,
     }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -136,6 +138,7 @@ def _cmd_truncate(args: argparse.Namespace, config: Config) -> int:
 
 def _cmd_gc(args: argparse.Namespace, config: Config) -> int:
     from woodpecker import admin
+    from woodpecker.admin import print_table
 
     with Client(config) as client:
         report = admin.run_gc(client, dry_run=args.dry_run)
@@ -143,13 +146,17 @@ def _cmd_gc(args: argparse.Namespace, config: Config) -> int:
         _emit(args, report)
     else:
         print("dry run: nothing was changed" if args.dry_run else "maintenance pass done")
-        _emit(args, report["actions"])
+        print_table(report["actions"])
+        print("\npending deletions (not due yet):")
+        print_table(report["pending"])
         for error in report["errors"]:
             print(f"error: {error}", file=sys.stderr)
     return 1 if report["errors"] else 0
 
 
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
+    if args.table and args.json:
+        raise WoodpeckerError("--table and --json exclude each other")
     from woodpecker.meta.access import etcd_access
 
     if args.table:
@@ -183,6 +190,55 @@ def _cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return subprocess.call(argv)
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text}")
+    return value
+
+
+_POSITION_OPTIONS = ("--from", "--to")
+
+
+def _join_negative_positions(argv: Sequence[str]) -> list[str]:
+    """``--from -1:0`` -> ``--from=-1:0``: argparse would take ``-1:0`` for an option and
+    say "expected one argument"; joined, the position check names the bad value."""
+    out: list[str] = []
+    for item in argv:
+        if out and out[-1] in _POSITION_OPTIONS and item[:1] == "-" and item[1:2].isdigit():
+            out[-1] = f"{out[-1]}={item}"
+        else:
+            out.append(item)
+    return out
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``| head``): exit quietly, as Unix tools do.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not
+    raise (and print) the same error again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="woodpecker",
@@ -198,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=_cmd_doctor)
 
     quick = sub.add_parser("quickstart", help="write, read back and verify entries end to end")
-    quick.add_argument("--small", type=int, default=100_000, help="1 KiB entries (100000)")
-    quick.add_argument("--large", type=int, default=1_000, help="1 MiB entries (1000)")
+    quick.add_argument("--small", type=_count, default=100_000, help="1 KiB entries (100000)")
+    quick.add_argument("--large", type=_count, default=1_000, help="1 MiB entries (1000)")
     quick.add_argument("--quiet", action="store_true", help="no progress, only the report")
     quick.set_defaults(func=_cmd_quickstart)
 
@@ -236,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--from", dest="start", default="latest", help="earliest, latest (default) or SEGMENT:ENTRY"
     )
-    tail.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    tail.add_argument("--seconds", type=_seconds, default=None, help="stop after this long")
     tail.add_argument(
         "--format",
         choices=("text", "jsonl"),
@@ -272,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="say what would be deleted and why")
     gc.set_defaults(func=_cmd_gc)
 
-    cfg = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    cfg = with_json(
+        sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    )
     cfg.add_argument("--table", action="store_true", help="the reference table of every key")
     cfg.set_defaults(func=_cmd_config)
 
@@ -285,10 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(
+        _join_negative_positions(sys.argv[1:] if argv is None else argv)
+    )
     try:
         config = Config(config_file=args.config)
         return args.func(args, config)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except (WoodpeckerError, ValueError) as e:
         print(f"woodpecker {args.command}: {e}", file=sys.stderr)
         return 1

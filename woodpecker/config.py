@@ -25,6 +25,8 @@ _KiB = 1024
 _MiB = 1024 * 1024
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+UNIX_SCHEME = "unix://"  # an endpoint ``unix:///path`` is a Unix socket (the embedded etcd's)
+_PORT_RE = re.compile(r"[0-9]{1,5}")
 _SIZE_UNITS = {None: 1, "b": 1, "k": _KiB, "kb": _KiB, "kib": _KiB}
 _SIZE_UNITS |= {"m": _MiB, "mb": _MiB, "mib": _MiB, "g": 1024 * _MiB, "gb": 1024 * _MiB}
 _SIZE_UNITS["gib"] = 1024 * _MiB
@@ -38,9 +40,21 @@ def _opt(
     choices: tuple[str, ...] = (),
     minimum: float | None = None,
     secret: bool = False,
+    required: bool = False,
 ) -> Any:
-    """A config field: its default plus what the parser and the docs need to know."""
-    meta = {"doc": doc, "kind": kind, "choices": choices, "minimum": minimum, "secret": secret}
+    """A config field: its default plus what the parser and the docs need to know.
+
+    ``kind``: ``size`` (``64KiB``), ``path`` (a string, never a YAML number) or
+    ``endpoints`` (``host:port`` items); ``required``: must not be empty.
+    """
+    meta = {
+        "doc": doc,
+        "kind": kind,
+        "choices": choices,
+        "minimum": minimum,
+        "secret": secret,
+        "required": required,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, repr=not secret)
     return field(default=default, metadata=meta, repr=not secret)
@@ -53,6 +67,8 @@ class StorageConfig:
         str(Path.home() / ".local" / "share" / "woodpecker"),
         "Local directory: the data of the local backend, embedded etcd, logstore socket; "
         "created owner-only (0700, files 0600).",
+        kind="path",
+        required=True,
     )
 
 
@@ -65,21 +81,23 @@ class S3Config:
     secure: bool = _opt(False, "Use TLS (0/1).")
     region: str = _opt("", "Region, if the store needs one.")
     prefix: str = _opt("", "Key prefix inside the bucket.")
-    ca_file: str = _opt("", "CA bundle for TLS to the S3 endpoint.")
+    ca_file: str = _opt("", "CA bundle for TLS to the S3 endpoint.", kind="path")
     timeout: float = _opt(10.0, "Seconds before one S3 request times out.", minimum=0.1)
 
 
 @dataclass
 class EtcdConfig:
     endpoints: list[str] = _opt(  # noqa: RUF009 - _opt copies list defaults per instance
-        [], "Comma-separated host:port (or unix:///path) list; empty starts embedded etcd."
+        [],
+        "Comma-separated host:port (or unix:///path) list; empty starts embedded etcd.",
+        kind="endpoints",
     )
     prefix: str = _opt("/woodpecker", "Root of every key this project writes.")
     user: str = _opt("", "etcd user (authentication).")
     password: str = _opt("", "etcd password.", secret=True)
-    ca_file: str = _opt("", "CA certificate for TLS to etcd.")
-    cert_file: str = _opt("", "Client certificate for TLS to etcd.")
-    key_file: str = _opt("", "Client private key for TLS to etcd.")
+    ca_file: str = _opt("", "CA certificate for TLS to etcd.", kind="path")
+    cert_file: str = _opt("", "Client certificate for TLS to etcd.", kind="path")
+    key_file: str = _opt("", "Client private key for TLS to etcd.", kind="path")
     timeout: float = _opt(5.0, "Seconds before one etcd request times out.", minimum=0.1)
     lease_ttl: int = _opt(10, "Writer-session lease TTL in seconds.", minimum=2)
     history_retention: float = _opt(
@@ -153,7 +171,9 @@ class UploaderConfig:
 
 @dataclass
 class LogstoreConfig:
-    socket: str = _opt("", "Unix socket of the logstore; empty means <storage.root>/logstore.sock.")
+    socket: str = _opt(
+        "", "Unix socket of the logstore; empty means <storage.root>/logstore.sock.", kind="path"
+    )
     idle_exit: float = _opt(
         10.0, "Seconds an embedded logstore lingers after its last client.", minimum=0.0
     )
@@ -244,6 +264,30 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+def grpc_target(endpoint: str) -> str:
+    """The gRPC target of an etcd endpoint, or ConfigError naming it.
+
+    ``host:port`` (``http://`` or ``https://`` allowed, a port from 1 to 65535)
+    or ``unix:///absolute/path`` for a Unix socket (how the embedded etcd listens).
+    """
+    address = endpoint.strip()
+    if address.startswith(UNIX_SCHEME):
+        path = address[len(UNIX_SCHEME) :]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"etcd.endpoints: invalid endpoint {endpoint!r}; expected unix:///absolute/path"
+            )
+        return f"unix:{path}"
+    address = address.removeprefix("http://").removeprefix("https://")
+    host, _, port = address.rpartition(":")
+    if not host.strip("[]") or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"etcd.endpoints: invalid endpoint {endpoint!r}; expected host:port (a port from "
+            "1 to 65535) or unix:///path"
+        )
+    return f"{host}:{port}"
+
+
 def _shown(f: dataclasses.Field, raw: Any) -> str:
     return "<redacted>" if f.metadata.get("secret") else repr(raw)
 
@@ -286,6 +330,10 @@ def _coerce(section: str, f: dataclasses.Field, raw: Any) -> Any:
         elif want == "list[str]":
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             value = [str(i).strip() for i in items if str(i).strip()]
+        elif meta.get("kind") == "path":
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw.strip()
         else:
             if not isinstance(raw, str | int | float) or isinstance(raw, bool):
                 raise ValueError
@@ -300,7 +348,14 @@ def _coerce(section: str, f: dataclasses.Field, raw: Any) -> Any:
         }.get(want, want)
         if meta.get("kind") == "size":
             allowed = "a size such as 4096, 64KiB or 8MiB"
+        elif meta.get("kind") == "path":
+            allowed = "a path (a string)"
         raise ConfigError(f"{key}: invalid value {_shown(f, raw)}; expected {allowed}") from None
+    if meta.get("required") and not value:
+        raise ConfigError(f"{key}: must not be empty")
+    if meta.get("kind") == "endpoints":
+        for endpoint in value:
+            grpc_target(endpoint)
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(
             f"{key}: invalid value {_shown(f, raw)}; allowed: {', '.join(meta['choices'])}"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
+
+from woodpecker.errors import InvalidPositionError
+
+MAX_ID = 2**63 - 1
+"""The largest segment or entry id (ids are stored as int64)."""
+
+_ID_RE = re.compile(r"[0-9]+")
 
 
 class LogMessageId(NamedTuple):
@@ -16,11 +24,23 @@ class LogMessageId(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> LogMessageId:
-        """Read the ``SEGMENT:ENTRY`` form printed by ``str()``."""
-        seg, sep, entry = text.partition(":")
-        if not sep or not seg.strip().isdigit() or not entry.strip().isdigit():
-            raise ValueError(f"not a log position: {text!r} (expected SEGMENT:ENTRY)")
-        return cls(int(seg), int(entry))
+        """Read the ``SEGMENT:ENTRY`` form printed by ``str()`` (ASCII digits only)."""
+        seg, sep, entry = text.strip().partition(":")
+        if not sep or not _ID_RE.fullmatch(seg) or not _ID_RE.fullmatch(entry):
+            raise InvalidPositionError(
+                f"invalid position {text!r}: expected SEGMENT:ENTRY, two integers from 0 "
+                f"to {MAX_ID}"
+            )
+        return cls(int(seg), int(entry)).checked()
+
+    def checked(self) -> LogMessageId:
+        """This id, if both parts are ints in ``0..MAX_ID``; else ``InvalidPositionError``."""
+        if not all(type(n) is int and 0 <= n <= MAX_ID for n in self):
+            raise InvalidPositionError(
+                f"invalid position {self.segment_id!r}:{self.entry_id!r}: ids are integers "
+                f"from 0 to {MAX_ID}"
+            )
+        return self
 
 
 class LogMessage(NamedTuple):

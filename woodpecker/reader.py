@@ -210,8 +210,7 @@ class LogReader:
 
     def _resolve(self, start: Position) -> LogMessageId:
         if isinstance(start, LogMessageId):
-            if not all(type(n) is int and n >= 0 for n in start):
-                raise ValueError(f"invalid position {start!r}: ids are integers >= 0")
+            start.checked()
         elif start is not EARLIEST and start is not LATEST:
             raise TypeError(f"start must be EARLIEST, LATEST or a LogMessageId, not {start!r}")
         k, ops = self._meta.keys, self._meta.etcd.ops
@@ -297,6 +296,8 @@ class LogReader:
                 return READ_SCHEMA.empty_table()
         elif not isinstance(end, LogMessageId):
             raise TypeError(f"end must be a LogMessageId or None, not {end!r}")
+        else:
+            end.checked()
         batches = []
         # _ready may move the position into a later segment: compare again after it
         while self._pos < end and self._ready(None, wait=False) and self._pos < end:

@@ -9,14 +9,15 @@ durable in storage and committed in etcd under the session's fence.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from woodpecker.errors import EntryTooLargeError, WriterClosedError
 from woodpecker.message import LogMessageId
 from woodpecker.producer import AppendFuture, ProducerLink
 from workers import protocol
 
-_BYTES_LIKE = (bytes, bytearray, memoryview)
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 
 class LogWriter:
@@ -33,13 +34,28 @@ class LogWriter:
         self._cap = link.config.writer.max_batch_bytes
 
     def _payload(self, payload: Any) -> tuple[Any, int]:
-        """Check one payload; returns it as a flat byte buffer with its size."""
-        if not isinstance(payload, _BYTES_LIKE):
-            raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
-        if isinstance(payload, memoryview) and (payload.ndim != 1 or payload.itemsize != 1):
-            if not payload.c_contiguous:
-                raise TypeError("a memoryview payload must be C-contiguous")
-            payload = payload.cast("B")
+        """Check one payload; returns it as a flat byte buffer with its size.
+
+        Anything with the buffer protocol is taken (bytes, bytearray, memoryview,
+        array.array, numpy arrays, ...) as long as its memory is C-contiguous.
+        A writable buffer is copied now: the caller may reuse it as soon as the
+        call returns, although the append is encoded into shared memory later.
+        """
+        if type(payload) is not bytes:
+            try:
+                view = memoryview(payload)
+            except TypeError:
+                raise TypeError(
+                    f"payload must be bytes-like (support the buffer protocol), not "
+                    f"{type(payload).__name__}"
+                ) from None
+            if not view.c_contiguous:
+                raise TypeError(
+                    f"a {type(payload).__name__} payload must be C-contiguous (copy it first)"
+                )
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            payload = view if view.readonly else view.tobytes()
         size = len(payload)
         if size > self._max:
             raise EntryTooLargeError(
@@ -51,20 +67,18 @@ class LogWriter:
         if self._closed:
             raise WriterClosedError(f"the writer of log {self.name!r} is closed")
 
-    def write_async(self, payload: bytes | bytearray | memoryview) -> AppendFuture:
+    def write_async(self, payload: Buffer) -> AppendFuture:
         """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
         payload, size = self._payload(payload)
         self._check_open()
         return self._link.submit(self._queue, [payload], size, many=False)
 
-    def write(
-        self, payload: bytes | bytearray | memoryview, timeout: float | None = None
-    ) -> LogMessageId:
+    def write(self, payload: Buffer, timeout: float | None = None) -> LogMessageId:
         """Append one entry and wait until it is durable and committed."""
         return self.write_async(payload).result(timeout)
 
     def write_batch(
-        self, payloads: Iterable[bytes | bytearray | memoryview], timeout: float | None = None
+        self, payloads: Iterable[Buffer], timeout: float | None = None
     ) -> list[LogMessageId]:
         """Append entries as consecutive ids; returns once all of them are durable."""
         items = list(payloads)

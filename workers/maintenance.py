@@ -53,7 +53,7 @@ from woodpecker.meta.lifecycle import Lifecycle, Versioned
 from woodpecker.meta.readers import live_readers
 from woodpecker.meta.records import TruncationPoint
 from woodpecker.meta.space import EtcdSpace, QuotaWatch
-from woodpecker.storage import ObjectStore
+from woodpecker.storage import ObjectInfo, ObjectStore
 from workers import metrics
 
 log = logging.getLogger("woodpecker.maintenance")
@@ -88,14 +88,30 @@ class Action:
     reason: str
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Objects already condemned whose deletion is not due yet: when it is, and why."""
+
+    log_id: int
+    objects: int
+    bytes: int | None  # None: not listed in this pass
+    due: float  # wall-clock seconds
+    reason: str
+
+
 @dataclass
 class MaintenanceReport:
-    """What one pass did; ``errors`` are steps that failed and are retried next pass."""
+    """What one pass did; ``errors`` are steps that failed and are retried next pass.
+
+    ``waiting`` lists deletions that are decided but not due yet (so a dry run
+    explains where the space of a deleted log or truncated segment still is).
+    """
 
     now: float
     dry_run: bool
     actions: list[Action] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    waiting: list[Waiting] = field(default_factory=list)
     segment_states: dict[str, int] = field(
         default_factory=lambda: {s.value.lower(): 0 for s in SegmentState}
     )
@@ -427,7 +443,14 @@ class Maintenance:
         reported instead of acted on.
         """
         now_ms = _ms(report.now)
-        ripe = [e for e in self.lifecycle.pending_deletions() if e.record.not_before_ms <= now_ms]
+        entries = self.lifecycle.pending_deletions()
+        ripe = [e for e in entries if e.record.not_before_ms <= now_ms]
+        for entry in entries:
+            if entry.record.not_before_ms > now_ms:
+                r = entry.record
+                report.waiting.append(
+                    Waiting(r.log_id, len(r.keys), None, r.not_before_ms / 1000, r.reason)
+                )
         referenced: dict[int, set[str]] = {}
         for entry in ripe:
             log_id = entry.record.log_id
@@ -453,12 +476,29 @@ class Maintenance:
         again once unreferenced. The only object that can gain a reference is a
         fresh upload, which the grace protects.
         """
-        cutoff = report.now - self.config.retention.orphan_grace
+        grace = self.config.retention.orphan_grace
+        cutoff = report.now - grace
         candidates: dict[int, list[str]] = {}
+        young: dict[int, list[ObjectInfo]] = {}
         for info in self.store.list(""):
             log_id = log_id_of(info.key)
-            if log_id is not None and info.mtime <= cutoff:
-                candidates.setdefault(log_id, []).append(info.key)
+            if log_id is not None:
+                if info.mtime <= cutoff:
+                    candidates.setdefault(log_id, []).append(info.key)
+                else:
+                    young.setdefault(log_id, []).append(info)
+        for log_id, infos in young.items():
+            if self._log_deleted(log_id):
+                report.waiting.append(
+                    Waiting(
+                        log_id,
+                        len(infos),
+                        sum(i.size for i in infos),
+                        max(i.mtime for i in infos) + grace,
+                        f"of a deleted log: removed by the orphan sweep once older than "
+                        f"retention.orphan_grace {grace:g}s",
+                    )
+                )
         for log_id, keys in candidates.items():
             if self._stop.is_set():
                 return
@@ -469,8 +509,7 @@ class Maintenance:
                 continue
             if not report.dry_run:
                 self.store.delete_many(orphans)
-            live = self.lifecycle.etcd.get("sweep_orphans", self.lifecycle.keys.log_id(log_id))
-            why = "unreferenced" if live is not None else "of a deleted log"
+            why = "of a deleted log" if self._log_deleted(log_id) else "unreferenced"
             report.add(
                 ActionKind.DELETE_ORPHANS,
                 log_id,
@@ -479,6 +518,9 @@ class Maintenance:
                 f"{why}, older than retention.orphan_grace {self.config.retention.orphan_grace:g}s",
             )
         self._abort_abandoned_uploads(report, cutoff)
+
+    def _log_deleted(self, log_id: int) -> bool:
+        return self.lifecycle.etcd.get("sweep_orphans", self.lifecycle.keys.log_id(log_id)) is None
 
     def _abort_abandoned_uploads(self, report: MaintenanceReport, cutoff: float) -> None:
         """Abort multipart uploads open longer than the grace: their parts are billed

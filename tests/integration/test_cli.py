@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+import time
+
 import orjson
 import pyarrow as pa
 import pytest
@@ -91,3 +96,98 @@ def test_unknown_log_is_a_clear_error(cli_env, capsysbinary):
     code, out, err = run(capsysbinary, "segments", "nope")
     assert code == 1 and b"nope" in err
     assert out == b""
+
+
+BAD_POSITIONS = [
+    "-1:0",
+    "99999999999999999999999:0",
+    "\u0663:0",
+    "1:-2",
+    "1",
+    "9223372036854775808:0",
+]
+
+
+def test_bad_position_is_one_clear_error(cli_env, capsysbinary):
+    for position in BAD_POSITIONS:
+        for option in ("--from", "--to"):
+            code, out, err = run(capsysbinary, "cat", "cli", option, position)
+            assert code == 1 and out == b""
+            assert err.startswith(b"woodpecker cat: invalid position "), (position, err)
+            assert b"Traceback" not in err
+
+
+def test_largest_position_is_accepted(cli_env, capsysbinary):
+    code, out, _ = run(capsysbinary, "cat", "cli", "--from", "9223372036854775807:0")
+    assert code == 0 and out == b""
+
+
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "woodpecker.cli", *argv]
+
+
+def test_cat_into_a_closed_pipe_exits_quietly(cli_env, make_config, backend):
+    config = make_config(backend)
+    with wp.Client(config) as client, client.open_log("cli").open_writer() as w:
+        w.write_batch([b"x" * 1000] * 3000)  # far more than a pipe buffer holds
+    for fmt in ("raw", "jsonl", "arrow"):
+        argv = _cli("cat", "cli", "--format", fmt)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(10)
+        proc.stdout.close()  # like `| head -c 10`
+        err = proc.stderr.read()
+        assert proc.wait(60) == 0, (fmt, err)
+        assert err == b"", fmt
+
+
+def test_tail_json_into_a_closed_pipe_exits_quietly(cli_env, make_config, backend):
+    config = make_config(backend)
+    with wp.Client(config) as client, client.open_log("cli").open_writer() as w:
+        w.write_batch([b"x" * 1000] * 3000)  # tail notices the closed pipe on a later write
+    argv = _cli("tail", "cli", "--from", "earliest", "--json", "--seconds", "60")
+    with subprocess.Popen(
+        f"{shlex.join(argv)} | head -3",
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        out, err = proc.communicate(timeout=60)
+    assert [orjson.loads(line)["entry_id"] for line in out.splitlines()] == [0, 1, 2]
+    assert err == b""
+
+
+def test_config_json(cli_env, capsysbinary):
+    code, out, _ = run(capsysbinary, "config", "--json")
+    assert code == 0 and orjson.loads(out)["storage"]["type"] in ("local", "s3")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("quickstart", "--small", "-5"), b"argument --small: must be >= 0, not -5"),
+        (("quickstart", "--large", "-1"), b"argument --large: must be >= 0, not -1"),
+        (("tail", "cli", "--seconds", "-1"), b"argument --seconds: must be a number of seconds"),
+        (("tail", "cli", "--seconds", "nan"), b"argument --seconds: must be a number of seconds"),
+    ],
+)
+def test_negative_counts_and_durations_rejected(capsysbinary, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 2
+    assert message in capsysbinary.readouterr().err
+
+
+def test_gc_dry_run_shows_the_deleted_logs_pending_space(cli_env, capsysbinary):
+    code, out, _ = run(capsysbinary, "gc", "--dry-run", "--json")
+    assert orjson.loads(out)["pending"] == []
+    code, _, _ = run(capsysbinary, "logs", "delete", "cli")
+    assert code == 0
+    code, out, _ = run(capsysbinary, "gc", "--dry-run", "--json")
+    [pending] = orjson.loads(out)["pending"]
+    assert pending["objects"] >= 1 and pending["bytes"] > 0
+    assert pending["reason"].startswith("of a deleted log")
+    assert pending["due"] > time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    code, out, _ = run(capsysbinary, "gc", "--dry-run")
+    text = out.decode()
+    assert "pending deletions (not due yet):" in text and "of a deleted log" in text

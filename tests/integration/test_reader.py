@@ -235,6 +235,15 @@ def test_positions(make_config, backend):
             log.open_reader("earliest")  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             log.open_reader(wp.LogMessageId(-1, 0))
+        # out of range: one clear position error, never an overflow from deep inside
+        for bad in [(2**64, 0), (0, 2**63), (-1, 0), (True, 0), (1.0, 0)]:
+            position = wp.LogMessageId(*bad)
+            with pytest.raises(wp.InvalidPositionError, match="invalid position"):
+                log.open_reader(position)
+            with pytest.raises(wp.InvalidPositionError, match="invalid position"):
+                log.truncate(position)
+            with pytest.raises(wp.InvalidPositionError, match="invalid position"):
+                log.read_table(wp.EARLIEST, position)
 
 
 def test_faults_corrupted_missing_and_deleted(make_config, backend):

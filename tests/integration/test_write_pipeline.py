@@ -364,3 +364,42 @@ def test_large_block_uses_parallel_multipart(make_config, backend):
         messages = read_all(log, 2)
     assert messages[0].payload == big
     assert [m.id for m in messages] == [mid, small]
+
+
+def test_payload_any_c_contiguous_buffer(make_config):
+    np = pytest.importorskip("numpy", reason="numpy is a dev dependency (pip install -e '.[dev]')")
+    import array
+
+    config = make_config("local")
+    with wp.Client(config) as client:
+        log = client.open_log("buffers", create=True)
+        matrix = np.arange(12, dtype=np.int32).reshape(3, 4)
+        reused = bytearray(b"first")
+        payloads = [
+            np.arange(5, dtype=np.float64),
+            matrix,
+            np.float32(1.5),
+            array.array("h", [1, -2, 3]),
+            memoryview(matrix.tobytes()).cast("B", (6, 8)),  # a 2-D byte view
+        ]
+        with log.open_writer() as w:
+            w.write(payloads[0])
+            w.write_batch(payloads[1:3])
+            fut = w.write_async(reused)
+            reused[:] = b"later"  # reusing a buffer after the call never changes the entry
+            w.write_async(payloads[3]).result(10)
+            w.write(payloads[4])
+            assert fut.result(10)
+            for bad, name in [("text", "str"), (7, "int"), ([b"a"], "list"), (None, "NoneType")]:
+                with pytest.raises(TypeError, match=f"not {name}$"):
+                    w.write(bad)  # type: ignore[arg-type]
+                with pytest.raises(TypeError, match=f"not {name}$"):
+                    w.write_batch([b"ok", bad])  # type: ignore[list-item]
+            with pytest.raises(TypeError, match="ndarray payload must be C-contiguous"):
+                w.write(np.arange(10)[::2])
+            with pytest.raises(TypeError, match="ndarray payload must be C-contiguous"):
+                w.write_batch([b"ok", matrix.T])
+        got = [m.payload for m in read_all(log, 6)]
+        assert got[:3] == [payloads[0].tobytes(), matrix.tobytes(), payloads[2].tobytes()]
+        assert got[3] == b"first"
+        assert got[4:] == [payloads[3].tobytes(), matrix.tobytes()]

@@ -753,3 +753,37 @@ def test_config_table_env_names_parse() -> None:
         default = defaults[name.removeprefix("WOODPECKER_").lower()]
         value = ",".join(default) if isinstance(default, list) else str(default)
         assert Config(env={name: value}) == Config(env={}), name
+
+
+@pytest.mark.parametrize(
+    "env", [{"WOODPECKER_STORAGE_ROOT": ""}, {"WOODPECKER_STORAGE_ROOT": "  "}]
+)
+def test_empty_storage_root_rejected(env: dict[str, str]) -> None:
+    # an empty root would put data, etcd and the socket in the current directory
+    with pytest.raises(ConfigError) as info:
+        Config(env=env)
+    assert str(info.value) == "storage.root: must not be empty"
+
+
+@pytest.mark.parametrize("key", ["storage_root", "logstore_socket", "etcd_ca_file"])
+@pytest.mark.parametrize("raw", [123, 1.5, ["/tmp"]])
+def test_paths_must_be_strings(key: str, raw: Any) -> None:
+    section, _, name = key.partition("_")
+    msg = config_error(**{key: raw})
+    assert msg == f"{section}.{name}: invalid value {raw!r}; expected a path (a string)"
+
+
+@pytest.mark.parametrize(
+    "raw", ["localhost", "h:", ":2379", "h:port", "h:0", "h:65536", "h:\u0663"]
+)
+def test_endpoint_without_a_valid_port_rejected_at_load(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(env={"WOODPECKER_ETCD_ENDPOINTS": f"ok:2379,{raw}"})
+    assert str(info.value).startswith(
+        f"etcd.endpoints: invalid endpoint {raw!r}; expected host:port"
+    )
+
+
+def test_endpoints_with_scheme_or_ipv6_accepted() -> None:
+    raw = "http://h1:2379,https://h2:2380,[::1]:2379"
+    assert Config(env={}, etcd_endpoints=raw).etcd.endpoints == raw.split(",")

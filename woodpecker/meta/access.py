@@ -8,9 +8,8 @@ transport (TLS or not) and its authentication make it.
 
 from __future__ import annotations
 
-from woodpecker.config import Config
+from woodpecker.config import UNIX_SCHEME, Config
 from woodpecker.meta.embedded import EmbeddedEtcd
-from woodpecker.meta.store import UNIX_SCHEME
 
 
 def etcd_access(config: Config) -> str:

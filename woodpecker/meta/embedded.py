@@ -35,8 +35,8 @@ from pathlib import Path
 import orjson
 import psutil
 
+from woodpecker.config import UNIX_SCHEME
 from woodpecker.errors import MetadataUnavailableError
-from woodpecker.meta.store import UNIX_SCHEME
 from woodpecker.private_files import FILE_MODE, make_private_dirs, private_opener
 
 START_TIMEOUT = 30.0

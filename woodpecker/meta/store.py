@@ -27,7 +27,7 @@ import pyetcd
 from pyetcd import exceptions as etcd_errors
 from pyetcd import utils as etcd_utils
 
-from woodpecker.config import Config
+from woodpecker.config import Config, grpc_target
 from woodpecker.errors import (
     ConfigError,
     LogExistsError,
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KV = tuple[bytes, Any]  # (value, pyetcd KVMetadata)
-
-UNIX_SCHEME = "unix://"  # an endpoint ``unix:///path`` is a Unix socket (the embedded etcd's)
 
 # Compare-and-swap conflicts are not failures (another client won a race), so
 # they are retried immediately; this bounds a pathological livelock.
@@ -86,26 +84,6 @@ def now_ms() -> int:
 def first(kvs: Sequence[KV]) -> KV | None:
     """The single key-value of a Get response inside a transaction, if any."""
     return kvs[0] if kvs else None
-
-
-def grpc_target(endpoint: str) -> str:
-    """The gRPC target of an endpoint: ``host:port`` (http:// or https:// allowed) or
-    ``unix:///absolute/path`` for a Unix socket (how the embedded etcd listens)."""
-    address = endpoint.strip()
-    if address.startswith(UNIX_SCHEME):
-        path = address[len(UNIX_SCHEME) :]
-        if not path.startswith("/"):
-            raise ConfigError(
-                f"etcd.endpoints: invalid endpoint {endpoint!r}; expected unix:///absolute/path"
-            )
-        return f"unix:{path}"
-    address = address.removeprefix("http://").removeprefix("https://")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(
-            f"etcd.endpoints: invalid endpoint {endpoint!r}; expected host:port or unix:///path"
-        )
-    return f"{host}:{port}"
 
 
 class _Endpoint(pyetcd.Endpoint):
