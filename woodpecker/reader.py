@@ -607,6 +607,8 @@ class LogReader:
             ],
             deadline,
         )
+        if exists:
+            self._watch.observe(exists[0][1].response_header.revision)
         records = [BlockRecord.from_bytes(v, meta.key.decode()) for v, meta in blocks]
         if index:  # a compacted segment: its index replaced the block records
             records = SegmentIndex.from_bytes(

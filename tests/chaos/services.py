@@ -112,6 +112,7 @@ class EtcdCluster:
     directory: Path
     size: int = 1
     tls: Certificates | None = None  # clients must then present a certificate of its CA
+    flags: dict[str, str] = field(default_factory=dict)  # more etcd flags, e.g. a quota
     members: list[EtcdMember] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ class EtcdCluster:
             "--heartbeat-interval": "100",
             "--election-timeout": "1000",
             "--log-level": "error",
+            **self.flags,
         }
         if self.tls is not None:
             flags |= {

@@ -17,6 +17,11 @@ prefix, so a watch on ``<p>/segments/<log_id>/`` fires whenever readers may
 have something new. A second watch on ``<p>/ids/<log_id>`` reports deletion of
 the log. Waiters compare a version counter bumped by every notification, so a
 notification that arrives between a metadata read and the wait is not lost.
+The watch starts just after the revision of the reader's last metadata read
+(``observe``), so nothing committed after that read is missed. When etcd's
+history was compacted past that revision (maintenance compacts it, see
+``woodpecker.meta.history``), etcd cancels the watch; the reader then re-reads
+a fresh snapshot and the watch starts again after it: no entry is skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pyetcd import events as etcd_events
+from pyetcd import exceptions as etcd_exceptions
 from pyetcd import watch as etcd_watch
 
 from woodpecker.errors import LogNotFoundError
@@ -235,6 +241,13 @@ class CommitWatch:
         self._watches: list[tuple[Any, int]] = []  # (pyetcd client, watch id)
         self._retry_at = 0.0
         self._backoff = _ARM_BACKOFF_MIN
+        self._revision: int | None = None  # of the reader's last metadata read
+        self.compacted = 0  # watches etcd cancelled because their start was compacted
+
+    def observe(self, revision: int) -> None:
+        """The reader read metadata at ``revision``: a watch armed now starts after it."""
+        if self._revision is None or revision > self._revision:
+            self._revision = revision
 
     @property
     def version(self) -> int:
@@ -247,10 +260,11 @@ class CommitWatch:
         return self._deleted
 
     def ensure_armed(self) -> bool:
-        """Arm the watch unless it is live or a retry is not due yet; True if armed now.
+        """Arm the watch unless it is live or a retry is not due yet.
 
-        Never raises: a watch that cannot be armed only means re-reading
-        metadata more often.
+        True if the caller must re-read metadata: the watch was armed now with
+        no observed revision to start from. Never raises: a watch that cannot
+        be armed only means re-reading metadata more often.
         """
         if self._live or self._closed or time.monotonic() < self._retry_at:
             return False
@@ -273,11 +287,12 @@ class CommitWatch:
             self._generation += 1
             callback = functools.partial(self._notify, self._generation)
         prefix, log_key = self._segments_prefix, self._log_key
+        since = {} if self._revision is None else {"start_revision": self._revision + 1}
 
         def create(client: Any) -> list[tuple[Any, int]]:
-            first = client.add_watch_prefix_callback(prefix, callback)
+            first = client.add_watch_prefix_callback(prefix, callback, **since)
             try:
-                second = client.add_watch_callback(log_key, callback)
+                second = client.add_watch_callback(log_key, callback, **since)
             except BaseException:
                 _cancel_quietly(client, first)
                 raise
@@ -293,12 +308,13 @@ class CommitWatch:
         with self._cond:
             self._watches = watches
             self._live = not self._closed
-            self._version += 1
-            self._cond.notify_all()
+            if not since:  # what was committed before the watch started is not pushed
+                self._version += 1
+                self._cond.notify_all()
         self._backoff = _ARM_BACKOFF_MIN
         if self._closed:
             self._cancel()
-        return True
+        return not since
 
     def _notify(self, generation: int, response: Any) -> None:
         """pyetcd's watch thread: a response, or an error / None when the stream ended."""
@@ -309,8 +325,17 @@ class CommitWatch:
                         event.key == self._log_key_bytes
                     ):
                         self._deleted = True
-            elif generation == self._generation:
+            elif generation == self._generation and self._live:  # once per arm (two watches)
                 self._live = False
+                if isinstance(response, etcd_exceptions.RevisionCompactedError):
+                    # the history after the last read is gone: re-read a fresh snapshot,
+                    # whose revision the next watch starts after
+                    self.compacted += 1
+                    log.info(
+                        "watch on %s: etcd history compacted past revision %s; re-reading",
+                        self._segments_prefix,
+                        self._revision,
+                    )
             self._version += 1
             self._cond.notify_all()
 
