@@ -36,6 +36,7 @@ from woodpecker.meta.records import (
     BlockRecord,
     LogRecord,
     PendingDeletion,
+    SegmentIndex,
     SegmentRecord,
     TruncationPoint,
     WriterRecord,
@@ -226,7 +227,15 @@ def test_a_producer_that_never_reads_its_replies_stalls_nobody(served):
     assert read[-len(payloads) :] == payloads
 
 
-RECORDS = [LogRecord, WriterRecord, SegmentRecord, BlockRecord, TruncationPoint, PendingDeletion]
+RECORDS = [
+    LogRecord,
+    WriterRecord,
+    SegmentRecord,
+    BlockRecord,
+    SegmentIndex,
+    TruncationPoint,
+    PendingDeletion,
+]
 SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text()
 JSON_VALUES = SCALARS | st.lists(SCALARS, max_size=3) | st.dictionaries(st.text(), SCALARS)
 

@@ -22,8 +22,10 @@ from woodpecker.format import (
     batch_message_size,
     checksum,
     decode_block,
+    decode_messages,
     encode_batch_message,
     encode_block,
+    encode_file,
     iter_payloads,
     message_size,
     write_batch_message,
@@ -238,3 +240,46 @@ def test_valid_stream_with_another_schema_is_rejected(batch: pa.RecordBatch) -> 
 def test_null_payloads_are_rejected() -> None:
     data = ipc_stream(pa.record_batch([pa.array([b"a", None], pa.binary())], schema=SCHEMA))
     assert "null" in str(assert_corrupt(data))
+
+
+# ---- compacted files ---------------------------------------------------------------------
+
+
+def test_a_compacted_file_is_one_ipc_file_and_its_spans_decode_as_messages() -> None:
+    blocks = [[b"a", b"bb"], [b"ccc"], [bytes(range(256)) * 40, b""]]
+    tables = [decode_block(encode_block(b)) for b in blocks]
+    data, spans = encode_file(tables)
+    whole = pa.ipc.open_file(data).read_all()
+    assert whole.schema.equals(SCHEMA, check_metadata=True)
+    assert whole.column("payload").to_pylist() == [p for b in blocks for p in b]
+    for (offset, length), payloads in zip(spans, blocks, strict=True):
+        part = data[offset : offset + length]
+        table = decode_messages(
+            part, expected_checksum=checksum([part]), expected_entries=len(payloads)
+        )
+        assert table.column("payload").to_pylist() == payloads
+    # a run of several blocks' messages is one chunk
+    (first, _), (last, last_length) = spans[0], spans[-1]
+    run = data[first : last + last_length]
+    assert decode_messages(run, expected_entries=5).num_rows == 5
+
+
+def test_damaged_chunks_raise_corrupted_data() -> None:
+    data, [(offset, length)] = encode_file([decode_block(encode_block([b"x" * 100, b"y"]))])
+    part = data[offset : offset + length].to_pybytes()
+    digest = checksum([part])
+    flipped = bytearray(part)
+    flipped[-20] ^= 0xFF
+    cases = {
+        "checksum mismatch": (bytes(flipped), digest, 2),
+        "not valid Arrow IPC messages": (part[:-9], None, 2),
+        "2 entries, expected 3": (part, digest, 3),
+        "empty chunk": (b"", None, None),
+        "unexpected schema message": (STREAM_HEADER + part, None, None),
+    }
+    for reason, (chunk, expected_checksum, entries) in cases.items():
+        with pytest.raises(CorruptedDataError, match=f"^{WHERE}: .*") as e:
+            decode_messages(
+                chunk, expected_checksum=expected_checksum, expected_entries=entries, where=WHERE
+            )
+        assert reason in str(e.value), (reason, e.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -11,6 +12,7 @@ from woodpecker.meta import (
     BlockRecord,
     Keys,
     LogRecord,
+    SegmentIndex,
     SegmentRecord,
     SegmentState,
     TruncationPoint,
@@ -157,3 +159,31 @@ def test_keys_are_ordered_and_prefix_safe() -> None:
         "/wp/ids/1",
         "/wp/idgen/log",
     }
+
+
+def test_segment_index_is_dense_and_turns_into_block_records() -> None:
+    chunks = [[0, 0, 3, 300, 200, 400, 7], [1, 3, 2, 100, 200, 250, 2**64 - 1]]
+    index = SegmentIndex(
+        log_id=3, segment_id=9, objects=["3/9/a.arrow", "3/9/b.arrow"], chunks=chunks
+    )
+    assert SegmentIndex.from_bytes(index.to_bytes(), "/k") == index
+    blocks = index.blocks()
+    assert [(b.block_id, b.first_entry_id, b.last_entry_id, b.key) for b in blocks] == [
+        (0, 0, 2, "3/9/a.arrow"),
+        (1, 3, 4, "3/9/b.arrow"),
+    ]
+    assert all(b.messages_only and (b.log_id, b.segment_id) == (3, 9) for b in blocks)
+    bad = {
+        "does not continue at entry 3": [chunks[0], [1, 4, 2, 100, 200, 250, 1]],
+        "names object 2 of 2": [[2, 0, 3, 300, 200, 400, 7]],
+        "does not continue at entry 0": [[0, 1, 3, 300, 200, 400, 7]],
+        "7 ints >= 0": [[0, 0, 3, 300, 200, 400]],
+        r"list\[list\[int\]\]": [[0, 0, 3, 300, 200, 400, 2**64]],  # orjson: a float
+    }
+    for reason, wrong in bad.items():
+        value = {"log_id": 3, "segment_id": 9, "objects": index.objects, "chunks": wrong}
+        data = json.dumps(value).encode()  # orjson refuses to write ints past 64 bits
+        with pytest.raises(CorruptedDataError, match=reason):
+            SegmentIndex.from_bytes(data, "/k")
+    with pytest.raises(ValueError, match="64 bits"):
+        dataclasses.replace(index, chunks=[[0, 0, 3, 300, 200, 400, 2**64]])

@@ -212,7 +212,9 @@ class SegmentIndex(_Record):
         for chunk in self.chunks:
             if len(chunk) != len(_CHUNK_FIELDS) or min(chunk) < 0:
                 raise ValueError(f"a chunk is {len(_CHUNK_FIELDS)} ints >= 0, not {chunk!r}")
-            if chunk[0] >= len(self.objects) or chunk[1] != expected or chunk[2] < 1:
+            if chunk[0] >= len(self.objects):
+                raise ValueError(f"chunk {chunk!r} names object {chunk[0]} of {len(self.objects)}")
+            if chunk[1] != expected or chunk[2] < 1:
                 raise ValueError(f"chunk {chunk!r} does not continue at entry {expected}")
             if chunk[6] > _U64_MAX:
                 raise ValueError(f"checksum must fit in 64 bits, not {chunk[6]!r}")
