@@ -10,19 +10,33 @@ Client uses the embedded etcd that the logstore serves.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
+from woodpecker import forking
 from woodpecker.config import Config
-from woodpecker.errors import LogExistsError, LogNotFoundError
+from woodpecker.errors import (
+    ClientClosedError,
+    ForkedClientError,
+    LogExistsError,
+    LogNotFoundError,
+    WoodpeckerError,
+)
 from woodpecker.log import LogHandle
 from woodpecker.meta import MetaStore
 from woodpecker.naming import validate_log_name
 from woodpecker.producer import ProducerLink
+from woodpecker.reader import LogReader
 from woodpecker.storage import ObjectStore, open_store
 
 
 class Client:
-    """Opens logs. ``Client()`` reads YAML/env config; keywords override (``storage_type="s3"``)."""
+    """Opens logs. ``Client()`` reads YAML/env config; keywords override (``storage_type="s3"``).
+
+    Thread-safe. After ``close()`` the Client and every writer and reader it
+    opened raise ``ClientClosedError``; in a process forked from the one that
+    created it, they raise ``ForkedClientError`` (create a new Client there).
+    """
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = config if config is not None else Config(**overrides)
@@ -30,11 +44,24 @@ class Client:
         self._link: ProducerLink | None = None
         self._meta: MetaStore | None = None
         self._store: ObjectStore | None = None
-        self._closed = False
+        self._readers: weakref.WeakSet[LogReader] = weakref.WeakSet()
+        self._unusable: WoodpeckerError | None = None  # closed, or inherited through fork
+        forking.track(self)
+
+    def _forked(self, error: ForkedClientError) -> None:
+        self._unusable = error
+        self._lock = threading.RLock()  # a parent thread may have held it at the fork
+
+    def _check(self) -> None:
+        error = self._unusable
+        if error is not None:
+            raise type(error)(str(error))
 
     def _producer_link(self) -> ProducerLink:
         """The link to the logstore, reconnected (and relaunched) after it was lost."""
+        self._check()
         with self._lock:
+            self._check()
             if self._link is None or not self._link.alive:
                 if self._link is not None:
                     self._link.close()
@@ -42,7 +69,9 @@ class Client:
             return self._link
 
     def _meta_store(self) -> MetaStore:
+        self._check()
         with self._lock:
+            self._check()
             if self._meta is None:
                 endpoints = list(self.config.etcd.endpoints)
                 if not endpoints:
@@ -51,7 +80,9 @@ class Client:
             return self._meta
 
     def _object_store(self) -> ObjectStore:
+        self._check()
         with self._lock:
+            self._check()
             if self._store is None:
                 self._store = open_store(self.config)
             return self._store
@@ -89,14 +120,32 @@ class Client:
         deletes them as orphans once older than ``retention.orphan_grace``.
         """
         validate_log_name(name)
-        self._meta_store().delete_log(name)
+        record = self._meta_store().delete_log(name)
+        for reader in list(self._readers):
+            if reader.log_id == record.log_id:
+                reader._log_deleted()
+
+    def _reader_opened(self, reader: LogReader) -> None:
+        """Readers are closed with the Client, and learn at once of a delete_log through it."""
+        with self._lock:
+            if self._unusable is not None:  # closed while the reader was being opened
+                reader._close(self._unusable)
+                self._check()
+            self._readers.add(reader)
 
     def close(self) -> None:
-        """Detach from the logstore and close connections; idempotent."""
+        """Close every reader, fail what writers still have pending, detach; idempotent.
+
+        Close writers first (``with`` does) so that their appends are flushed.
+        """
+        if isinstance(self._unusable, ForkedClientError):
+            return  # what it holds is the parent's: nothing to release here
         with self._lock:
-            if self._closed:
+            if self._unusable is not None:
                 return
-            self._closed = True
+            self._unusable = ClientClosedError("the Client was closed; create a new Client")
+            for reader in list(self._readers):
+                reader._close(self._unusable)
             if self._link is not None:
                 self._link.close()
             if self._meta is not None:

@@ -72,5 +72,17 @@ class ReaderClosedError(WoodpeckerError):
     """The reader was closed; it returns nothing more."""
 
 
+class ClientClosedError(WriterClosedError, ReaderClosedError):
+    """The Client was closed: it, and every writer and reader it opened, refuse further use."""
+
+
+class ForkedClientError(WoodpeckerError):
+    """A Client, writer or reader was used in a process forked from the one that created it.
+
+    A forked child shares the parent's logstore connection and etcd channels; using
+    them would corrupt the parent's. Create a new Client in the child.
+    """
+
+
 class InvalidPositionError(WoodpeckerError, ValueError):
     """A position names no committed entry: past the LAC, or in a segment that does not exist."""

@@ -34,7 +34,7 @@ class LogHandle:
         ``name`` labels the reader's registration (what GC and tools show).
         See docs/reading.md.
         """
-        return LogReader(
+        reader = LogReader(
             self._client._meta_store(),
             self._client._object_store(),
             self.name,
@@ -42,6 +42,8 @@ class LogHandle:
             start,
             reader_name=name,
         )
+        self._client._reader_opened(reader)
+        return reader
 
     def read_table(self, start: Position = EARLIEST, end: LogMessageId | None = None) -> pa.Table:
         """Committed entries from ``start`` (inclusive) to ``end`` (exclusive) as one Table.

@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 
 from shm import Arena, FrameReader, RingAllocator, send_msg
-from woodpecker import errors
+from woodpecker import errors, forking
 from woodpecker.config import Config
-from woodpecker.errors import LogstoreUnavailableError, WoodpeckerError
+from woodpecker.errors import ForkedClientError, LogstoreUnavailableError, WoodpeckerError
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.message import LogMessageId
 from woodpecker.private_files import make_private_dirs, private_opener
@@ -249,6 +249,25 @@ class ProducerLink:
         self.etcd_endpoints: list[str] = welcome["etcd_endpoints"]
         self._thread = threading.Thread(target=self._receive, name="woodpecker-acks", daemon=True)
         self._thread.start()
+        self.forked = False
+        forking.track(self)
+
+    def _forked(self, error: ForkedClientError) -> None:
+        """In a forked child: refuse use, never touch the socket the parent still reads."""
+        self.forked = True
+        self.broken = error
+        self.lock = threading.Condition()  # a parent thread may have held the old one
+        self._send_lock = threading.Lock()
+        appends = [a for b in self.inflight.values() for a in b.appends]
+        appends += [a for q in self.queues for a in q.pending]
+        for a in appends:  # the child runs one thread now: no lock needed
+            a.future._cond = self.lock
+            a.future._state, a.future._value = _ERROR, type(error)(str(error))
+        self.inflight.clear()
+        for queue in self.queues:
+            queue.pending.clear()
+            queue.pending_bytes = queue.outstanding = 0
+        self.replies.clear()
 
     def _attach(self) -> tuple[socket.socket, dict]:
         """Connect and hand over the arena; retried, since a logstore may be exiting idle."""
@@ -470,13 +489,17 @@ class ProducerLink:
         kind = frame[0]
         if kind == protocol.ACK:
             _, seq, segment_id, first = protocol.ACK_FMT.unpack(frame)
-            batch = self.inflight.pop(seq)
+            batch = self._inflight_batch(seq)
+            if batch is None:
+                return
             self.alloc.free(batch.offset)
             batch.queue.outstanding -= len(batch.appends)
             done.append(lambda: _resolve(batch.appends, segment_id, first))
         elif kind == protocol.NACK:
             seq, name, message = protocol.decode_nack(frame)
-            batch = self.inflight.pop(seq)
+            batch = self._inflight_batch(seq)
+            if batch is None:
+                return
             self.alloc.free(batch.offset)
             error = error_from(name, message)
             if isinstance(error, errors.WriterFencedError):
@@ -489,6 +512,19 @@ class ProducerLink:
             future = self.replies.pop(body["req"], None)
             if future is not None:
                 done.append(lambda: future.set_result(body))
+
+    def _inflight_batch(self, seq: int) -> InflightBatch | None:
+        """The batch an ack or nack is for; a reply for an unknown batch breaks the link
+        (with a clear error for every waiter) instead of killing the ack thread."""
+        batch = self.inflight.pop(seq, None)
+        if batch is None:
+            self._break_locked(
+                LogstoreUnavailableError(
+                    f"the logstore answered for batch {seq}, which this process never sent "
+                    "(was the connection used from a forked process?); reopen the writer"
+                )
+            )
+        return batch
 
     def _fail_queue(self, queue: WriterQueue, error: WoodpeckerError) -> None:
         self._fail_appends(queue.pending, error)
@@ -522,12 +558,23 @@ class ProducerLink:
         self.replies.clear()
 
     def close(self) -> None:
-        """Detach from the logstore; the arena is freed once nobody maps it."""
+        """Detach from the logstore; the arena is freed once nobody maps it.
+
+        Appends not acknowledged yet fail with ``ClientClosedError``. In a forked
+        child nothing is done: the socket and arena are still the parent's.
+        """
+        if self.forked:
+            return
+        self._break(
+            errors.ClientClosedError(
+                "the Client was closed (appends not acknowledged by then may or may not be "
+                "durable); create a new Client"
+            )
+        )
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
         self.sock.close()
-        self._break(errors.WriterClosedError("the client was closed"))
         self.arena.close()
 
 

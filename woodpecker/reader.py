@@ -35,12 +35,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyetcd import utils as etcd_utils
 
+from woodpecker import forking
 from woodpecker.errors import (
     CorruptedDataError,
+    ForkedClientError,
     LogNotFoundError,
     ObjectNotFoundError,
     PositionTruncatedError,
     ReaderClosedError,
+    WoodpeckerError,
 )
 from woodpecker.format import decode_block, decode_messages
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
@@ -181,7 +184,8 @@ class LogReader:
         self._store = store
         self.name = name
         self.log_id = log_id
-        self._closed = False
+        self._closed: WoodpeckerError | None = None  # what reads raise once closed
+        self._deleted = False  # the log was deleted through this reader's Client
         self._pos = self._resolve(start)
         self._cursor = _Cursor(*self._pos)
         self._planned: deque[_Planned] = deque()
@@ -194,6 +198,7 @@ class LogReader:
         )
         self.reader_name = self._registration.name
         self._pool = ThreadPoolExecutor(self._window, thread_name_prefix=f"wp-read-{log_id}")
+        forking.track(self)
         try:
             if self._plan(None):  # fails fast on a deleted position; starts fetching now
                 self._schedule()
@@ -329,9 +334,9 @@ class LogReader:
         return batch
 
     def _check_usable(self) -> None:
-        if self._closed:
-            raise ReaderClosedError(f"the reader of log {self.name!r} is closed")
-        if self._watch.deleted:
+        if self._closed is not None:
+            raise type(self._closed)(str(self._closed))
+        if self._deleted or self._watch.deleted:
             raise LogNotFoundError(f"log {self.name!r} was deleted")
 
     def _ready(self, deadline: float | None, *, wait: bool) -> bool:
@@ -339,6 +344,7 @@ class LogReader:
 
         ``wait=False`` returns False as soon as nothing more is committed.
         """
+        self._check_usable()
         if wait:  # a waiting reader is pushed commits and the deletion of the log
             self._watch.ensure_armed()
         while True:
@@ -347,8 +353,10 @@ class LogReader:
                 return True
             self._current = None
             if self._fetches:
-                if not self._load_head(deadline):
-                    return False
+                # a planned block is committed: wait for its fetch whatever the timeout
+                # (bounded by the store's retry deadline), so that an entry acked before
+                # the call is returned by it (read-your-writes)
+                self._load_head()
                 continue
             seen = self._watch.version  # before reading: a commit after the read wakes us
             if self._plan(deadline):
@@ -368,25 +376,23 @@ class LogReader:
         future = self._fetches[0][1]
         if not future.done() or future.cancelled() or future.exception() is not None:
             return False
-        self._load_head(None)
+        self._load_head()
         return self._current is not None and self._current.holds(self._pos)
 
     # ---- fetching ----------------------------------------------------------------------
 
-    def _load_head(self, deadline: float | None) -> bool:
-        """Make the oldest fetch the current block; False if it is not done by ``deadline``."""
+    def _load_head(self) -> None:
+        """Make the oldest fetch the current block, waiting for it (a committed block)."""
         item, future = self._fetches[0]
         try:
-            payloads = future.result(_remaining(deadline))
-        except TimeoutError:
-            return False
+            payloads = future.result()
         except CancelledError:
             self._check_usable()  # cancelled by close()
             raise
         except ObjectNotFoundError as e:
             self._reset()
-            if self._layout_changed(item, deadline):
-                return True  # compaction moved the block: planned again from the position
+            if self._layout_changed(item):
+                return  # compaction moved the block: planned again from the position
             record = item.record
             raise ObjectNotFoundError(
                 f"log {self.name!r} segment {record.segment_id} block {record.block_id}: "
@@ -399,7 +405,6 @@ class LogReader:
         self._current = _Loaded(item, payloads)
         self._move(LogMessageId(item.record.segment_id, item.start))
         self._schedule()
-        return True
 
     def _fetch(self, records: list[BlockRecord]) -> list[pa.ChunkedArray]:
         """GET contiguous blocks of one object in ONE request and verify each (on the pool).
@@ -558,10 +563,10 @@ class LogReader:
         c.finished = False
         return True
 
-    def _layout_changed(self, item: _Planned, deadline: float | None) -> bool:
+    def _layout_changed(self, item: _Planned) -> bool:
         """After a missing object: whether its block record changed (else explain the loss)."""
         record = item.record
-        snap = self._snapshot(record.segment_id, 0, deadline)
+        snap = self._snapshot(record.segment_id, 0, None)
         if not snap.log_exists:
             raise LogNotFoundError(f"log {self.name!r} was deleted")
         now = next((b for b in snap.blocks if b.block_id == record.block_id), None)
@@ -633,9 +638,13 @@ class LogReader:
 
     def close(self) -> None:
         """Stop reading: end a waiting read, release the registration (idempotent)."""
-        if self._closed:
+        self._close(ReaderClosedError(f"the reader of log {self.name!r} is closed"))
+
+    def _close(self, error: WoodpeckerError) -> None:
+        """Close; later reads raise ``error``."""
+        if self._closed is not None:
             return
-        self._closed = True
+        self._closed = error
         self._watch.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._registration.close()
@@ -646,8 +655,16 @@ class LogReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _log_deleted(self) -> None:
+        """The log was deleted through this reader's Client: the next read says so."""
+        self._deleted = True
+
+    def _forked(self, error: ForkedClientError) -> None:
+        # the watch, pool and lease threads stayed in the parent; the lease is the parent's
+        self._closed = error
+
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"at {self._pos}"
+        state = "closed" if self._closed is not None else f"at {self._pos}"
         return f"LogReader(log={self.name!r}, reader={self.reader_name!r}, {state})"
 
 

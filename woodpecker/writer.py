@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from woodpecker.errors import EntryTooLargeError, WriterClosedError
+from woodpecker.errors import (
+    ClientClosedError,
+    EntryTooLargeError,
+    ForkedClientError,
+    WriterClosedError,
+)
 from woodpecker.message import LogMessageId
 from woodpecker.producer import AppendFuture, ProducerLink
 from workers import protocol
@@ -31,7 +36,6 @@ class LogWriter:
         self._queue = link.register(log_id)
         self._closed = False
         self._max = link.config.writer.max_entry_size
-        self._cap = link.config.writer.max_batch_bytes
 
     def _payload(self, payload: Any) -> tuple[Any, int]:
         """Check one payload; returns it as a flat byte buffer with its size.
@@ -66,6 +70,9 @@ class LogWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise WriterClosedError(f"the writer of log {self.name!r} is closed")
+        broken = self._link.broken
+        if isinstance(broken, ClientClosedError | ForkedClientError):
+            raise type(broken)(str(broken))
 
     def write_async(self, payload: Buffer) -> AppendFuture:
         """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
@@ -80,7 +87,14 @@ class LogWriter:
     def write_batch(
         self, payloads: Iterable[Buffer], timeout: float | None = None
     ) -> list[LogMessageId]:
-        """Append entries as consecutive ids; returns once all of them are durable."""
+        """Append entries as consecutive ids; returns once all of them are durable.
+
+        The batch is one Arrow batch message, uploaded in one block and committed
+        by one etcd transaction: its ids are consecutive in one segment (a segment
+        roll happens before or after it, never inside), no other append lands
+        between them, and either every entry becomes readable or none does. It
+        must fit in ``writer.arena_size`` (``EntryTooLargeError`` otherwise).
+        """
         items = list(payloads)
         if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed
             sizes = list(map(len, items))
@@ -92,31 +106,19 @@ class LogWriter:
             sizes = [n for _, n in checked]
         self._check_open()
         total_size = sum(sizes)
-        if total_size <= self._cap:
-            futures = (
-                [self._link.submit(self._queue, items, total_size, many=True)] if items else []
+        if total_size > self._link.arena.size:
+            raise EntryTooLargeError(
+                f"a write_batch of {total_size} bytes does not fit the shared-memory arena "
+                f"(writer.arena_size={self._link.arena.size}); nothing of it was written"
             )
-        else:
-            futures = self._submit_chunks(items, sizes)
-        ids: list[LogMessageId] = []
-        for f in futures:
-            ids.extend(f.result(timeout))
-        return ids
-
-    def _submit_chunks(self, items: list[Any], sizes: list[int]) -> list[AppendFuture]:
-        """Split a large batch at ``writer.max_batch_bytes``; the chunks stay consecutive."""
-        futures: list[AppendFuture] = []
-        start, total = 0, 0
-        for i, size in enumerate(sizes):
-            if i > start and total + size > self._cap:
-                futures.append(self._link.submit(self._queue, items[start:i], total, many=True))
-                start, total = i, 0
-            total += size
-        futures.append(self._link.submit(self._queue, items[start:], total, many=True))
-        return futures
+        if not items:
+            return []
+        # one batch message, hence one block, one commit: consecutive ids, all or nothing
+        return self._link.submit(self._queue, items, total_size, many=True).result(timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far is acknowledged (or failed)."""
+        self._check_open()
         self._link.flush(self._queue, timeout)
 
     def close(self) -> None:

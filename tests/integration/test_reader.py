@@ -356,3 +356,36 @@ def test_idle_tail_stays_registered_and_survives_broken_watch(make_config):
             assert tail.take(1, timeout=2)[0].id == second
             tail.stop()
         assert live_readers(meta, log.log_id) == []
+
+
+def test_read_your_writes_within_one_client(make_config, backend):
+    """An entry acked before read_next is called is returned by it, even with timeout=0."""
+    config = make_config(backend)
+    with wp.Client(config) as client:
+        log = client.create_log("ryw")
+        with log.open_writer() as w, log.open_reader(wp.LATEST) as reader:
+            misses = []
+            for i in range(30):
+                mid = w.write(b"entry %d" % i)
+                message = reader.read_next(timeout=0)
+                if message is None or message.id != mid:
+                    misses.append((i, message))
+            ids = w.write_batch([b"b%d" % i for i in range(5)])
+            got = [reader.read_next(timeout=0) for _ in ids]
+        assert misses == []
+        assert [m.id for m in got if m is not None] == ids
+
+
+def test_delete_log_ends_buffered_reads_through_the_same_client(make_config, backend):
+    config = make_config(backend)
+    with wp.Client(config) as client:
+        log = client.create_log("deleted-while-read")
+        with log.open_writer() as w:
+            w.write_batch([b"e%d" % i for i in range(100)])
+        with log.open_reader(wp.EARLIEST) as reader:
+            assert reader.read_next(timeout=5).payload == b"e0"  # the block is buffered now
+            client.delete_log("deleted-while-read")
+            with pytest.raises(wp.LogNotFoundError, match="deleted"):
+                reader.read_next(timeout=0)
+            with pytest.raises(wp.LogNotFoundError, match="deleted"):
+                reader.read_batch(10, timeout=0)
