@@ -316,8 +316,11 @@ def test_sigterm_drains_and_exits(make_config):
                 acked.append(f.result(60))
         psutil.Process(pid).wait(30)
         assert not config.logstore_socket.exists()
+        assert acked, "the logstore drained nothing it had accepted"
         readable = {m.id for m in read_all(log, 1 + len(acked))}
         assert set(acked) <= readable
+        states = [s.state for s in log.segments()]
+        assert states and all(s is SegmentState.SEALED for s in states), states
 
 
 def test_full_arena_applies_backpressure_then_times_out(make_config):
