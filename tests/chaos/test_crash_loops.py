@@ -101,8 +101,7 @@ class Loop:
         proc = self.fleet.processes[name]
         arenas = arena_inodes(proc.pid)
         assert arenas, f"producer {name} holds no arena before the kill"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join(10)
+        self.fleet.kill(name)
         self.replacements += 1
         self.fleet.start_process(f"{name.split('.')[0]}.{self.replacements}")
 

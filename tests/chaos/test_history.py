@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from chaos.history import (
     make_payload,
     parse_payload,
 )
+from chaos.workload import Plan
 
 Id = wp.LogMessageId
 
@@ -206,3 +208,29 @@ def test_payloads_name_their_append(producer: str, seq: int, size: int):
     assert parse_payload(payload) == (producer, seq)
     assert make_payload(producer, seq, size) == payload
     assert parse_payload(payload[1:]) is None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_producer_that_crashes_fails_the_run(make_config, fleet_factory):
+    """A producer dying of an error that is not a WoodpeckerError (here a bug: no entry
+    sizes to choose from) fails the run, whether it is a thread (its exception) or a
+    process (its exit code); a process the test kills on purpose does not."""
+    config = make_config("local")
+    with wp.Client(config) as client:
+        client.create_log("crash")
+    fleet = fleet_factory(config, "crash", Plan(sizes=()))
+    fleet.start_thread("thread")
+    fleet.start_process("process")
+    fleet.start_process("victim")
+    fleet.kill("victim")
+    deadline = time.monotonic() + 60
+    while fleet.live() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(AssertionError, match="producers crashed") as failure:
+        fleet.stop()
+    message = str(failure.value)
+    assert "thread: CRASHED: IndexError" in message
+    assert "process: CRASHED: process exited with code 1" in message
+    assert "victim" not in message
+    with pytest.raises(AssertionError, match="CRASHED"):
+        fleet.wait_progress(fleet.acked(), 1.0, "after the crash")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -146,6 +148,7 @@ class Fleet:
     processes: dict[str, multiprocessing.process.BaseProcess] = field(default_factory=dict)
     histories: dict[str, History] = field(default_factory=dict)  # thread producers
     events: list[str] = field(default_factory=list)  # errors producers recovered from
+    killed: set[str] = field(default_factory=set)  # processes the test killed on purpose
 
     def __post_init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
@@ -183,6 +186,22 @@ class Fleet:
         proc.start()
         self.processes[name] = proc
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a producer process, as a fault (not counted as a crash)."""
+        proc = self.processes[name]
+        self.killed.add(name)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+
+    def crashes(self) -> list[str]:
+        """Producers that died of an error they do not recover from (anything but a
+        WoodpeckerError or a timeout): a thread's exception, a process's non-zero exit."""
+        found = [e for e in self.events if ": CRASHED: " in e]
+        for name, proc in self.processes.items():
+            if name not in self.killed and proc.exitcode not in (None, 0):
+                found.append(f"{name}: CRASHED: process exited with code {proc.exitcode}")
+        return found
+
     def ops(self) -> list[Op]:
         """Every append recorded so far, by threads and by processes (alive or killed)."""
         ops = [op for h in self.histories.values() for op in list(h.ops)]
@@ -207,6 +226,8 @@ class Fleet:
         """Wait until every live producer got an ack after ``since`` (a snapshot of ``acked``)."""
         deadline = time.monotonic() + timeout
         while True:
+            crashes = self.crashes()
+            assert not crashes, f"{what}: {crashes}"
             now = self.acked()
             stuck = [n for n in self.live() if now[n] <= since[n]]
             if not stuck:
@@ -232,6 +253,8 @@ class Fleet:
                 raise AssertionError(f"producer process {name} did not stop in {timeout}s")
         for history in self.histories.values():
             history.close()
+        crashes = self.crashes()
+        assert not crashes, f"producers crashed: {crashes}"
 
     def kill_all(self) -> None:
         """Teardown: no producer outlives its test."""
