@@ -150,6 +150,8 @@ def test_etcd_with_authentication_and_tls(
             logstore_socket=f"/tmp/wp-test-{unique}/bad.sock",
         )
         error = fails_within(bad, "refused")
+        assert isinstance(error, wp.MetadataUnavailableError), error
+        assert "create_log" in str(error) and "authentication failed" in str(error), error
         said = everything_said(error, bad, caplog)
         assert wrong not in said and password not in said, "an etcd password leaked"
         print(f"etcd auth, wrong password -> {type(error).__name__}: {str(error)[:150]}")
@@ -162,6 +164,8 @@ def test_etcd_with_authentication_and_tls(
             logstore_socket=f"/tmp/wp-test-{unique}/outside.sock",
         )
         error = fails_within(outside, "forbidden")
+        assert isinstance(error, wp.MetadataUnavailableError), error
+        assert "create_log" in str(error) and "permission denied" in str(error), error
         assert password not in everything_said(error, outside, caplog)
         print(f"etcd auth, no permission -> {type(error).__name__}: {str(error)[:150]}")
     finally:
