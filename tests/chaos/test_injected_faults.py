@@ -20,6 +20,7 @@ import pytest
 import woodpecker as wp
 from chaos.faultproxy import FaultProxy
 from chaos.history import History, assert_valid, check, first_error, longest_stall, read_back
+from chaos.processes import wait_until
 from chaos.scale import pick
 from chaos.services import EtcdCluster, Seaweed
 from chaos.workload import Fleet, Plan, settle
@@ -326,3 +327,43 @@ def test_a_slow_log_opening_does_not_delay_the_acks_of_other_logs(make_config, s
     assert len(sealed) == stale_segments + 1 and all(sealed[:stale_segments])
     assert len(during) >= 30
     assert p99 < 0.1, f"acks of an open log waited on another log's opening: p99 {p99:.3f}s"
+
+
+def test_a_block_older_than_half_the_orphan_grace_is_never_committed(make_config, services):
+    """The GC race invariant: the orphan sweep may delete an uncommitted object once it is
+    retention.orphan_grace old, so the coordinator never commits a block uploaded more than
+    half that grace ago. etcd is blackholed after the writer opened: the block uploads, its
+    segment's creation waits; once etcd is back the block is too old and is failed (an
+    append whose commit was already under way is not this case: it was sent in time)."""
+    host, port = services["WOODPECKER_ETCD_ENDPOINTS"].split(",")[0].split(":")
+    grace = 2.0
+    with FaultProxy(host, int(port)) as proxy:
+        config = fault_config(
+            make_config,
+            "local",
+            etcd_endpoints=proxy.endpoint,
+            etcd_timeout=10.0,  # the stalled creation is one attempt that outlives the outage
+            retry_deadline=20.0,
+            retention_orphan_grace=grace,
+        )
+        with wp.Client(config) as client:
+            log = client.create_log("too-old")
+            with log.open_writer() as writer:
+                before = writer.write(b"before", timeout=30)  # the uploaders are up
+            wait_until(  # the last writer's close sealed segment 0
+                lambda: [s.state for s in log.segments()] == [SegmentState.SEALED],
+                10,
+                "segment 0 was not sealed",
+            )
+            with log.open_writer() as writer:
+                proxy.set(blackhole=True)
+                # the block uploads at once; creating its segment (the head of the log's
+                # timeline) waits for etcd
+                late = writer.write_async(b"uploaded, then waited for etcd")
+                time.sleep(grace / 2 + 0.5)
+                proxy.heal()
+                with pytest.raises(wp.StorageUnavailableError, match="orphan_grace"):
+                    late.result(timeout=30)
+                after = writer.write(b"after", timeout=30)
+            entries = read_back(log, stall=3.0)
+    assert [(m.id, m.payload) for m in entries] == [(before, b"before"), (after, b"after")]
