@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import multiprocessing
 import os
@@ -92,6 +93,43 @@ def test_bad_input_writes_nothing(make_config):
             client.open_log("../etc")
         with pytest.raises(wp.LogNotFoundError):
             client.open_log("missing")
+
+
+def test_size_boundaries_and_payload_types(make_config):
+    """An entry of exactly writer.max_entry_size, a batch larger than the arena, an empty
+    batch, a bytearray and a C-contiguous memoryview of wider items are written and read back
+    byte for byte; a non-contiguous memoryview is refused with TypeError, writing nothing."""
+    MiB = 1 << 20
+    config = make_config(
+        "local",
+        writer_arena_size=MiB,
+        writer_max_entry_size=256 * 1024,
+        writer_max_batch_bytes=256 * 1024,
+    )
+    limit = config.writer.max_entry_size
+    with wp.Client(config) as client:
+        log = client.open_log("sizes", create=True)
+        with log.open_writer() as w:
+            exact = w.write(b"m" * limit)
+            with pytest.raises(wp.EntryTooLargeError, match=f"max_entry_size={limit}"):
+                w.write(b"m" * (limit + 1))
+            assert w.write_batch([]) == []
+            big = [bytes([i]) * limit for i in range(10)]  # 2.5 MiB through a 1 MiB arena
+            ids = w.write_batch(big)
+            wide = array.array("i", range(1000))
+            typed = [w.write(bytearray(b"from a bytearray")), w.write(memoryview(wide))]
+            with pytest.raises(TypeError, match="C-contiguous"):
+                w.write(memoryview(b"abcdef")[::2])
+        assert len(ids) == len(big) and ids == sorted(ids)
+        assert [i.entry_id for i in ids] == list(range(ids[0].entry_id, ids[0].entry_id + 10))
+        messages = read_all(log, 1 + len(big) + 2)
+    assert [m.id for m in messages] == [exact, *ids, *typed]
+    assert [m.payload for m in messages] == [
+        b"m" * limit,
+        *big,
+        b"from a bytearray",
+        wide.tobytes(),
+    ]
 
 
 def test_many_threads_one_log(make_config, backend):
