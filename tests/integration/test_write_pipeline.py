@@ -96,9 +96,10 @@ def test_bad_input_writes_nothing(make_config):
 
 
 def test_size_boundaries_and_payload_types(make_config):
-    """An entry of exactly writer.max_entry_size, a batch larger than the arena, an empty
-    batch, a bytearray and a C-contiguous memoryview of wider items are written and read back
-    byte for byte; a non-contiguous memoryview is refused with TypeError, writing nothing."""
+    """An entry of exactly writer.max_entry_size, a batch larger than writer.max_batch_bytes,
+    an empty batch, a bytearray and a C-contiguous memoryview of wider items are written and
+    read back byte for byte; one byte more than the entry limit, a batch larger than the arena
+    and a non-contiguous memoryview are refused with a typed error, writing nothing."""
     MiB = 1 << 20
     config = make_config(
         "local",
@@ -114,14 +115,17 @@ def test_size_boundaries_and_payload_types(make_config):
             with pytest.raises(wp.EntryTooLargeError, match=f"max_entry_size={limit}"):
                 w.write(b"m" * (limit + 1))
             assert w.write_batch([]) == []
-            big = [bytes([i]) * limit for i in range(10)]  # 2.5 MiB through a 1 MiB arena
+            with pytest.raises(wp.EntryTooLargeError, match="does not fit the shared-memory arena"):
+                w.write_batch([bytes([i]) * limit for i in range(5)])  # 1.25 MiB, arena 1 MiB
+            big = [bytes([i]) * (200 * 1024) for i in range(3)]  # past max_batch_bytes
             ids = w.write_batch(big)
             wide = array.array("i", range(1000))
             typed = [w.write(bytearray(b"from a bytearray")), w.write(memoryview(wide))]
             with pytest.raises(TypeError, match="C-contiguous"):
                 w.write(memoryview(b"abcdef")[::2])
-        assert len(ids) == len(big) and ids == sorted(ids)
-        assert [i.entry_id for i in ids] == list(range(ids[0].entry_id, ids[0].entry_id + 10))
+        assert [(i.segment_id, i.entry_id) for i in ids] == [
+            (ids[0].segment_id, ids[0].entry_id + k) for k in range(3)
+        ]
         messages = read_all(log, 1 + len(big) + 2)
     assert [m.id for m in messages] == [exact, *ids, *typed]
     assert [m.payload for m in messages] == [
