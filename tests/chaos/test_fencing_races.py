@@ -1,6 +1,7 @@
 """Fencing races: several logstores fight over one log; a paused one must not come back.
 
-Each logstore (distinct ``logstore.socket``) is one writer session owner. In
+Each logstore (distinct ``logstore.socket``; on S3 a distinct ``storage.root`` too,
+sharing only etcd and the S3 prefix) is one writer session owner. In
 every round one producer per logstore opens the log at the same instant and
 keeps writing, reopening (and so preempting the others) whenever it is fenced.
 The history must hold; within a segment, every entry comes from one owner
@@ -60,6 +61,10 @@ def assert_epochs_never_go_back(log: wp.LogHandle) -> int:
 
 
 def fight_config(make_config, backend: str, unique: str, i: int, **overrides) -> Config:
+    """Logstore ``i`` of a fight. On S3 each has its own ``storage.root``, as on separate
+    hosts: only the shared etcd and S3 prefix can fence them."""
+    if backend == "s3":
+        overrides.setdefault("storage_root", f"{make_config(backend).storage.root}-{i}")
     return make_config(
         backend,
         logstore_socket=f"/tmp/wp-test-{unique}/ls{i}.sock",
