@@ -1,10 +1,13 @@
 """``Client``: the entry point — create, open, list and delete logs.
 
-A Client attaches to the logstore of its storage root (``logstore.socket``),
-launching the embedded one when none runs, so that every process on the host
-that writes through the same root shares one coordinator and uploader pool.
-Metadata reads go straight to etcd; when no etcd endpoints are configured the
-Client uses the embedded etcd that the logstore serves.
+A Client that writes attaches to the logstore of its deployment
+(``logstore.socket``, by default one socket per deployment under
+``storage.root``), launching the embedded one when none runs, so that every
+process on the host writing to the same deployment shares one coordinator and
+uploader pool. Before it writes or deletes anything it checks the deployment's
+claims (``woodpecker.deployment``). A Client that only reads never launches a
+logstore: metadata reads go straight to etcd, the embedded etcd of the storage
+root when no endpoints are configured.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from woodpecker import forking
 from woodpecker.config import Config
+from woodpecker.deployment import verify_deployment
 from woodpecker.errors import (
     ClientClosedError,
     ForkedClientError,
@@ -24,6 +28,7 @@ from woodpecker.errors import (
 )
 from woodpecker.log import LogHandle
 from woodpecker.meta import MetaStore
+from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.naming import validate_log_name
 from woodpecker.producer import ProducerLink
 from woodpecker.reader import LogReader
@@ -44,6 +49,8 @@ class Client:
         self._link: ProducerLink | None = None
         self._meta: MetaStore | None = None
         self._store: ObjectStore | None = None
+        self._etcd: EmbeddedEtcd | None = None
+        self._deployment_id: str | None = None
         self._readers: weakref.WeakSet[LogReader] = weakref.WeakSet()
         self._unusable: WoodpeckerError | None = None  # closed, or inherited through fork
         forking.track(self)
@@ -59,7 +66,7 @@ class Client:
 
     def _producer_link(self) -> ProducerLink:
         """The link to the logstore, reconnected (and relaunched) after it was lost."""
-        self._check()
+        self._verify_deployment()
         with self._lock:
             self._check()
             if self._link is None or not self._link.alive:
@@ -75,9 +82,19 @@ class Client:
             if self._meta is None:
                 endpoints = list(self.config.etcd.endpoints)
                 if not endpoints:
-                    endpoints = self._producer_link().etcd_endpoints
+                    self._etcd = EmbeddedEtcd(self.config.storage.root)
+                    endpoints = self._etcd.acquire()
                 self._meta = MetaStore(self.config, endpoints=endpoints)
             return self._meta
+
+    def _verify_deployment(self) -> str:
+        """Claim or check the deployment once, before this Client first writes or deletes."""
+        with self._lock:
+            if self._deployment_id is None:
+                self._deployment_id = verify_deployment(
+                    self.config, self._meta_store(), self._object_store()
+                )
+            return self._deployment_id
 
     def _object_store(self) -> ObjectStore:
         self._check()
@@ -90,6 +107,7 @@ class Client:
     def create_log(self, name: str) -> LogHandle:
         """Create a log; ``LogExistsError`` if the name is taken."""
         validate_log_name(name)
+        self._verify_deployment()
         record = self._meta_store().create_log(name)
         return LogHandle(self, record.name, record.log_id)
 
@@ -98,6 +116,7 @@ class Client:
         validate_log_name(name)
         meta = self._meta_store()
         if create:
+            self._verify_deployment()
             try:
                 record = meta.get_log(name)
             except LogNotFoundError:
@@ -120,6 +139,7 @@ class Client:
         deletes them as orphans once older than ``retention.orphan_grace``.
         """
         validate_log_name(name)
+        self._verify_deployment()
         record = self._meta_store().delete_log(name)
         for reader in list(self._readers):
             if reader.log_id == record.log_id:
@@ -152,6 +172,8 @@ class Client:
                 self._meta.close()
             if self._store is not None:
                 self._store.close()
+            if self._etcd is not None:
+                self._etcd.release()
 
     def __enter__(self) -> Client:
         return self

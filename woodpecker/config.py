@@ -172,7 +172,10 @@ class UploaderConfig:
 @dataclass
 class LogstoreConfig:
     socket: str = _opt(
-        "", "Unix socket of the logstore; empty means <storage.root>/logstore.sock.", kind="path"
+        "",
+        "Unix socket of the logstore; empty means <storage.root>/logstore-<fingerprint>.sock, "
+        "one per deployment (docs/deployment.md).",
+        kind="path",
     )
     idle_exit: float = _opt(
         10.0, "Seconds an embedded logstore lingers after its last client.", minimum=0.0
@@ -224,11 +227,12 @@ class LoggingConfig:
     )
     max_bytes: int = _opt(
         10 * _MiB,
-        "The embedded logstore's logstore.log is rotated past this size.",
+        "The embedded logstore's log (beside its socket, <socket name>.log) is rotated past "
+        "this size.",
         kind="size",
         minimum=_KiB,
     )
-    backups: int = _opt(3, "Rotated logstore.log files kept (logstore.log.1, ...).", minimum=1)
+    backups: int = _opt(3, "Rotated log files kept (<name>.log.1, ...).", minimum=1)
     repeat_interval: float = _opt(
         600.0,
         "Seconds during which a maintenance warning identical to one already logged is "
@@ -418,15 +422,18 @@ class Config:
 
     @property
     def logstore_socket(self) -> Path:
-        """Where the logstore of this storage root listens."""
+        """Where the logstore of this deployment listens: one socket per deployment, so two
+        configurations on one host never share a logstore."""
         if self.logstore.socket:
             return Path(self.logstore.socket)
-        return Path(self.storage.root) / "logstore.sock"
+        from woodpecker.deployment import Deployment
+
+        return Path(self.storage.root) / f"logstore-{Deployment.of(self).fingerprint}.sock"
 
     @property
     def logstore_log(self) -> Path:
-        """The embedded logstore's log file (rotated), beside its socket."""
-        return self.logstore_socket.with_name("logstore.log")
+        """The embedded logstore's log file (rotated), beside its socket and named after it."""
+        return self.logstore_socket.with_suffix(".log")
 
     @property
     def logstore_lock(self) -> Path:

@@ -70,6 +70,7 @@ class LogHandle:
         if not isinstance(mid, LogMessageId):
             raise TypeError(f"truncate takes a LogMessageId, not {mid!r}")
         mid.checked()
+        self._client._verify_deployment()
         lifecycle = Lifecycle(self._client._meta_store())
         point = lifecycle.truncate(self.log_id, self.name, mid.segment_id, mid.entry_id)
         return LogMessageId(point.segment_id, point.entry_id)

@@ -32,7 +32,13 @@ import orjson
 from shm import Arena, FrameReader, RingAllocator, send_msg
 from woodpecker import errors, forking
 from woodpecker.config import Config
-from woodpecker.errors import ForkedClientError, LogstoreUnavailableError, WoodpeckerError
+from woodpecker.deployment import Deployment
+from woodpecker.errors import (
+    ConfigError,
+    ForkedClientError,
+    LogstoreUnavailableError,
+    WoodpeckerError,
+)
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.message import LogMessageId
 from woodpecker.private_files import make_private_dirs, private_opener
@@ -176,9 +182,8 @@ def _logstore_alive(config: Config) -> bool:
 
 def launch_logstore(config: Config) -> None:
     """Start the embedded logstore in the background (it outlives this process)."""
-    root = config.logstore_socket.parent
-    make_private_dirs(root)
-    log_file = open(root / "logstore.log", "ab", opener=private_opener)  # noqa: SIM115 - handed to the child
+    make_private_dirs(config.logstore_socket.parent)
+    log_file = open(config.logstore_log, "ab", opener=private_opener)  # noqa: SIM115 - handed to the child
     with log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.logstore", "--embedded"],
@@ -218,7 +223,7 @@ def connect_logstore(config: Config) -> socket.socket:
                     if time.monotonic() > deadline:
                         raise LogstoreUnavailableError(
                             f"no logstore answers at {path} after {CONNECT_TIMEOUT:.0f}s ({e}); "
-                            f"see {config.logstore_socket.parent / 'logstore.log'}"
+                            f"see {config.logstore_log}"
                         ) from None
                     time.sleep(0.05)
         finally:
@@ -246,7 +251,6 @@ class ProducerLink:
             self.arena.close()
             raise
         self.producer_id: int = welcome["producer_id"]
-        self.etcd_endpoints: list[str] = welcome["etcd_endpoints"]
         self._thread = threading.Thread(target=self._receive, name="woodpecker-acks", daemon=True)
         self._thread.start()
         self.forked = False
@@ -270,24 +274,28 @@ class ProducerLink:
         self.replies.clear()
 
     def _attach(self) -> tuple[socket.socket, dict]:
-        """Connect and hand over the arena; retried, since a logstore may be exiting idle."""
+        """Connect and hand over the arena; retried, since a logstore may be exiting idle.
+
+        Both sides check the handshake: the logstore refuses a producer of another
+        protocol version or deployment, and the producer refuses a logstore whose
+        WELCOME does not name its own (an older logstore does not check).
+        """
+        deployment = Deployment.of(self.config)
+        hello = protocol.hello(os.getpid(), self.arena.size, deployment)
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while True:
             sock = connect_logstore(self.config)
             self._reader = FrameReader()
             try:
-                send_msg(
-                    sock,
-                    protocol.encode(
-                        protocol.HELLO, {"pid": os.getpid(), "arena_size": self.arena.size}
-                    ),
-                    [self.arena.fd],
-                )
+                send_msg(sock, hello, [self.arena.fd])
                 sock.settimeout(CONNECT_TIMEOUT)
                 while True:
                     for frame, _ in self._reader.feed_from(sock):
                         kind, body = protocol.decode(frame)
+                        if kind == protocol.REFUSED:
+                            raise error_from(body["error"], body["message"])
                         if kind == protocol.WELCOME:
+                            self._check_welcome(body, deployment)
                             sock.settimeout(None)
                             return sock, body
             except (OSError, EOFError, ConnectionError) as e:
@@ -295,6 +303,24 @@ class ProducerLink:
                 if time.monotonic() > deadline:
                     raise LogstoreUnavailableError(f"logstore handshake failed: {e}") from None
                 time.sleep(0.05)
+            except BaseException:
+                sock.close()
+                raise
+
+    def _check_welcome(self, welcome: dict, deployment: Deployment) -> None:
+        where = f"the logstore at {self.config.logstore_socket}"
+        if welcome.get("protocol", 1) != protocol.VERSION:
+            raise LogstoreUnavailableError(
+                f"{where} (pid {welcome.get('pid', 'unknown')}) speaks protocol "
+                f"{welcome.get('protocol', 1)}, this client speaks {protocol.VERSION}: run the "
+                "same Woodpecker version on both sides (stop the logstore to upgrade it)"
+            )
+        if welcome.get("deployment") != deployment.fingerprint:
+            raise ConfigError(
+                f"{where} serves {welcome.get('serves')}, but this client is configured for "
+                f"{deployment}: set logstore.socket to the logstore of this client's "
+                "deployment, or leave it empty to use the embedded one"
+            )
 
     @property
     def alive(self) -> bool:

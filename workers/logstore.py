@@ -32,6 +32,7 @@ import orjson
 
 from shm import FrameReader, FrameWriter, send_msg
 from woodpecker.config import Config
+from woodpecker.deployment import Deployment, verify_deployment
 from woodpecker.errors import WoodpeckerError
 from woodpecker.meta import MetaStore
 from woodpecker.meta.embedded import EmbeddedEtcd
@@ -91,6 +92,17 @@ class Logstore:
             endpoints = self._etcd.acquire()
         self.etcd_endpoints = endpoints
         self.meta = MetaStore(config, endpoints=endpoints)
+        self.deployment = Deployment.of(config)
+        store = open_store(config)
+        try:
+            verify_deployment(config, self.meta, store)  # before anything is written
+        except BaseException:
+            store.close()
+            self.meta.close()
+            if self._etcd is not None:
+                self._etcd.release()
+            self._lock.close()
+            raise
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -107,7 +119,7 @@ class Logstore:
             Outbox(dispatch=self._dispatch, ack=self._ack, nack=self._nack, wake=self._wake),
         )
         # retention, GC and compaction run here whether or not any writer is open
-        self.store = open_store(config)
+        self.store = store
         self.maintenance = Maintenance(
             config, self.meta, metrics.MeteredStore(self.store, metrics.count_object_request)
         )
@@ -302,6 +314,12 @@ class Logstore:
         if os.fstat(fds[0]).st_size < body["arena_size"]:
             os.close(fds[0])
             raise ValueError("the arena fd is smaller than the size the producer claims")
+        refusal = self._refusal(body)
+        if refusal is not None:
+            os.close(fds[0])
+            self._send(pid, protocol.encode(protocol.REFUSED, refusal))
+            self._producer_gone(pid)
+            return
         p.pid, p.arena_size, p.arena_fd = body["pid"], body["arena_size"], fds[0]
         for up in self.uploaders:
             self._to_uploader(
@@ -310,9 +328,36 @@ class Logstore:
         self._send(
             pid,
             protocol.encode(
-                protocol.WELCOME, {"producer_id": pid, "etcd_endpoints": self.etcd_endpoints}
+                protocol.WELCOME,
+                {
+                    "producer_id": pid,
+                    "protocol": protocol.VERSION,
+                    "deployment": self.deployment.fingerprint,
+                    "serves": str(self.deployment),
+                    "pid": os.getpid(),
+                },
             ),
         )
+
+    def _refusal(self, hello: dict) -> dict | None:
+        """Why a producer may not attach: another protocol version, or another deployment."""
+        version = hello.get("protocol", 1)
+        if version != protocol.VERSION:
+            return {
+                "error": "LogstoreUnavailableError",
+                "message": f"the logstore at {self.socket_path} (pid {os.getpid()}) speaks "
+                f"protocol {protocol.VERSION}, this client speaks {version}: run the same "
+                "Woodpecker version on both sides (stop the logstore to upgrade it)",
+            }
+        if hello.get("deployment") != self.deployment.fingerprint:
+            return {
+                "error": "ConfigError",
+                "message": f"the logstore at {self.socket_path} serves {self.deployment}, but "
+                f"this client is configured for {hello.get('describes')}: set "
+                "logstore.socket to the logstore of this client's deployment, or leave it "
+                "empty to use the embedded one",
+            }
+        return None
 
     def _control(self, pid: int, kind: int, body: dict) -> None:
         req = body.get("req")
@@ -491,7 +536,12 @@ def serve(config: Config, *, embedded: bool) -> int:
         return 1
     if port:
         log.info("serving Prometheus metrics on http://%s:%d/metrics", config.metrics.host, port)
-    log.info("serving %s (etcd %s)", store.socket_path, ",".join(store.etcd_endpoints))
+    log.info(
+        "serving %s for %s (etcd at %s)",
+        store.socket_path,
+        store.deployment,
+        ",".join(store.etcd_endpoints),
+    )
     store.run()
     return 0
 

@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from woodpecker.config import Config
+from woodpecker.deployment import verify_deployment
 from woodpecker.errors import CorruptedDataError, WoodpeckerError
 from woodpecker.format import checksum, decode_block, decode_messages, encode_file
 from woodpecker.meta import (
@@ -188,7 +189,11 @@ class Maintenance:
         """One pass over every log at wall-clock time ``now``; ``dry_run`` changes nothing.
 
         ``sweep`` includes the orphan sweep, which lists every object of the store.
+        Raises ``ConfigError`` before touching anything when the deployment's claims
+        disagree: etcd and the store then belong to different deployments, and every
+        object of the other one would look like an orphan.
         """
+        verify_deployment(self.config, self.meta, self.store, claim=not dry_run)
         report = MaintenanceReport(time.time() if now is None else now, dry_run)
         logs = self._step(report, "list logs", self.lifecycle.logs) or []
         for record in logs:

@@ -13,16 +13,26 @@ from typing import Any
 
 import orjson
 
+from woodpecker.deployment import Deployment
+
+VERSION = 2
+"""The protocol spoken between a producer and its logstore (docs/logstore-protocol.md).
+
+Version 1 (unversioned) had no deployment check; a peer speaking another version
+is refused at the handshake, never half-understood.
+"""
+
 # producer -> logstore
-HELLO = 1  # orjson {pid, arena_size} + arena fd
+HELLO = 1  # orjson {pid, arena_size, protocol, deployment, describes} + arena fd
 OPEN_LOG = 2  # orjson {req, name, log_id}
 CLOSE_LOG = 3  # orjson {req, log_id}
 BATCH = 4  # struct BATCH_FMT
 # logstore -> producer
-WELCOME = 10  # orjson {producer_id, etcd_endpoints}
+WELCOME = 10  # orjson {producer_id, protocol, deployment, serves, pid}
 REPLY = 11  # orjson {req, ok, error, message}
 ACK = 12  # struct ACK_FMT
 NACK = 13  # struct NACK_HEAD + orjson {error, message}
+REFUSED = 14  # orjson {error, message}: the HELLO was refused, the connection closes
 # coordinator -> uploader
 ARENA = 20  # struct "<Q" producer id + arena fd (and arena size)
 DROP_ARENA = 21  # struct "<Q" producer id
@@ -45,6 +55,20 @@ DROP_FMT = struct.Struct("<BQ")
 def encode(kind: int, body: dict[str, Any]) -> bytes:
     """A control message: type byte + orjson body."""
     return bytes((kind,)) + orjson.dumps(body)
+
+
+def hello(pid: int, arena_size: int, deployment: Deployment) -> bytes:
+    """A producer's HELLO: who it is, its arena, and what it expects the logstore to serve."""
+    return encode(
+        HELLO,
+        {
+            "pid": pid,
+            "arena_size": arena_size,
+            "protocol": VERSION,
+            "deployment": deployment.fingerprint,
+            "describes": str(deployment),
+        },
+    )
 
 
 def decode(frame: bytes) -> tuple[int, dict[str, Any]]:

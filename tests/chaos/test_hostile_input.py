@@ -30,6 +30,7 @@ import woodpecker as wp
 from chaos.processes import logstore_pid, wait_logstore
 from chaos.scale import pick
 from shm import MAX_FRAME, Arena, FrameReader, send_msg
+from woodpecker.deployment import Deployment
 from woodpecker.format import write_batch_message
 from woodpecker.meta import MetaStore
 from woodpecker.meta.records import (
@@ -62,7 +63,7 @@ class RawProducer:
         self.sock.settimeout(10)
         self.arena = Arena.create(1 << 20)
         self.reader = FrameReader()
-        self.send(protocol.encode(protocol.HELLO, {"pid": os.getpid(), "arena_size": 1 << 20}))
+        self.send(protocol.hello(os.getpid(), 1 << 20, Deployment.of(config)))
         assert self.receive()[0] == protocol.WELCOME
 
     def send(self, frame: bytes) -> None:

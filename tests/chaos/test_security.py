@@ -65,7 +65,7 @@ def everything_said(error: BaseException | None, config: Config, caplog) -> str:
     """All text an operator could see: the error, logs, process command lines and environments."""
     texts = [] if error is None else ["".join(traceback.format_exception(error)), repr(error)]
     texts += [r.getMessage() for r in caplog.records]
-    log_file = config.logstore_socket.parent / "logstore.log"
+    log_file = config.logstore_log
     if log_file.exists():
         texts.append(log_file.read_text(errors="replace"))
     for pid in family([os.getpid()]):  # our processes (servers, started with secrets, aside)

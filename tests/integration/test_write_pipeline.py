@@ -7,13 +7,13 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from chaos.faultproxy import FaultProxy
 
 import woodpecker as wp
 from woodpecker.config import Config
@@ -277,14 +277,28 @@ def test_logstore_killed_then_recovered(make_config, backend):
         assert payloads[-1] == b"after-crash"
 
 
-def test_backend_down_fails_appends(make_config):
+def test_backend_down_fails_appends(make_config, services):
+    host, port = services["WOODPECKER_S3_ENDPOINT"].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        config = make_config("s3", s3_endpoint=proxy.endpoint, retry_deadline=1.0, s3_timeout=0.5)
+        with wp.Client(config) as client:
+            log = client.create_log("no-backend")  # claims the deployment: S3 still answers
+            with log.open_writer() as w, pytest.raises(wp.StorageUnavailableError):
+                proxy.set(refuse=True)
+                proxy.reset_all()
+                w.write(b"never durable", timeout=30)
+            with log.open_reader(wp.EARLIEST) as r:
+                assert r.read_next(timeout=0.5) is None
+
+
+def test_backend_down_fails_before_writing(make_config):
+    """The deployment's claim lives in storage too: a writing client whose backend is
+    down fails (typed, within the retry deadline) before it changes anything."""
     config = make_config("s3", s3_endpoint="127.0.0.1:1", retry_deadline=1.0, s3_timeout=0.5)
     with wp.Client(config) as client:
-        log = client.create_log("no-backend")
-        with log.open_writer() as w, pytest.raises(wp.StorageUnavailableError):
-            w.write(b"never durable", timeout=30)
-        with log.open_reader(wp.EARLIEST) as r:
-            assert r.read_next(timeout=0.5) is None
+        with pytest.raises(wp.StorageUnavailableError):
+            client.create_log("no-backend")
+        assert client.list_logs() == []
 
 
 def _arena_fds() -> list[str]:
@@ -379,24 +393,22 @@ def test_sigterm_drains_and_exits(make_config):
         assert states and all(s is SegmentState.SEALED for s in states), states
 
 
-def test_full_arena_applies_backpressure_then_times_out(make_config):
-    # an S3 endpoint that accepts connections and never answers: uploads stall
-    blackhole = socket.socket()
-    blackhole.bind(("127.0.0.1", 0))
-    blackhole.listen(64)
-    port = blackhole.getsockname()[1]
-    config = make_config(
-        "s3",
-        s3_endpoint=f"127.0.0.1:{port}",
-        s3_timeout=3.0,
-        retry_deadline=4.0,
-        writer_arena_size="1MiB",
-        writer_append_timeout=0.5,
-    )
-    try:
+def test_full_arena_applies_backpressure_then_times_out(make_config, services):
+    host, port = services["WOODPECKER_S3_ENDPOINT"].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        config = make_config(
+            "s3",
+            s3_endpoint=proxy.endpoint,
+            s3_timeout=3.0,
+            retry_deadline=4.0,
+            writer_arena_size="1MiB",
+            writer_append_timeout=0.5,
+        )
         with wp.Client(config) as client:
-            log = client.create_log("backpressure")
+            log = client.create_log("backpressure")  # claims the deployment: S3 still answers
             with log.open_writer() as w:
+                # S3 now accepts connections and never answers: uploads stall
+                proxy.set(blackhole=True)
                 futures = []
                 start = time.monotonic()
                 with pytest.raises(wp.BackpressureTimeout):
@@ -406,8 +418,6 @@ def test_full_arena_applies_backpressure_then_times_out(make_config):
                 for f in futures:  # nothing is acked that is not durable
                     with pytest.raises(wp.StorageUnavailableError):
                         f.result(30)
-    finally:
-        blackhole.close()
 
 
 def test_large_block_uses_parallel_multipart(make_config, backend):

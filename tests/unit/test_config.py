@@ -65,7 +65,8 @@ def test_defaults() -> None:
     assert c.writer.max_entry_size == 16 * MiB
     assert c.writer.arena_size == 64 * MiB
     assert c.uploader.part_size == 8 * MiB
-    assert c.logstore_socket == Path(c.storage.root) / "logstore.sock"
+    assert c.logstore_socket.parent == Path(c.storage.root)
+    assert c.logstore_socket.name.startswith("logstore-")
 
 
 def test_list_default_is_not_shared_between_configs() -> None:
@@ -81,7 +82,29 @@ def test_config_errors_are_woodpecker_errors() -> None:
 def test_logstore_socket_explicit() -> None:
     c = Config(env={}, logstore_socket="/tmp/x.sock", storage_root="/srv/wp")
     assert c.logstore_socket == Path("/tmp/x.sock")
-    assert Config(env={}, storage_root="/srv/wp").logstore_socket == Path("/srv/wp/logstore.sock")
+    assert Config(env={}, storage_root="/srv/wp").logstore_socket.parent == Path("/srv/wp")
+
+
+def test_default_socket_is_per_deployment() -> None:
+    """Two configurations differing in any place of their deployment get two sockets."""
+
+    def socket(**kw: object) -> Path:
+        kw.setdefault("storage_root", "/srv/wp")
+        return Config(env={}, **kw).logstore_socket
+
+    embedded = socket()
+    s3 = socket(storage_type="s3", etcd_endpoints="10.0.0.1:2379")
+    assert (
+        len(
+            {embedded, s3, socket(storage_type="s3", etcd_endpoints="10.0.0.1:2379", s3_prefix="b")}
+        )
+        == 3
+    )
+    assert socket(etcd_prefix="/other") != embedded
+    assert socket(storage_root="/srv/wp/") == embedded  # same place, same socket
+    assert socket(etcd_endpoints="b:1,a:2") == socket(etcd_endpoints="a:2,b:1")
+    # settings that do not change where metadata and data live keep the socket
+    assert socket(writer_arena_size="2MiB", s3_prefix="ignored-for-local") == embedded
 
 
 # --------------------------------------------------------------------------- layering

@@ -48,13 +48,14 @@ def test_log_file_is_rotated_bounded_and_owner_only(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    files = sorted(p.name for p in tmp_path.glob("logstore.log*"))
-    assert files == ["logstore.log", "logstore.log.1", "logstore.log.2"]
+    log = Config(env={}, storage_root=str(tmp_path)).logstore_log.name
+    files = sorted(p.name for p in tmp_path.glob(f"{log}*"))
+    assert files == [log, f"{log}.1", f"{log}.2"]
     for name in files:
         path = tmp_path / name
         assert path.stat().st_size <= 4096 + 200, name
         assert path.stat().st_mode & 0o777 == 0o600, name
-    current = (tmp_path / "logstore.log").read_text()
+    current = (tmp_path / log).read_text()
     assert "line 1999" in current
     assert "stray stderr after rotations" in current  # stderr followed the last rotation
 

@@ -19,6 +19,11 @@ class Keys:
         self.root = prefix.rstrip("/")
 
     @property
+    def deployment(self) -> str:
+        """The etcd side of the deployment claim (see ``woodpecker.deployment``)."""
+        return f"{self.root}/deployment"
+
+    @property
     def log_idgen(self) -> str:
         """Counter holding the last log id handed out."""
         return f"{self.root}/idgen/log"
