@@ -227,8 +227,8 @@ class LoggingConfig:
     )
     max_bytes: int = _opt(
         10 * _MiB,
-        "The embedded logstore's log (beside its socket, <socket name>.log) is rotated past "
-        "this size.",
+        "The embedded logstore's log (its socket's path, .sock replaced by .log) is rotated "
+        "past this size.",
         kind="size",
         minimum=_KiB,
     )

@@ -91,7 +91,7 @@ def test_quickstart_after_an_s3_application_on_the_same_host(
             timeout=120,
         )
         assert run.returncode == 0, run.stderr
-        assert "all entries read back and verified" in run.stdout
+        assert "all 202 entries read back and verified" in run.stdout
         assert logstore_pid(s3_app) == s3_logstore, "the S3 application's logstore was disturbed"
         assert payloads_of(client, "app-s3") == [b"hello-s3"]
         assert client.list_logs() == ["app-s3"], "the quickstart's logs went to the S3 etcd"

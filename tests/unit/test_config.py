@@ -609,7 +609,9 @@ def test_cli_config_says_how_etcd_is_reached(
         f"embedded etcd at unix://{tmp_path}/etcd/client.sock:0: Unix sockets only "
         "(client and peer) in an owner-only directory, no TCP listener"
     )
-    assert resolved["logstore_socket"] == f"{tmp_path}/logstore.sock"
+    assert resolved["logstore_socket"] == str(
+        Config(env={}, storage_root=str(tmp_path)).logstore_socket
+    )
 
     monkeypatch.setenv("WOODPECKER_ETCD_ENDPOINTS", "etcd1:2379,etcd2:2379")
     monkeypatch.setenv("WOODPECKER_ETCD_USER", "wal")

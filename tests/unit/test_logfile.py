@@ -76,7 +76,10 @@ def test_json_format_writes_one_object_per_line(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    lines = [orjson.loads(x) for x in (tmp_path / "logstore.log").read_text().splitlines()]
+    lines = [
+        orjson.loads(x)
+        for x in Config(env={}, storage_root=str(tmp_path)).logstore_log.read_text().splitlines()
+    ]
     assert lines[0]["level"] == "WARNING"
     assert lines[0]["logger"] == "woodpecker.coordinator"
     assert lines[0]["message"] == "block 7 failed"
@@ -121,11 +124,12 @@ def test_configure_logging_rate_limits_the_maintenance_logger(tmp_path: Path) ->
         """,
         tmp_path,
     )
-    text = (tmp_path / "logstore.log").read_text()
+    text = Config(env={}, storage_root=str(tmp_path)).logstore_log.read_text()
     assert text.count("maintenance: pass failed") == 1
     assert text.count("uploader exited") == 5
 
 
 def test_logstore_log_sits_beside_the_socket(tmp_path: Path) -> None:
     config = Config(env={}, storage_root=str(tmp_path))
-    assert config.logstore_log == tmp_path / "logstore.log"
+    assert config.logstore_log == config.logstore_socket.with_suffix(".log")
+    assert config.logstore_log.parent == tmp_path
