@@ -223,16 +223,21 @@ def test_claims_agree_on_both_sides(make_config: ConfigFactory, backend: str) ->
         assert etcd_claim["etcd"] == marker["etcd"] == here.etcd
 
 
+def written_without_claims(config: wp.Config, payload: bytes) -> None:
+    """A log ``orders`` holding ``payload``, as a version without claims leaves it."""
+    with wp.Client(config) as client:
+        write(client, "orders", [payload])
+    with MetaStore(config) as meta, open_store(config) as store:
+        meta.etcd.call("t", lambda c: c.delete(meta.keys.deployment))
+        store.delete_many([MARKER_KEY])
+
+
 def test_an_unclaimed_deployment_is_claimed_on_upgrade(
     make_config: ConfigFactory, backend: str
 ) -> None:
     """Data written by a version without claims: the first use claims it, reads go on."""
     config = make_config(backend)
-    with wp.Client(config) as client:
-        write(client, "orders", [b"old"])
-    with MetaStore(config) as meta, open_store(config) as store:
-        meta.etcd.call("t", lambda c: c.delete(meta.keys.deployment))
-        store.delete_many([MARKER_KEY])
+    written_without_claims(config, b"old")
     with wp.Client(config) as client:
         write(client, "orders", [b"new"])
         assert payloads_of(client, "orders") == [b"old", b"new"]
@@ -247,11 +252,7 @@ def test_foreign_unclaimed_data_is_refused(
     """A store holding objects, no claims, and an etcd prefix that never created a log:
     the data belongs to a deployment whose metadata lives elsewhere."""
     a = make_config(backend)
-    with wp.Client(a) as client:
-        write(client, "orders", [b"a"])
-    with MetaStore(a) as meta, open_store(a) as store:
-        meta.etcd.call("t", lambda c: c.delete(meta.keys.deployment))
-        store.delete_many([MARKER_KEY])
+    written_without_claims(a, b"a")
     b = make_config(backend, etcd_prefix=f"/wp-b/{unique}")
     with MetaStore(b) as meta, open_store(b) as store:
         with pytest.raises(ConfigError, match="already holds objects"):
