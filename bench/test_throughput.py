@@ -65,23 +65,35 @@ def parent() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", params=["local", "s3"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def ceiling_space(backend: str, parent: Path) -> Iterator[Scratch]:
+    """Where the raw ceilings of a backend are measured (apart from any log's data)."""
+    with scratch(backend, parent) as space:
+        yield space
+
+
 @dataclass
 class Pipeline:
-    """One backend's running pipeline and the place its ceiling is measured."""
+    """A running pipeline of one backend and the place its ceiling is measured."""
 
     client: Client
     space: Scratch
     ceiling_space: Scratch
 
 
-@pytest.fixture(scope="module", params=["local", "s3"])
-def pipeline(request: pytest.FixtureRequest, parent: Path) -> Iterator[Pipeline]:
-    """A logstore (started before any round, stopped with SIGTERM after the last) and a
-    Client attached to it, in a private storage root, etcd prefix and S3 prefix."""
-    backend = request.param
+@pytest.fixture
+def pipeline(backend: str, parent: Path, ceiling_space: Scratch) -> Iterator[Pipeline]:
+    """A logstore of its own for each benchmark (started before its rounds, stopped with
+    SIGTERM after them, so no earlier benchmark's maintenance, such as compacting its
+    sealed segments, runs during these rounds) and a Client attached to it, in a private
+    storage root, etcd prefix and S3 prefix."""
     with (
         scratch(backend, parent) as space,
-        scratch(backend, parent) as ceiling_space,
         Logstore(space.config),
         Client(space.config) as client,
     ):
@@ -223,10 +235,10 @@ def test_write_1kib_latency(benchmark: BenchmarkFixture, pipeline: Pipeline) -> 
 
 
 @pytest.fixture(scope="module")
-def sealed_log(pipeline: Pipeline, parent: Path) -> Iterator[tuple[Client, Scratch]]:
+def sealed_log(backend: str, parent: Path) -> Iterator[tuple[Client, Scratch]]:
     """60,000 x 1 KiB entries in a log whose segments are all sealed: written through its
     own logstore, which seals them when it is stopped (SIGTERM)."""
-    with scratch(pipeline.space.backend, parent) as space:
+    with scratch(backend, parent) as space:
         with Logstore(space.config) as logstore, Client(space.config) as writer_client:
             writer = writer_client.open_log("sealed", create=True).open_writer()
             payload = os.urandom(KiB)
@@ -241,7 +253,7 @@ def sealed_log(pipeline: Pipeline, parent: Path) -> Iterator[tuple[Client, Scrat
 
 
 def test_read_sealed_1kib(
-    benchmark: BenchmarkFixture, pipeline: Pipeline, sealed_log: tuple[Client, Scratch]
+    benchmark: BenchmarkFixture, ceiling_space: Scratch, sealed_log: tuple[Client, Scratch]
 ) -> None:
     """``read_batch`` from ``EARLIEST`` over a sealed log of 60,000 x 1 KiB entries; its local
     files are evicted from the page cache before each round. The ceiling reads block-sized
@@ -270,5 +282,5 @@ def test_read_sealed_1kib(
     workload = Workload(count, count * KiB, run, check, prepare)
     config = space.config
     shape = Shape("read", config.uploader.max_block_bytes, 1, max(1, config.reader.read_ahead))
-    ceiling = PairedCeiling(pipeline.ceiling_space, shape, where="read-ceiling")
+    ceiling = PairedCeiling(ceiling_space, shape, where="read-ceiling")
     measure(benchmark, workload, ceiling, "read_batch 60,000 x 1 KiB from a sealed log")
