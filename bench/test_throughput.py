@@ -36,7 +36,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 ROUNDS = 5
 ACK_TIMEOUT = 60.0
-SEALED_ENTRIES = 60_000  # the sealed log: 60,000 x 1 KiB entries
+SEALED_ENTRIES = 250_000  # the sealed log: 250,000 x 1 KiB entries (rounds of ~0.5 s)
 READ_BATCH = 10_000
 
 
@@ -236,7 +236,7 @@ def test_write_1kib_latency(benchmark: BenchmarkFixture, pipeline: Pipeline) -> 
 
 @pytest.fixture(scope="module")
 def sealed_log(backend: str, parent: Path) -> Iterator[tuple[Client, Scratch]]:
-    """60,000 x 1 KiB entries in a log whose segments are all sealed: written through its
+    """250,000 x 1 KiB entries in a log whose segments are all sealed: written through its
     own logstore, which seals them when it is stopped (SIGTERM)."""
     with scratch(backend, parent) as space:
         with Logstore(space.config) as logstore, Client(space.config) as writer_client:
@@ -255,7 +255,7 @@ def sealed_log(backend: str, parent: Path) -> Iterator[tuple[Client, Scratch]]:
 def test_read_sealed_1kib(
     benchmark: BenchmarkFixture, ceiling_space: Scratch, sealed_log: tuple[Client, Scratch]
 ) -> None:
-    """``read_batch`` from ``EARLIEST`` over a sealed log of 60,000 x 1 KiB entries; its local
+    """``read_batch`` from ``EARLIEST`` over a sealed log of 250,000 x 1 KiB entries; its local
     files are evicted from the page cache before each round. The ceiling reads block-sized
     objects ``reader.read_ahead`` wide, also from the device."""
     client, space = sealed_log
@@ -267,20 +267,21 @@ def test_read_sealed_1kib(
             drop_tree_cache(space.root)
         return (log.open_reader(EARLIEST),)
 
-    def run(reader: Any) -> int:
+    def run(reader: Any) -> tuple[Any, int]:
         read = 0
-        with reader:
-            while read < count:
-                batch = reader.read_batch(READ_BATCH, timeout=ACK_TIMEOUT)
-                assert batch is not None, f"read_batch timed out after {read} entries"
-                read += batch.num_rows
-        return read
+        while read < count:
+            batch = reader.read_batch(READ_BATCH, timeout=ACK_TIMEOUT)
+            assert batch is not None, f"read_batch timed out after {read} entries"
+            read += batch.num_rows
+        return reader, read
 
-    def check(read: int) -> None:
+    def check(outcome: tuple[Any, int]) -> None:
+        reader, read = outcome
+        reader.close()  # deregistering the reader is not part of reading
         assert read == count, f"read {read} of {count} entries"
 
     workload = Workload(count, count * KiB, run, check, prepare)
     config = space.config
     shape = Shape("read", config.uploader.max_block_bytes, 1, max(1, config.reader.read_ahead))
     ceiling = PairedCeiling(ceiling_space, shape, where="read-ceiling")
-    measure(benchmark, workload, ceiling, "read_batch 60,000 x 1 KiB from a sealed log")
+    measure(benchmark, workload, ceiling, "read_batch 250,000 x 1 KiB from a sealed log")
