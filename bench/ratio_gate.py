@@ -2,9 +2,9 @@
 relative to the ceiling measured in its own minutes.
 
 pytest-benchmark's ``--benchmark-compare-fail`` compares raw times with the saved
-baseline. On a shared machine raw times move with the load: two unchanged runs here
-differed by up to 2.8x in the median round of a disk-bound workload, because the disk
-itself was slower. The throughput runs (``test_throughput.py``) also store
+baseline. On a shared machine raw times move with the load: unchanged runs here differed
+by up to 2.8x in the median round of a disk-bound workload, because the disk itself was
+slower. The throughput runs (``test_throughput.py``) also store
 ``pct_of_ceiling`` in ``extra_info``: Woodpecker's rate over the raw backend's, measured
 right after each round for as long as it. A slower pipeline shows in both figures; a
 slower machine mostly in the raw one. So whenever a run is compared with
