@@ -201,7 +201,10 @@ class RetentionConfig:
 @dataclass
 class CompactionConfig:
     target_bytes: int = _opt(
-        64 * _MiB, "Size of the objects sealed segments are merged into.", kind="size", minimum=_KiB
+        64 * _MiB,
+        "Size of the Arrow IPC files finished segments are compacted into.",
+        kind="size",
+        minimum=_KiB,
     )
     min_blocks: int = _opt(8, "Compact a sealed segment only from this many blocks.", minimum=2)
     chunk_bytes: int = _opt(

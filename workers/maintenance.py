@@ -67,7 +67,7 @@ class ActionKind(enum.StrEnum):
     TRUNCATE = "truncate-segment"  # SEALED -> TRUNCATED
     HOLD = "held-by-reader"  # deletion postponed: a live reader still needs the segment
     DELETE_SEGMENT = "delete-segment"  # metadata deleted, objects pending
-    COMPACT = "compact-segment"  # blocks merged, old objects pending
+    COMPACT = "compact-segment"  # blocks rewritten into IPC files + an index, old objects pending
     DELETE_OBJECTS = "delete-objects"  # a PendingDeletion carried out
     DELETE_ORPHANS = "delete-orphans"  # unreferenced objects past the grace
     ABORT_UPLOADS = "abort-uploads"  # multipart uploads left open past the grace

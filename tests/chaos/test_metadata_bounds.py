@@ -10,6 +10,7 @@ commits after about 40,000 sync writes (``docs/metadata.md``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -18,9 +19,12 @@ import pytest
 import woodpecker as wp
 from chaos.scale import pick
 from chaos.services import EtcdCluster
+from woodpecker.doctor import run_doctor
 from woodpecker.errors import MetadataUnavailableError, WoodpeckerError
 from woodpecker.meta import MetaStore
-from woodpecker.meta.space import etcd_space
+from woodpecker.meta.space import NOSPACE_RECOVERY, etcd_space
+from woodpecker.storage import open_store
+from workers.maintenance import Maintenance
 
 MiB = 1 << 20
 PAYLOAD = b"x" * 1024
@@ -44,6 +48,7 @@ def bounded_config(make_config, etcd: EtcdCluster, **overrides: object):
     return make_config("local", **settings)
 
 
+@pytest.mark.timeout(pick(600, 0))  # ~130 s here; 1M writes (--long) take about 40 minutes
 def test_etcd_with_a_24_mib_quota_takes_60k_sync_writes_with_periodic_truncation(
     make_config, tmp_path
 ):
@@ -146,6 +151,10 @@ def test_after_etcd_raised_nospace_writes_resume_once_space_is_freed(make_config
             space = etcd_space(meta.etcd)
             assert space.alarms == ("NOSPACE",)
             print(f"\nNOSPACE after {len(acked)} acknowledged writes: {space.describe()}")
+            report = run_doctor(config)
+            assert not report.ok and report.facts["etcd_alarms"] == "NOSPACE"
+            assert "etcd raised alarm NOSPACE" in report.error
+            assert all(command in report.error for command in NOSPACE_RECOVERY)
 
             # free space, then the recovery docs/metadata.md gives: compact, defragment, disarm
             meta.etcd.call("test", lambda c: c.delete_prefix("/junk/"))
@@ -169,6 +178,46 @@ def test_after_etcd_raised_nospace_writes_resume_once_space_is_freed(make_config
                 )
             )
             assert read == [(*mid, payload) for mid, payload in acked], "nothing acked is lost"
+        meta.close()
+    finally:
+        etcd.close()
+
+
+def test_maintenance_warns_once_per_crossing_of_80_percent_of_the_quota(
+    make_config, tmp_path, caplog
+):
+    etcd = EtcdCluster(tmp_path / "etcd", flags={"--quota-backend-bytes": str(4 * MiB)})
+    try:
+        config = make_config("local", etcd_endpoints=etcd.endpoints)
+        meta = MetaStore(config)
+        maintenance = Maintenance(config, meta, open_store(config))
+
+        def warnings_after_passes(passes: int) -> list[str]:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="woodpecker.etcd_space"):
+                for _ in range(passes):
+                    report = maintenance.run_once()
+                    assert report.errors == [] and report.etcd_space is not None
+            return [r.getMessage() for r in caplog.records]
+
+        def defrag() -> None:
+            meta.etcd.call("test", lambda c: c.delete_prefix("/junk/"))
+            etcd.etcdctl("compact", str(etcd_space(meta.etcd).revision))
+            etcd.etcdctl("defrag")
+
+        assert warnings_after_passes(1) == []
+        for crossing in range(2):
+            for i in range(7):  # 3.5 MiB of the 4 MiB quota
+                meta.etcd.call("test", lambda c, i=i: c.put(f"/junk/{i}", b"j" * (MiB // 2)))
+            # etcd reports its size as of its last backend commit (every 100 ms)
+            assert wait_until(lambda: etcd_space(meta.etcd).fraction > 0.8, 10)
+            warned = warnings_after_passes(3)
+            assert len(warned) == 1, (crossing, warned)
+            assert "of its space quota" in warned[0] and "quota 4 MiB" in warned[0]
+            defrag()
+            assert wait_until(lambda: etcd_space(meta.etcd).fraction < 0.8, 10)
+            assert warnings_after_passes(1) == []
+        maintenance.store.close()
         meta.close()
     finally:
         etcd.close()

@@ -86,6 +86,9 @@ def test_doctor_on_real_services(services: dict[str, str], tmp_path: Path, uniqu
     assert float(fact(out, "storage_put_1KiB_ms")) > 0
     assert float(fact(out, "storage_get_1KiB_ms")) > 0
     assert fact(out, "conditional_put") == "honoured"
+    assert int(fact(out, "etcd_db_size")) > 0
+    assert fact(out, "etcd_quota") == "2147483648 (from etcd /metrics)"
+    assert fact(out, "etcd_alarms") == "none"
     assert "python " in fact(out, "versions")
     assert out.rstrip().endswith("doctor: all checks passed")
     assert services["WOODPECKER_S3_SECRET_KEY"] not in out + result.stderr
@@ -110,6 +113,8 @@ def test_doctor_on_embedded_default(tmp_path: Path) -> None:
         assert float(fact(out, "storage_put_1KiB_ms")) >= 0
         assert float(fact(out, "storage_get_1KiB_ms")) >= 0
         assert fact(out, "conditional_put") == "honoured"
+        # read from the embedded etcd's /metrics, over its Unix socket
+        assert fact(out, "etcd_quota") == "2147483648 (from etcd /metrics)"
         assert "doctor: all checks passed" in out
         # the root it created is owner-only, so nothing to warn about
         assert "warning" not in out

@@ -94,6 +94,9 @@ def test_acquire_starts_a_healthy_etcd(root: Path) -> None:
         bound = {c.laddr for c in connections if c.type == socket.SOCK_STREAM and c.laddr}
         assert bound == {"client.sock:0", "peer.sock:0"}
         assert len(list((root / "etcd" / "users").iterdir())) == 1
+        # it compacts its own history (docs/metadata.md): a periodic 10 minute retention
+        cmdline = " ".join(psutil.Process(st["pid"]).cmdline())
+        assert "--auto-compaction-mode periodic --auto-compaction-retention 10m" in cmdline
     finally:
         holder.release()
     assert etcd_processes(root) == []

@@ -410,14 +410,19 @@ class MetaStore:
     def list_blocks(self, log_id: int, segment_id: int) -> list[BlockRecord]:
         """The committed blocks of a segment, by block id (a compacted one's index chunks)."""
         index_key = self.keys.segment_index(log_id, segment_id)
-        index = self.etcd.get("list_blocks", index_key)
-        if index is not None:
-            return SegmentIndex.from_bytes(index[0], index_key).blocks()
         prefix = self.keys.blocks_prefix(log_id, segment_id)
-        return [
-            BlockRecord.from_bytes(v, kv.key.decode())
-            for v, kv in self.etcd.scan("list_blocks", prefix)
-        ]
+        ops = self.etcd.ops
+        _, (index, blocks) = self.etcd.txn(  # one snapshot: compaction swaps one for the other
+            "list_blocks",
+            compare=[],
+            success=[
+                ops.get(index_key),
+                ops.get(prefix, etcd_utils.prefix_range_end(prefix.encode())),
+            ],
+        )
+        if index:
+            return SegmentIndex.from_bytes(index[0][0], index_key).blocks()
+        return [BlockRecord.from_bytes(v, kv.key.decode()) for v, kv in blocks]
 
     def get_truncation(self, log_id: int) -> TruncationPoint | None:
         """The log's truncation point, or None if it was never truncated."""
