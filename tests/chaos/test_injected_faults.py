@@ -273,7 +273,7 @@ def test_a_slow_log_opening_does_not_delay_the_acks_of_other_logs(make_config, s
     logstore keeps acking at its usual pace. Regression: opening a log (session acquire,
     recovery) ran on the logstore's loop thread and stalled every other log's acks."""
     host, port = services["WOODPECKER_ETCD_ENDPOINTS"].split(",")[0].split(":")
-    stale_segments = 100  # left ACTIVE by a crashed session: recovery seals each, one txn each
+    stale_segments = 150  # left ACTIVE by a crashed session: recovery seals each, one txn each
     with FaultProxy(host, int(port)) as proxy:
         config = fault_config(make_config, "local", etcd_endpoints=proxy.endpoint)
         with MetaStore(make_config("local")) as meta:  # straight to etcd: fast set-up
@@ -282,7 +282,7 @@ def test_a_slow_log_opening_does_not_delay_the_acks_of_other_logs(make_config, s
             for segment_id in range(stale_segments):
                 crashed.create_segment(segment_id)
             crashed.release()
-        proxy.set(latency=0.002)
+        proxy.set(latency=0.001)
         offered: list[tuple[float, AppendFuture]] = []
         acked: dict[int, float] = {}
         with wp.Client(config) as client, wp.Client(config) as opener:
