@@ -2,8 +2,9 @@
 
 Answers in one screen what an operator asks first: which config was read, which
 endpoints were used and how they are protected, whether etcd and storage
-round-trip and how fast, and whether the store honours conditional PUT
-(``If-None-Match``). It warns about a storage root that other local users can
+round-trip and how fast, whether the store honours conditional PUT
+(``If-None-Match``), and whether etcd and storage belong to one deployment
+(their claims agree; it claims nothing). It warns about a storage root that other local users can
 reach (one created by an older version, or by hand).
 """
 
@@ -19,7 +20,8 @@ from importlib import metadata
 from typing import Any
 
 from woodpecker.config import Config
-from woodpecker.errors import WoodpeckerError
+from woodpecker.deployment import verify_deployment
+from woodpecker.errors import ConfigError, WoodpeckerError
 from woodpecker.meta.access import etcd_access
 from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.meta.space import NOSPACE_RECOVERY, WARN_FRACTION, EtcdSpace, etcd_space
@@ -85,6 +87,7 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
     ]
     report.facts["etcd_access"] = etcd_access(config)
     embedded: EmbeddedEtcd | None = None
+    meta: MetaStore | None = None
     step = "etcd"
     try:
         endpoints = list(config.etcd.endpoints)
@@ -95,14 +98,11 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
             report.facts["etcd_embedded_start_ms"] = _ms(start)
         report.facts["etcd_endpoints"] = ",".join(endpoints) + (" (embedded)" if embedded else "")
         meta = MetaStore(config, endpoints=endpoints)
-        try:
-            start = time.perf_counter()
-            report.facts["etcd_version"] = meta.server_version()
-            report.facts["etcd_round_trip_ms"] = _ms(start)
-            report.facts["logs"] = len(meta.list_logs())
-            _check_space(report, etcd_space(meta.etcd))
-        finally:
-            meta.close()
+        start = time.perf_counter()
+        report.facts["etcd_version"] = meta.server_version()
+        report.facts["etcd_round_trip_ms"] = _ms(start)
+        report.facts["logs"] = len(meta.list_logs())
+        _check_space(report, etcd_space(meta.etcd))
 
         step = "storage"
         store = open_store(config)
@@ -123,12 +123,24 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
             report.facts["conditional_put"] = (
                 "honoured" if store.supports_conditional_put() else "not honoured"
             )
+            step = "deployment"
+            claimed = verify_deployment(config, meta, store, claim=False)
+            report.facts["deployment"] = (
+                f"{claimed} (etcd and storage claims agree)"
+                if claimed
+                else "not claimed yet (the first write claims it)"
+            )
         finally:
             store.close()
+    except ConfigError as e:
+        report.ok = False
+        report.error = f"{step}: {e}"
     except WoodpeckerError as e:
         report.ok = False
         report.error = f"{step} unreachable: {e}"
     finally:
+        if meta is not None:
+            meta.close()
         if embedded is not None:
             embedded.release()
     return report

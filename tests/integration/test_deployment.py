@@ -27,6 +27,7 @@ import woodpecker as wp
 from shm import FrameReader, send_msg
 from woodpecker import cli
 from woodpecker.deployment import MARKER_KEY, Deployment, verify_deployment
+from woodpecker.doctor import run_doctor
 from woodpecker.errors import ConfigError, LogstoreUnavailableError
 from woodpecker.meta import MetaStore
 from woodpecker.storage import open_store
@@ -352,3 +353,20 @@ def test_logstore_refuses_a_client_of_another_protocol_version(make_config: Conf
         assert body["error"] == "LogstoreUnavailableError"
         assert "speaks protocol 2, this client speaks 1" in body["message"]
         assert payloads_of(client, "orders") == [b"a"]
+
+
+def test_doctor_says_whether_the_claims_agree(make_config: ConfigFactory, unique: str) -> None:
+    """``woodpecker doctor`` reports the deployment id, claims nothing, and fails naming
+    both sides when etcd and storage belong to different deployments."""
+    a = make_config("s3")
+    assert run_doctor(a).facts["deployment"].startswith("not claimed yet")
+    with MetaStore(a) as meta:
+        assert meta.etcd.get("t", meta.keys.deployment) is None, "doctor claimed etcd"
+    with wp.Client(a) as client:
+        write(client, "orders", [b"a"])
+        claimed = client._verify_deployment()
+    assert run_doctor(a).facts["deployment"] == f"{claimed} (etcd and storage claims agree)"
+    other = run_doctor(make_config("s3", etcd_prefix=f"/wp-b/{unique}"))
+    assert not other.ok
+    assert other.error.startswith("deployment: deployment mismatch")
+    assert a.etcd.prefix in other.error and f"/wp-b/{unique}" in other.error
