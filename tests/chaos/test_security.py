@@ -151,7 +151,9 @@ def test_etcd_with_authentication_and_tls(
         )
         error = fails_within(bad, "refused")
         assert isinstance(error, wp.MetadataUnavailableError), error
-        assert "create_log" in str(error) and "authentication failed" in str(error), error
+        # a writing client's first etcd call is the deployment check
+        assert "read deployment claim" in str(error), error
+        assert "authentication failed" in str(error), error
         said = everything_said(error, bad, caplog)
         assert wrong not in said and password not in said, "an etcd password leaked"
         print(f"etcd auth, wrong password -> {type(error).__name__}: {str(error)[:150]}")
@@ -165,7 +167,8 @@ def test_etcd_with_authentication_and_tls(
         )
         error = fails_within(outside, "forbidden")
         assert isinstance(error, wp.MetadataUnavailableError), error
-        assert "create_log" in str(error) and "permission denied" in str(error), error
+        assert "read deployment claim" in str(error), error
+        assert "permission denied" in str(error), error
         assert password not in everything_said(error, outside, caplog)
         print(f"etcd auth, no permission -> {type(error).__name__}: {str(error)[:150]}")
     finally:
