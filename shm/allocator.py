@@ -75,10 +75,27 @@ class RingAllocator:
             offset = self._head
         else:
             return None
+        # this order keeps the ring consistent whichever statement an interrupt
+        # (KeyboardInterrupt) stops before: a skipped head is reclaimed when the ring
+        # empties, a live offset not in the order is harmless, and the append commits
         self._head = offset + size
-        self._order.append(offset)
         self._live.add(offset)
+        self._order.append(offset)
         return offset
+
+    @property
+    def allocations(self) -> int:
+        """How many allocations are not reclaimed yet; a mark for ``undo``."""
+        return len(self._order)
+
+    def undo(self, mark: int) -> None:
+        """Free the allocation made since ``allocations`` was ``mark``, if any.
+
+        For a caller interrupted between ``alloc`` returning and it keeping the
+        offset; nothing else may allocate or free in between (callers lock).
+        """
+        if len(self._order) > mark:
+            self.free(self._order[-1])
 
     def free(self, offset: int) -> None:
         """Release the allocation at ``offset``; reclaims space once older ones are freed."""

@@ -66,9 +66,10 @@ class AppendFuture:
     link's one condition, which is notified after every batch of acks.
     """
 
-    __slots__ = ("_callbacks", "_cond", "_state", "_value")
+    __slots__ = ("_callbacks", "_cond", "_mutex", "_state", "_value")
 
-    def __init__(self, cond: threading.Condition) -> None:
+    def __init__(self, mutex: Any, cond: threading.Condition) -> None:
+        self._mutex = mutex  # ``with`` takes it, never the Condition (see ProducerLink)
         self._cond = cond
         self._state = _PENDING
         self._value: Any = None
@@ -81,7 +82,7 @@ class AppendFuture:
         """The LogMessageId (or list of them); raises the append's error, or TimeoutError."""
         if self._state == _PENDING:
             deadline = None if timeout is None else time.monotonic() + timeout
-            with self._cond:
+            with self._mutex:
                 while self._state == _PENDING:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
@@ -102,7 +103,7 @@ class AppendFuture:
 
     def add_done_callback(self, fn: Callable[[AppendFuture], None]) -> None:
         """Call ``fn(self)`` when resolved (at once if it already is)."""
-        with self._cond:
+        with self._mutex:
             if self._state == _PENDING:
                 if self._callbacks is None:
                     self._callbacks = []
@@ -111,7 +112,7 @@ class AppendFuture:
         fn(self)
 
     def _resolve(self, state: int, value: Any) -> None:
-        with self._cond:
+        with self._mutex:
             if self._state != _PENDING:
                 return
             self._value = value
@@ -146,7 +147,6 @@ class WriterQueue:
     pending_bytes: int = 0
     oldest: float = 0.0
     failed: WoodpeckerError | None = None
-    outstanding: int = 0  # appends submitted and not yet resolved
 
 
 @dataclass
@@ -237,7 +237,11 @@ class ProducerLink:
         self.config = config
         self.arena = Arena.create(config.writer.arena_size)
         self.alloc = RingAllocator(self.arena.size)
-        self.lock = threading.Condition()
+        # ``with self.mutex`` (a C lock), never ``with self.lock``: Condition.__exit__ is
+        # Python code, and a KeyboardInterrupt delivered on entering it would leave the
+        # lock held for good; ``self.lock`` is only for wait / notify
+        self.mutex = threading.RLock()
+        self.lock = threading.Condition(self.mutex)
         self.inflight: dict[int, InflightBatch] = {}
         self.queues: list[WriterQueue] = []
         self.replies: dict[int, Future] = {}
@@ -260,17 +264,18 @@ class ProducerLink:
         """In a forked child: refuse use, never touch the socket the parent still reads."""
         self.forked = True
         self.broken = error
-        self.lock = threading.Condition()  # a parent thread may have held the old one
+        self.mutex = threading.RLock()  # a parent thread may have held the old one
+        self.lock = threading.Condition(self.mutex)
         self._send_lock = threading.Lock()
         appends = [a for b in self.inflight.values() for a in b.appends]
         appends += [a for q in self.queues for a in q.pending]
         for a in appends:  # the child runs one thread now: no lock needed
-            a.future._cond = self.lock
+            a.future._mutex, a.future._cond = self.mutex, self.lock
             a.future._state, a.future._value = _ERROR, type(error)(str(error))
         self.inflight.clear()
         for queue in self.queues:
             queue.pending.clear()
-            queue.pending_bytes = queue.outstanding = 0
+            queue.pending_bytes = 0
         self.replies.clear()
 
     def _attach(self) -> tuple[socket.socket, dict]:
@@ -332,7 +337,7 @@ class ProducerLink:
         """A control round trip (open / close a log); raises the logstore's typed error."""
         req = next(self._req)
         future: Future = Future()
-        with self.lock:
+        with self.mutex:
             self._check()
             self.replies[req] = future
         self._send(protocol.encode(kind, {**body, "req": req}))
@@ -356,12 +361,12 @@ class ProducerLink:
 
     def register(self, log_id: int) -> WriterQueue:
         queue = WriterQueue(log_id)
-        with self.lock:
+        with self.mutex:
             self.queues.append(queue)
         return queue
 
     def unregister(self, queue: WriterQueue) -> None:
-        with self.lock:
+        with self.mutex:
             if queue in self.queues:
                 self.queues.remove(queue)
 
@@ -369,11 +374,11 @@ class ProducerLink:
         self, queue: WriterQueue, payloads: list[Any], size: int, many: bool
     ) -> AppendFuture:
         """Queue an append; seal a batch now if the pipeline has room or the cap is reached."""
-        future = AppendFuture(self.lock)
+        future = AppendFuture(self.mutex, self.lock)
         timeout = self.config.writer.append_timeout
         deadline = time.monotonic() + timeout
         cap = self.config.writer.max_batch_bytes
-        with self.lock:
+        with self.mutex:
             # backpressure: unsealed bytes are bounded by the arena, as sealed ones are
             while queue.pending_bytes and queue.pending_bytes + size > self.arena.size // 2:
                 self._check_queue(queue)
@@ -389,9 +394,10 @@ class ProducerLink:
             self._check_queue(queue)
             if not queue.pending:
                 queue.oldest = time.monotonic()
+                queue.pending_bytes = 0  # repairs a count an interrupt left behind
+            # an interrupt between these two statements only skews the batching policy
             queue.pending.append(Append(payloads, future, many, size))
             queue.pending_bytes += size
-            queue.outstanding += 1
             if (
                 len(self.inflight) < self.config.writer.max_inflight_batches
                 or queue.pending_bytes >= cap
@@ -405,7 +411,15 @@ class ProducerLink:
             raise type(queue.failed)(str(queue.failed))
 
     def _seal(self, queue: WriterQueue) -> bool:
-        """Encode pending appends into the arena and send the descriptor (lock held)."""
+        """Encode pending appends into the arena and send the descriptor (lock held).
+
+        Interrupt-safe (``KeyboardInterrupt`` may land between any two statements
+        of the main thread): until the appends move from ``pending`` to
+        ``inflight``, an exception undoes the arena allocation and leaves them
+        pending; the move is one statement; an exception while the frame is
+        being sent breaks the link, since whether the logstore got it is unknown,
+        and every append of the link then fails with a clear error.
+        """
         cap = self.config.writer.max_batch_bytes
         take: list[Append] = []
         total = 0
@@ -418,7 +432,10 @@ class ProducerLink:
             return False
         payloads = take[0].payloads if len(take) == 1 else [p for a in take for p in a.payloads]
         size = batch_message_size(payloads)
+        n = len(take)
         if size > self.arena.size:
+            del queue.pending[:n]
+            queue.pending_bytes -= total
             self._fail_appends(
                 take,
                 errors.EntryTooLargeError(
@@ -426,31 +443,48 @@ class ProducerLink:
                     f"{self.arena.size})"
                 ),
             )
-            del queue.pending[: len(take)]
-            queue.pending_bytes -= total
-            queue.outstanding -= len(take)
             return True
-        offset = self.alloc.alloc(size)
-        if offset is None:
-            return False  # retried when an ack frees space
-        view = self.arena.writable_view(offset, size)
+        allocations = self.alloc.allocations
         try:
-            written = write_batch_message(payloads, view)
-        finally:
-            view.release()
-        del queue.pending[: len(take)]
-        queue.pending_bytes -= total
+            offset = self.alloc.alloc(size)
+            if offset is None:
+                return False  # retried when an ack frees space
+            view = self.arena.writable_view(offset, size)
+            try:
+                written = write_batch_message(payloads, view)
+            finally:
+                view.release()
+            seq = next(self._seq)
+            batch = InflightBatch(queue, take, offset)
+            frame = protocol.BATCH_FMT.pack(
+                protocol.BATCH, queue.log_id, seq, offset, written, len(payloads)
+            )
+        except BaseException:
+            self.alloc.undo(allocations)
+            raise
         queue.oldest = time.monotonic()
-        seq = next(self._seq)
-        self.inflight[seq] = InflightBatch(queue, take, offset)
-        frame = protocol.BATCH_FMT.pack(
-            protocol.BATCH, queue.log_id, seq, offset, written, len(payloads)
-        )
         try:
+            # the move: one statement, with no call between its stores
+            queue.pending[:n], queue.pending_bytes, self.inflight[seq] = (
+                [],
+                queue.pending_bytes - total,
+                batch,
+            )
             with self._send_lock:
                 send_msg(self.sock, frame)
         except OSError as e:
             self._break_locked(LogstoreUnavailableError(f"lost the logstore connection: {e}"))
+        except BaseException:
+            if seq not in self.inflight:  # not moved yet: the appends stay pending
+                self.alloc.undo(allocations)
+            else:
+                self._break_locked(
+                    LogstoreUnavailableError(
+                        "interrupted while sending a batch to the logstore: its appends may "
+                        "or may not be durable; reopen the writer"
+                    )
+                )
+            raise
         return True
 
     def _seal_ready(self) -> None:
@@ -470,16 +504,23 @@ class ProducerLink:
     def flush(self, queue: WriterQueue, timeout: float | None) -> None:
         """Seal everything pending and wait until all of it is resolved."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.lock:
-            while queue.outstanding:
+        with self.mutex:
+            while queue.pending or self._inflight_of(queue):
                 if self.broken is not None or queue.failed is not None:
                     return
                 while queue.pending and self._seal(queue):
                     pass
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"flush: {queue.outstanding} appends still pending")
+                    raise TimeoutError(
+                        f"flush: {len(queue.pending)} appends not sent and "
+                        f"{self._inflight_of(queue)} batches not acknowledged in {timeout}s"
+                    )
                 self.lock.wait(0.05 if left is None else min(left, 0.05))
+
+    def _inflight_of(self, queue: WriterQueue) -> int:
+        """Batches of ``queue`` sent and not yet answered (lock held)."""
+        return sum(1 for b in self.inflight.values() if b.queue is queue)
 
     # ---- acks ------------------------------------------------------------------------
 
@@ -499,7 +540,7 @@ class ProducerLink:
                 )
                 return
             done: list[Callable[[], None]] = []
-            with self.lock:
+            with self.mutex:
                 for frame, _ in frames:
                     self._on_frame(frame, done)
                 self._seal_ready()
@@ -508,7 +549,7 @@ class ProducerLink:
             for resolve in done:
                 resolve()
             if frames:
-                with self.lock:
+                with self.mutex:
                     self.lock.notify_all()
 
     def _on_frame(self, frame: bytes, done: list[Callable[[], None]]) -> None:
@@ -519,7 +560,6 @@ class ProducerLink:
             if batch is None:
                 return
             self.alloc.free(batch.offset)
-            batch.queue.outstanding -= len(batch.appends)
             done.append(lambda: _resolve(batch.appends, segment_id, first))
         elif kind == protocol.NACK:
             seq, name, message = protocol.decode_nack(frame)
@@ -531,7 +571,6 @@ class ProducerLink:
             if isinstance(error, errors.WriterFencedError):
                 batch.queue.failed = error
                 self._fail_queue(batch.queue, error)
-            batch.queue.outstanding -= len(batch.appends)
             self._fail_appends(batch.appends, error)
         elif kind == protocol.REPLY:
             _, body = protocol.decode(frame)
@@ -554,7 +593,6 @@ class ProducerLink:
 
     def _fail_queue(self, queue: WriterQueue, error: WoodpeckerError) -> None:
         self._fail_appends(queue.pending, error)
-        queue.outstanding -= len(queue.pending)
         queue.pending.clear()
         queue.pending_bytes = 0
 
@@ -565,7 +603,7 @@ class ProducerLink:
                 a.future.set_exception(type(error)(str(error)))
 
     def _break(self, error: WoodpeckerError) -> None:
-        with self.lock:
+        with self.mutex:
             self._break_locked(error)
             self.lock.notify_all()
 
@@ -574,7 +612,6 @@ class ProducerLink:
             return
         self.broken = error
         for batch in self.inflight.values():
-            batch.queue.outstanding -= len(batch.appends)
             self._fail_appends(batch.appends, error)
         self.inflight.clear()
         for queue in self.queues:

@@ -8,6 +8,7 @@ durable in storage and committed in etcd under the session's fence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,9 @@ class LogWriter:
         self.log_id = log_id
         link.request(protocol.OPEN_LOG, {"name": name, "log_id": log_id})
         self._queue = link.register(log_id)
-        self._closed = False
+        self._closed = False  # no more appends
+        self._close_sent = False
+        self._left = False  # the writer session was left: close() is done
         self._max = link.config.writer.max_entry_size
 
     def _payload(self, payload: Any) -> tuple[Any, int]:
@@ -121,17 +124,26 @@ class LogWriter:
         self._check_open()
         self._link.flush(self._queue, timeout)
 
-    def close(self) -> None:
-        """Flush, then leave the log's writer session; idempotent."""
-        if self._closed:
-            return
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Flush, then leave the log's writer session; idempotent.
+
+        Waits up to ``timeout`` seconds for what was written to be acknowledged
+        or failed (``TimeoutError`` otherwise; call ``close`` again to go on
+        waiting). Interrupted (``KeyboardInterrupt``), a later ``close`` resumes.
+        """
         self._closed = True
-        try:
-            if self._link.alive:
-                self._link.flush(self._queue, None)
-                self._link.request(protocol.CLOSE_LOG, {"log_id": self.log_id})
-        finally:
-            self._link.unregister(self._queue)
+        if self._left:
+            return
+        link = self._link
+        if link.alive:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            link.flush(self._queue, timeout)
+            if not self._close_sent and link.alive:
+                self._close_sent = True
+                left = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                link.request(protocol.CLOSE_LOG, {"log_id": self.log_id}, timeout=left)
+        link.unregister(self._queue)
+        self._left = True
 
     def __enter__(self) -> LogWriter:
         return self

@@ -569,3 +569,16 @@ def test_frame_reader_any_split(payloads: list[bytes], cuts: list[int]) -> None:
             pos, i = pos + step, i + 1
             got += [p for p, fds in reader.feed_from(b) if not fds]
         assert got == payloads
+
+
+def test_allocator_undo_frees_only_an_allocation_made_since_the_mark() -> None:
+    # a caller interrupted right after alloc returned gives the space back with undo
+    ring = RingAllocator(64)
+    first = ring.alloc(16)
+    mark = ring.allocations
+    ring.undo(mark)  # nothing allocated since: nothing freed
+    assert ring.used == 16
+    ring.alloc(16)  # its offset is lost to the caller
+    ring.undo(mark)
+    ring.free(first)
+    assert ring.used == 0 and ring.alloc(64) == 0
