@@ -64,9 +64,16 @@ def test_etcd_with_a_24_mib_quota_takes_60k_sync_writes_with_periodic_truncation
         largest = [0]
         done = threading.Event()
 
+        trend: list[str] = []  # db size by writes done, every 10 s
+
         def sample() -> None:  # the db size seen every second
+            seconds = 0
             while not done.wait(1.0):
-                largest[0] = max(largest[0], etcd_space(meta.etcd).db_size)
+                size = etcd_space(meta.etcd).db_size
+                largest[0] = max(largest[0], size)
+                seconds += 1
+                if seconds % 10 == 0:
+                    trend.append(f"{sum(map(len, acked.values()))}: {size / MiB:.1f}")
 
         def write(log: wp.LogHandle, count: int) -> None:
             ids = acked[log.name]
@@ -105,7 +112,8 @@ def test_etcd_with_a_24_mib_quota_takes_60k_sync_writes_with_periodic_truncation
                 f"\n{writes} acknowledged 1 KiB sync writes ({LOGS} logs, a writer thread each) "
                 f"in {elapsed:.0f}s ({writes / elapsed:.0f}/s), {revisions} etcd revisions; "
                 f"db largest {largest[0] / MiB:.1f} MiB, now {space.describe()}; live keys "
-                f"{len(keys)} ({len(blocks)} block records, {len(indexes)} segment indexes)"
+                f"{len(keys)} ({len(blocks)} block records, {len(indexes)} segment indexes); "
+                f"db MiB by writes: {', '.join(trend)}"
             )
             # one commit per write: more than the ~40,000 that filled this quota unmaintained
             assert revisions > writes
