@@ -130,8 +130,9 @@ def _cmd_cat(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_truncate(args: argparse.Namespace, config: Config) -> int:
+    position = LogMessageId.parse(args.position)
     with Client(config) as client:
-        point = client.open_log(args.log).truncate(LogMessageId.parse(args.position))
+        point = client.open_log(args.log).truncate(position)
         _emit(args, {"log": args.log, "truncated_through": str(point)})
     return 0
 
@@ -216,15 +217,22 @@ _POSITION_OPTIONS = ("--from", "--to")
 
 
 def _join_negative_positions(argv: Sequence[str]) -> list[str]:
-    """``--from -1:0`` -> ``--from=-1:0``: argparse would take ``-1:0`` for an option and
-    say "expected one argument"; joined, the position check names the bad value."""
+    """Let the position check, not argparse, judge a negative position such as ``-1:0``.
+
+    argparse takes ``-1:0`` for an option ("expected one argument"): after ``--from`` or
+    ``--to`` it is joined to it (``--from=-1:0``), anywhere else (the position of
+    ``truncate``) it goes last, after ``--``.
+    """
     out: list[str] = []
+    positional: list[str] = []
     for item in argv:
-        if out and out[-1] in _POSITION_OPTIONS and item[:1] == "-" and item[1:2].isdigit():
+        if item[:1] != "-" or not item[1:2].isdigit() or ":" not in item:
+            out.append(item)
+        elif out and out[-1] in _POSITION_OPTIONS:
             out[-1] = f"{out[-1]}={item}"
         else:
-            out.append(item)
-    return out
+            positional.append(item)
+    return [*out, "--", *positional] if positional else out
 
 
 def _quiet_broken_pipe() -> int:

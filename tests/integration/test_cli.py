@@ -115,6 +115,9 @@ def test_bad_position_is_one_clear_error(cli_env, capsysbinary):
             assert code == 1 and out == b""
             assert err.startswith(b"woodpecker cat: invalid position "), (position, err)
             assert b"Traceback" not in err
+        code, out, err = run(capsysbinary, "truncate", "cli", position, "--json")
+        assert code == 1 and out == b""
+        assert err.startswith(b"woodpecker truncate: invalid position "), (position, err)
 
 
 def test_largest_position_is_accepted(cli_env, capsysbinary):
