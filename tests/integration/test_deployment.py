@@ -210,6 +210,39 @@ def test_gc_of_another_deployment_is_refused(
         assert payloads_of(client_a, "orders") == entries
 
 
+def test_standalone_logstore_of_another_deployment_refuses_to_start(
+    make_config: ConfigFactory, unique: str
+) -> None:
+    """``woodpecker logstore`` whose etcd prefix points at another deployment's store
+    exits at once with the mismatch, before it serves anything or runs maintenance."""
+    a = make_config("local")
+    with wp.Client(a) as client:
+        write(client, "orders", [b"a"])
+    b = make_config(
+        "local",
+        etcd_prefix=f"/wp-b/{unique}",
+        retention_orphan_grace=0,
+        logstore_socket=f"/tmp/wp-test-{unique}/b.sock",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WOODPECKER_")}
+    for key, value in b.overrides().items():
+        env[f"WOODPECKER_{key.upper()}"] = (
+            ",".join(value) if isinstance(value, list) else str(value)
+        )
+    run = subprocess.run(
+        [sys.executable, "-m", "woodpecker.cli", "logstore"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 1
+    assert "deployment mismatch" in run.stderr and f"/wp-b/{unique}" in run.stderr
+    assert not b.logstore_socket.exists()
+    with wp.Client(a) as client:
+        assert payloads_of(client, "orders") == [b"a"]
+
+
 def test_claims_agree_on_both_sides(make_config: ConfigFactory, backend: str) -> None:
     """First use claims one id in etcd and in storage; later uses find and keep it."""
     config = make_config(backend)
