@@ -21,6 +21,9 @@ import yaml
 
 from woodpecker.errors import ConfigError
 
+MAX_SOCKET_PATH = 107
+"""Bytes of a Unix socket path (``sun_path`` holds 108 with the terminating NUL)."""
+
 _KiB = 1024
 _MiB = 1024 * 1024
 
@@ -428,10 +431,18 @@ class Config:
         """Where the logstore of this deployment listens: one socket per deployment, so two
         configurations on one host never share a logstore."""
         if self.logstore.socket:
-            return Path(self.logstore.socket)
-        from woodpecker.deployment import Deployment
+            path = Path(self.logstore.socket)
+        else:
+            from woodpecker.deployment import Deployment
 
-        return Path(self.storage.root) / f"logstore-{Deployment.of(self).fingerprint}.sock"
+            path = Path(self.storage.root) / f"logstore-{Deployment.of(self).fingerprint}.sock"
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise ConfigError(
+                f"the logstore socket {path} is {len(os.fsencode(path))} bytes long, more than "
+                f"the {MAX_SOCKET_PATH} a Unix socket path may have: choose a shorter "
+                "storage.root, or set logstore.socket to a shorter path"
+            )
+        return path
 
     @property
     def logstore_log(self) -> Path:

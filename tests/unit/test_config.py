@@ -812,3 +812,11 @@ def test_endpoint_without_a_valid_port_rejected_at_load(raw: str) -> None:
 def test_endpoints_with_scheme_or_ipv6_accepted() -> None:
     raw = "http://h1:2379,https://h2:2380,[::1]:2379"
     assert Config(env={}, etcd_endpoints=raw).etcd.endpoints == raw.split(",")
+
+
+def test_overlong_logstore_socket_is_a_config_error() -> None:
+    """A Unix socket path holds 107 bytes: a deep storage.root is refused with the fix."""
+    deep = "/srv/" + "d" * 90
+    with pytest.raises(ConfigError, match=r"storage\.root.*logstore\.socket"):
+        _ = Config(env={}, storage_root=deep).logstore_socket
+    assert Config(env={}, storage_root=deep, logstore_socket="/tmp/ls.sock").logstore_socket

@@ -35,15 +35,13 @@ from pathlib import Path
 import orjson
 import psutil
 
-from woodpecker.config import UNIX_SCHEME
+from woodpecker.config import MAX_SOCKET_PATH, UNIX_SCHEME
 from woodpecker.errors import MetadataUnavailableError
 from woodpecker.private_files import FILE_MODE, make_private_dirs, private_opener
 
 START_TIMEOUT = 30.0
 CLIENT_SOCKET = "client.sock:0"
 PEER_SOCKET = "peer.sock:0"
-# sun_path holds 108 bytes with the terminating NUL
-_MAX_SOCKET_PATH = 107
 
 AUTO_COMPACTION = ("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m")
 """etcd keeps 10 minutes of revision history; maintenance compacts too (``etcd.history_retention``),
@@ -160,10 +158,10 @@ class EmbeddedEtcd:
 
     def _start(self) -> None:
         socket_path = self.dir / CLIENT_SOCKET
-        if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise MetadataUnavailableError(
                 f"embedded etcd: the socket path {socket_path} is longer than "
-                f"{_MAX_SOCKET_PATH} bytes; choose a shorter storage.root"
+                f"{MAX_SOCKET_PATH} bytes; choose a shorter storage.root"
             )
         for name in (CLIENT_SOCKET, PEER_SOCKET):  # left by a killed etcd
             (self.dir / name).unlink(missing_ok=True)
