@@ -19,10 +19,10 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from shm import Arena, FrameReader, RingAllocator, send_msg
+from woodpecker import wire
 from woodpecker.config import Config
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.meta import BlockRecord, MetaStore
-from workers import protocol
 
 BATCH_BYTES = 4 * 1024 * 1024
 
@@ -81,16 +81,16 @@ def test_descriptor_round_trip(
     def round_trip() -> int:
         state["seq"] += 1
         seq = state["seq"]
-        send_msg(producer, protocol.BATCH_FMT.pack(protocol.BATCH, 7, seq, 4096, 65536, 64))
+        send_msg(producer, wire.BATCH_FMT.pack(wire.BATCH, 7, seq, 4096, 65536, 64))
         frames = []
         while not frames:
             frames = at_logstore.feed_from(logstore)
-        _, _, got, _, _, count = protocol.BATCH_FMT.unpack(frames[0][0])
-        send_msg(logstore, protocol.ACK_FMT.pack(protocol.ACK, got, 3, count * seq))
+        _, _, got, _, _, count = wire.BATCH_FMT.unpack(frames[0][0])
+        send_msg(logstore, wire.ACK_FMT.pack(wire.ACK, got, 3, count * seq))
         acks = []
         while not acks:
             acks = at_producer.feed_from(producer)
-        return protocol.ACK_FMT.unpack(acks[0][0])[1]
+        return wire.ACK_FMT.unpack(acks[0][0])[1]
 
     assert benchmark(round_trip) == state["seq"]
     rate(benchmark, round_trips=1)

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from shm import Arena, FrameReader, RingAllocator, send_msg
-from woodpecker import errors, forking
+from woodpecker import errors, forking, wire
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment
 from woodpecker.errors import (
@@ -42,7 +42,6 @@ from woodpecker.errors import (
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.message import LogMessageId
 from woodpecker.private_files import make_private_dirs, private_opener
-from workers import protocol
 
 CONNECT_TIMEOUT = 30.0
 
@@ -286,7 +285,7 @@ class ProducerLink:
         WELCOME does not name its own (an older logstore does not check).
         """
         deployment = Deployment.of(self.config)
-        hello = protocol.hello(os.getpid(), self.arena.size, deployment)
+        hello = wire.hello(os.getpid(), self.arena.size, deployment)
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while True:
             sock = connect_logstore(self.config)
@@ -296,10 +295,10 @@ class ProducerLink:
                 sock.settimeout(CONNECT_TIMEOUT)
                 while True:
                     for frame, _ in self._reader.feed_from(sock):
-                        kind, body = protocol.decode(frame)
-                        if kind == protocol.REFUSED:
+                        kind, body = wire.decode(frame)
+                        if kind == wire.REFUSED:
                             raise error_from(body["error"], body["message"])
-                        if kind == protocol.WELCOME:
+                        if kind == wire.WELCOME:
                             self._check_welcome(body, deployment)
                             sock.settimeout(None)
                             return sock, body
@@ -314,10 +313,10 @@ class ProducerLink:
 
     def _check_welcome(self, welcome: dict, deployment: Deployment) -> None:
         where = f"the logstore at {self.config.logstore_socket}"
-        if welcome.get("protocol", 1) != protocol.VERSION:
+        if welcome.get("protocol", 1) != wire.VERSION:
             raise LogstoreUnavailableError(
                 f"{where} (pid {welcome.get('pid', 'unknown')}) speaks protocol "
-                f"{welcome.get('protocol', 1)}, this client speaks {protocol.VERSION}: run the "
+                f"{welcome.get('protocol', 1)}, this client speaks {wire.VERSION}: run the "
                 "same Woodpecker version on both sides (stop the logstore to upgrade it)"
             )
         if welcome.get("deployment") != deployment.fingerprint:
@@ -340,7 +339,7 @@ class ProducerLink:
         with self.mutex:
             self._check()
             self.replies[req] = future
-        self._send(protocol.encode(kind, {**body, "req": req}))
+        self._send(wire.encode(kind, {**body, "req": req}))
         reply = future.result(timeout)
         if not reply["ok"]:
             raise error_from(reply["error"], reply["message"])
@@ -456,8 +455,8 @@ class ProducerLink:
                 view.release()
             seq = next(self._seq)
             batch = InflightBatch(queue, take, offset)
-            frame = protocol.BATCH_FMT.pack(
-                protocol.BATCH, queue.log_id, seq, offset, written, len(payloads)
+            frame = wire.BATCH_FMT.pack(
+                wire.BATCH, queue.log_id, seq, offset, written, len(payloads)
             )
         except BaseException:
             self.alloc.undo(allocations)
@@ -554,15 +553,15 @@ class ProducerLink:
 
     def _on_frame(self, frame: bytes, done: list[Callable[[], None]]) -> None:
         kind = frame[0]
-        if kind == protocol.ACK:
-            _, seq, segment_id, first = protocol.ACK_FMT.unpack(frame)
+        if kind == wire.ACK:
+            _, seq, segment_id, first = wire.ACK_FMT.unpack(frame)
             batch = self._inflight_batch(seq)
             if batch is None:
                 return
             self.alloc.free(batch.offset)
             done.append(lambda: _resolve(batch.appends, segment_id, first))
-        elif kind == protocol.NACK:
-            seq, name, message = protocol.decode_nack(frame)
+        elif kind == wire.NACK:
+            seq, name, message = wire.decode_nack(frame)
             batch = self._inflight_batch(seq)
             if batch is None:
                 return
@@ -572,8 +571,8 @@ class ProducerLink:
                 batch.queue.failed = error
                 self._fail_queue(batch.queue, error)
             self._fail_appends(batch.appends, error)
-        elif kind == protocol.REPLY:
-            _, body = protocol.decode(frame)
+        elif kind == wire.REPLY:
+            _, body = wire.decode(frame)
             future = self.replies.pop(body["req"], None)
             if future is not None:
                 done.append(lambda: future.set_result(body))

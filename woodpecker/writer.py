@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from woodpecker import wire
 from woodpecker.errors import (
     ClientClosedError,
     EntryTooLargeError,
@@ -20,7 +21,6 @@ from woodpecker.errors import (
 )
 from woodpecker.message import LogMessageId
 from woodpecker.producer import AppendFuture, ProducerLink
-from workers import protocol
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -33,7 +33,7 @@ class LogWriter:
         self._link = link
         self.name = name
         self.log_id = log_id
-        link.request(protocol.OPEN_LOG, {"name": name, "log_id": log_id})
+        link.request(wire.OPEN_LOG, {"name": name, "log_id": log_id})
         self._queue = link.register(log_id)
         self._closed = False  # no more appends
         self._close_sent = False
@@ -141,7 +141,7 @@ class LogWriter:
             if not self._close_sent and link.alive:
                 self._close_sent = True
                 left = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                link.request(protocol.CLOSE_LOG, {"log_id": self.log_id}, timeout=left)
+                link.request(wire.CLOSE_LOG, {"log_id": self.log_id}, timeout=left)
         link.unregister(self._queue)
         self._left = True
 

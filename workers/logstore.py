@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from shm import FrameReader, FrameWriter, send_msg
+from woodpecker import wire
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment, verify_deployment
 from woodpecker.errors import WoodpeckerError
@@ -186,7 +187,7 @@ class Logstore:
 
     def _dispatch(self, job: int, key: str, parts: list[list[int]]) -> None:
         up = min(self.uploaders, key=lambda u: len(u.jobs))
-        frame = protocol.encode(protocol.JOB, {"job": job, "key": key, "parts": parts})
+        frame = wire.encode(protocol.JOB, {"job": job, "key": key, "parts": parts})
         up.jobs[job] = frame
         self.job_owner[job] = up
         self._to_uploader(up, frame)
@@ -198,7 +199,7 @@ class Logstore:
             self._restart_uploader(up)
             return
         for frame, _ in frames:
-            kind, body = protocol.decode(frame)
+            kind, body = wire.decode(frame)
             job = body["job"]
             metrics.add_object_requests(body.get("requests", {}))
             up.jobs.pop(job, None)
@@ -241,10 +242,10 @@ class Logstore:
             self.sel.modify(p.conn, events, ("producer", producer))
 
     def _ack(self, producer: int, seq: int, segment_id: int, first_entry: int) -> None:
-        self._send(producer, protocol.ACK_FMT.pack(protocol.ACK, seq, segment_id, first_entry))
+        self._send(producer, wire.ACK_FMT.pack(wire.ACK, seq, segment_id, first_entry))
 
     def _nack(self, producer: int, seq: int, error: str, message: str) -> None:
-        self._send(producer, protocol.encode_nack(seq, error, message))
+        self._send(producer, wire.encode_nack(seq, error, message))
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -284,8 +285,8 @@ class Logstore:
     def _on_frame(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
         """Act on one producer frame; raises on anything malformed."""
         kind = frame[0]
-        if kind == protocol.BATCH:
-            _, log_id, seq, offset, length, count = protocol.BATCH_FMT.unpack(frame)
+        if kind == wire.BATCH:
+            _, log_id, seq, offset, length, count = wire.BATCH_FMT.unpack(frame)
             if p.arena_fd < 0 or count < 1 or length < 1 or offset + length > p.arena_size:
                 raise ValueError(
                     f"batch descriptor outside the arena or empty: {offset=} "
@@ -295,12 +296,12 @@ class Logstore:
                 self._nack(pid, seq, "WriterClosedError", "the logstore is shutting down")
             else:
                 self.coordinator.on_batch(pid, log_id, seq, offset, length, count)
-        elif kind == protocol.HELLO:
+        elif kind == wire.HELLO:
             self._hello(pid, p, frame, fds)
-        elif kind in (protocol.OPEN_LOG, protocol.CLOSE_LOG):
+        elif kind in (wire.OPEN_LOG, wire.CLOSE_LOG):
             for fd in fds:
                 os.close(fd)
-            _, body = protocol.decode(frame)
+            _, body = wire.decode(frame)
             if not isinstance(body, dict):
                 raise TypeError("control message body is not an object")
             self._control(pid, kind, body)
@@ -308,7 +309,7 @@ class Logstore:
             raise ValueError(f"unknown message type {kind}")
 
     def _hello(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
-        _, body = protocol.decode(frame)
+        _, body = wire.decode(frame)
         if p.arena_fd >= 0 or len(fds) != 1 or not isinstance(body["arena_size"], int):
             raise ValueError("HELLO must come once, with exactly one arena fd and its size")
         if os.fstat(fds[0]).st_size < body["arena_size"]:
@@ -317,7 +318,7 @@ class Logstore:
         refusal = self._refusal(body)
         if refusal is not None:
             os.close(fds[0])
-            self._send(pid, protocol.encode(protocol.REFUSED, refusal))
+            self._send(pid, wire.encode(wire.REFUSED, refusal))
             self._producer_gone(pid)
             return
         p.pid, p.arena_size, p.arena_fd = body["pid"], body["arena_size"], fds[0]
@@ -327,11 +328,11 @@ class Logstore:
             )
         self._send(
             pid,
-            protocol.encode(
-                protocol.WELCOME,
+            wire.encode(
+                wire.WELCOME,
                 {
                     "producer_id": pid,
-                    "protocol": protocol.VERSION,
+                    "protocol": wire.VERSION,
                     "deployment": self.deployment.fingerprint,
                     "serves": str(self.deployment),
                     "pid": os.getpid(),
@@ -342,11 +343,11 @@ class Logstore:
     def _refusal(self, hello: dict) -> dict | None:
         """Why a producer may not attach: another protocol version, or another deployment."""
         version = hello.get("protocol", 1)
-        if version != protocol.VERSION:
+        if version != wire.VERSION:
             return {
                 "error": "LogstoreUnavailableError",
                 "message": f"the logstore at {self.socket_path} (pid {os.getpid()}) speaks "
-                f"protocol {protocol.VERSION}, this client speaks {version}: run the same "
+                f"protocol {wire.VERSION}, this client speaks {version}: run the same "
                 "Woodpecker version on both sides (stop the logstore to upgrade it)",
             }
         if hello.get("deployment") != self.deployment.fingerprint:
@@ -366,9 +367,9 @@ class Logstore:
             answer: dict = {"req": req, "ok": error is None}
             if error is not None:
                 answer.update(error=type(error).__name__, message=str(error))
-            self._send(pid, protocol.encode(protocol.REPLY, answer))
+            self._send(pid, wire.encode(wire.REPLY, answer))
 
-        if kind == protocol.OPEN_LOG:
+        if kind == wire.OPEN_LOG:
             name, log_id = body["name"], body["log_id"]
             if not isinstance(name, str) or type(log_id) is not int:
                 raise TypeError("OPEN_LOG needs a string name and an integer log_id")
@@ -377,7 +378,7 @@ class Logstore:
             else:
                 # answered once the session is open: etcd work runs off the loop
                 self.coordinator.open_log(pid, name, log_id, reply)
-        elif kind == protocol.CLOSE_LOG:
+        elif kind == wire.CLOSE_LOG:
             self.coordinator.close_log(pid, body["log_id"])
             reply(None)
 

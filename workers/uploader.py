@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from shm import Arena, recv_msg, send_msg
+from woodpecker import wire
 from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.format import STREAM_FOOTER, STREAM_HEADER, check_batch_message, checksum
@@ -106,7 +107,7 @@ class Uploader:
                 if arena is not None:
                     arena.close()
             elif kind == protocol.JOB:
-                _, job = protocol.decode(frame)
+                _, job = wire.decode(frame)
                 self.jobs.submit(self._run_job, job)
 
     def _run_job(self, job: dict[str, Any]) -> None:
@@ -125,7 +126,7 @@ class Uploader:
                 part_size=self.config.uploader.part_size,
                 pool=self.parts,
             )
-            reply = protocol.encode(
+            reply = wire.encode(
                 protocol.DONE,
                 {
                     "job": job["job"],
@@ -136,7 +137,7 @@ class Uploader:
             )
         except Exception as e:  # every failure goes back to the coordinator, typed
             name = type(e).__name__ if isinstance(e, WoodpeckerError) else "StorageUnavailableError"
-            reply = protocol.encode(
+            reply = wire.encode(
                 protocol.FAILED,
                 {
                     "job": job["job"],

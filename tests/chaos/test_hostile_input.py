@@ -30,6 +30,7 @@ import woodpecker as wp
 from chaos.processes import logstore_pid, wait_logstore
 from chaos.scale import pick
 from shm import MAX_FRAME, Arena, FrameReader, send_msg
+from woodpecker import wire
 from woodpecker.deployment import Deployment
 from woodpecker.format import write_batch_message
 from woodpecker.meta import MetaStore
@@ -45,7 +46,6 @@ from woodpecker.meta.records import (
 )
 from woodpecker.naming import validate_log_name
 from woodpecker.storage import open_store
-from workers import protocol
 
 FUZZ = settings(
     max_examples=pick(1_000, 100_000),
@@ -63,11 +63,11 @@ class RawProducer:
         self.sock.settimeout(10)
         self.arena = Arena.create(1 << 20)
         self.reader = FrameReader()
-        self.send(protocol.hello(os.getpid(), 1 << 20, Deployment.of(config)))
-        assert self.receive()[0] == protocol.WELCOME
+        self.send(wire.hello(os.getpid(), 1 << 20, Deployment.of(config)))
+        assert self.receive()[0] == wire.WELCOME
 
     def send(self, frame: bytes) -> None:
-        fds = [self.arena.fd] if frame[:1] == bytes([protocol.HELLO]) else []
+        fds = [self.arena.fd] if frame[:1] == bytes([wire.HELLO]) else []
         send_msg(self.sock, frame, fds)
 
     def receive(self) -> bytes:
@@ -80,7 +80,7 @@ class RawProducer:
         view = self.arena.writable_view(0, len(data))
         view[:] = data
         view.release()
-        self.send(protocol.BATCH_FMT.pack(protocol.BATCH, log_id, seq, 0, len(data), count))
+        self.send(wire.BATCH_FMT.pack(wire.BATCH, log_id, seq, 0, len(data), count))
         return self.receive()
 
     def close(self) -> None:
@@ -130,13 +130,11 @@ def framed(payload: bytes) -> bytes:
 MALFORMED = {
     "unknown kind": framed(bytes([99]) + b"{}"),
     "empty frame": framed(b""),
-    "short batch": framed(bytes([protocol.BATCH]) + b"abc"),
-    "control frame not json": framed(bytes([protocol.OPEN_LOG]) + b"{not json"),
-    "open_log without keys": framed(protocol.encode(protocol.OPEN_LOG, {"req": 1})),
-    "open_log wrong types": framed(
-        protocol.encode(protocol.OPEN_LOG, {"req": 1, "name": 5, "log_id": []})
-    ),
-    "hello without fd": framed(protocol.encode(protocol.HELLO, {"pid": 1, "arena_size": 10})),
+    "short batch": framed(bytes([wire.BATCH]) + b"abc"),
+    "control frame not json": framed(bytes([wire.OPEN_LOG]) + b"{not json"),
+    "open_log without keys": framed(wire.encode(wire.OPEN_LOG, {"req": 1})),
+    "open_log wrong types": framed(wire.encode(wire.OPEN_LOG, {"req": 1, "name": 5, "log_id": []})),
+    "hello without fd": framed(wire.encode(wire.HELLO, {"pid": 1, "arena_size": 10})),
     "frame length past the limit": struct.pack("<I", MAX_FRAME + 1) + b"x" * 64,
 }
 
@@ -161,8 +159,8 @@ def test_a_descriptor_that_lies_is_refused(served, lie):
     client, log = served
     write_then_store(log, f"before {lie}".encode())
     raw = RawProducer(client.config)
-    raw.send(protocol.encode(protocol.OPEN_LOG, {"req": 1, "name": log.name, "log_id": log.log_id}))
-    assert protocol.decode(raw.receive())[1]["ok"]
+    raw.send(wire.encode(wire.OPEN_LOG, {"req": 1, "name": log.name, "log_id": log.log_id}))
+    assert wire.decode(raw.receive())[1]["ok"]
     if lie == "garbage bytes":
         reply = raw.batch(log.log_id, 1, os.urandom(4096), count=1)
     else:
@@ -170,7 +168,7 @@ def test_a_descriptor_that_lies_is_refused(served, lie):
         size = write_batch_message([b"one entry"], memoryview(message))
         reply = raw.batch(log.log_id, 1, bytes(message[:size]), count=5)
     raw.close()
-    assert reply[0] == protocol.NACK, f"a descriptor with {lie} was acknowledged"
+    assert reply[0] == wire.NACK, f"a descriptor with {lie} was acknowledged"
     write_then_store(log, f"after {lie}".encode())
     assert last_two(log) == [f"before {lie}".encode(), f"after {lie}".encode()]
 
@@ -185,7 +183,7 @@ def test_a_producer_that_never_reads_its_replies_stalls_nobody(served):
     raw = RawProducer(client.config)
     raw.sock.settimeout(60)  # it waits longer than the logstore would
     # each descriptor names a log this producer never opened: one NACK per frame
-    flood = framed(protocol.BATCH_FMT.pack(protocol.BATCH, log.log_id + 10**6, 1, 0, 1, 1)) * 1000
+    flood = framed(wire.BATCH_FMT.pack(wire.BATCH, log.log_id + 10**6, 1, 0, 1, 1)) * 1000
     flooding = threading.Event()
     ended = []
 

@@ -25,13 +25,12 @@ from conftest import ConfigFactory
 
 import woodpecker as wp
 from shm import FrameReader, send_msg
-from woodpecker import cli
+from woodpecker import cli, wire
 from woodpecker.deployment import MARKER_KEY, Deployment, verify_deployment
 from woodpecker.doctor import run_doctor
 from woodpecker.errors import ConfigError, LogstoreUnavailableError
 from woodpecker.meta import MetaStore
 from woodpecker.storage import open_store
-from workers import protocol
 
 
 @pytest.fixture
@@ -337,10 +336,8 @@ def test_logstore_of_another_protocol_version_is_refused(make_config: ConfigFact
             for frame, fds in FrameReader().feed_from(conn):
                 for fd in fds:
                     os.close(fd)
-                hellos.append(protocol.decode(frame)[1])
-            send_msg(
-                conn, protocol.encode(protocol.WELCOME, {"producer_id": 1, "etcd_endpoints": []})
-            )
+                hellos.append(wire.decode(frame)[1])
+            send_msg(conn, wire.encode(wire.WELCOME, {"producer_id": 1, "etcd_endpoints": []}))
             conn.recv(1)  # until the client hangs up
 
     server = threading.Thread(target=old_logstore, daemon=True)
@@ -353,7 +350,7 @@ def test_logstore_of_another_protocol_version_is_refused(make_config: ConfigFact
             ):
                 log.open_writer()
         server.join(10)
-        assert hellos and hellos[0]["protocol"] == protocol.VERSION
+        assert hellos and hellos[0]["protocol"] == wire.VERSION
     finally:
         listener.close()
         path.unlink(missing_ok=True)
@@ -373,16 +370,16 @@ def test_logstore_refuses_a_client_of_another_protocol_version(make_config: Conf
         arena = Arena.create(1 << 20)
         reader = FrameReader()
         try:
-            old_hello = protocol.encode(protocol.HELLO, {"pid": 1, "arena_size": 1 << 20})
+            old_hello = wire.encode(wire.HELLO, {"pid": 1, "arena_size": 1 << 20})
             send_msg(sock, old_hello, [arena.fd])
             frames: list = []
             while not frames:
                 frames = reader.feed_from(sock)
-            kind, body = protocol.decode(frames[0][0])
+            kind, body = wire.decode(frames[0][0])
         finally:
             sock.close()
             arena.close()
-        assert kind == protocol.REFUSED
+        assert kind == wire.REFUSED
         assert body["error"] == "LogstoreUnavailableError"
         assert "speaks protocol 2, this client speaks 1" in body["message"]
         assert payloads_of(client, "orders") == [b"a"]
