@@ -6,6 +6,7 @@ metadata in etcd. Everything a user needs is importable from here.
 
 __version__ = "0.1.0"
 
+from woodpecker.aio import AsyncClient, AsyncLogHandle, AsyncLogReader, AsyncLogWriter
 from woodpecker.client import Client
 from woodpecker.config import Config
 from woodpecker.errors import (
@@ -37,6 +38,10 @@ from woodpecker.writer import LogWriter
 __all__ = [
     "EARLIEST",
     "LATEST",
+    "AsyncClient",
+    "AsyncLogHandle",
+    "AsyncLogReader",
+    "AsyncLogWriter",
     "BackpressureTimeout",
     "Client",
     "ClientClosedError",

@@ -12,6 +12,7 @@ one gets large batches.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import itertools
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,28 +56,85 @@ def error_from(name: str, message: str) -> WoodpeckerError:
     return cls(message)
 
 
-_PENDING, _RESULT, _ERROR = 0, 1, 2
+_ack_pass = threading.local()  # .active: this thread is resolving a pass of acks
+_pass_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+_pass_listeners_lock = threading.Lock()
 
 
-class AppendFuture:
+def in_ack_pass() -> bool:
+    """Whether the calling thread is resolving a pass of acks (one or more batches)."""
+    return getattr(_ack_pass, "active", False)
+
+
+def listen_to_ack_passes(listener: Any) -> None:
+    """Call ``listener.ack_pass_ended()`` on the ack thread after each pass of acks; held
+    weakly. Lets an event loop be woken once per batch rather than once per append."""
+    with _pass_listeners_lock:
+        _pass_listeners.add(listener)
+
+
+def _ack_pass_ended() -> None:
+    with _pass_listeners_lock:
+        listeners = list(_pass_listeners)
+    for listener in listeners:
+        listener.ack_pass_ended()
+
+
+_PENDING, _FINISHED = "PENDING", "FINISHED"  # the states concurrent.futures.wait reads
+
+
+class AppendFuture(concurrent.futures.Future):
     """The pending id(s) of an append; the future ``write_async`` returns.
 
-    Much cheaper than ``concurrent.futures.Future`` (which builds a lock and a
-    condition per instance, the top cost of small appends): waiters block on the
-    link's one condition, which is notified after every batch of acks.
+    Much cheaper than a plain ``concurrent.futures.Future`` (which builds a lock
+    and a condition per instance, the top cost of small appends): waiters block
+    on the link's one condition, which is notified after every batch of acks. It
+    is still a ``concurrent.futures.Future`` (``wait``, ``as_completed``,
+    ``asyncio.wrap_future`` accept it) and it can be awaited in asyncio: the
+    acks of a batch reach an event loop in one wakeup (``woodpecker.aio``). An
+    append cannot be cancelled once submitted: ``cancel()`` returns False.
     """
 
-    __slots__ = ("_callbacks", "_cond", "_mutex", "_state", "_value")
+    __slots__ = ("_callbacks", "_cond", "_error", "_listeners", "_mutex", "_state", "_value")
 
-    def __init__(self, mutex: Any, cond: threading.Condition) -> None:
+    def __init__(self, mutex: Any, cond: threading.Condition) -> None:  # no lock per future
         self._mutex = mutex  # ``with`` takes it, never the Condition (see ProducerLink)
         self._cond = cond
         self._state = _PENDING
+        self._error = False
         self._value: Any = None
         self._callbacks: list[Callable[[AppendFuture], None]] | None = None
+        self._listeners: list[Any] | None = None
 
     def done(self) -> bool:
         return self._state != _PENDING
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return self._state == _PENDING
+
+    @property
+    def _condition(self) -> threading.Condition:  # what concurrent.futures.wait locks
+        return self._cond
+
+    @property
+    def _waiters(self) -> list[Any]:  # concurrent.futures.wait registers its waiters here
+        if self._listeners is None:
+            self._listeners = []
+        return self._listeners
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in a coroutine: the ack thread wakes the loop once per batch."""
+        if self._state == _PENDING:
+            from woodpecker.aio import relay_for_running_loop
+
+            yield from relay_for_running_loop().watch(self).__await__()
+        return self.result()
 
     def result(self, timeout: float | None = None) -> Any:
         """The LogMessageId (or list of them); raises the append's error, or TimeoutError."""
@@ -87,7 +146,7 @@ class AppendFuture:
                     if left is not None and left <= 0:
                         raise TimeoutError(f"append not acknowledged within {timeout}s")
                     self._cond.wait(left)
-        if self._state == _ERROR:
+        if self._error:
             raise self._value
         return self._value
 
@@ -110,21 +169,24 @@ class AppendFuture:
                 return
         fn(self)
 
-    def _resolve(self, state: int, value: Any) -> None:
+    def _resolve(self, error: bool, value: Any) -> None:
         with self._mutex:
             if self._state != _PENDING:
                 return
             self._value = value
-            self._state = state
+            self._error = error
+            self._state = _FINISHED
             callbacks, self._callbacks = self._callbacks, None
+            for waiter in self._listeners or ():
+                waiter.add_exception(self) if error else waiter.add_result(self)
         for fn in callbacks or ():
             fn(self)
 
     def set_result(self, value: Any) -> None:
-        self._resolve(_RESULT, value)
+        self._resolve(False, value)
 
     def set_exception(self, error: BaseException) -> None:
-        self._resolve(_ERROR, error)
+        self._resolve(True, error)
 
 
 @dataclass
@@ -270,7 +332,8 @@ class ProducerLink:
         appends += [a for q in self.queues for a in q.pending]
         for a in appends:  # the child runs one thread now: no lock needed
             a.future._mutex, a.future._cond = self.mutex, self.lock
-            a.future._state, a.future._value = _ERROR, type(error)(str(error))
+            future = a.future
+            future._state, future._error, future._value = _FINISHED, True, type(error)(str(error))
         self.inflight.clear()
         for queue in self.queues:
             queue.pending.clear()
@@ -545,8 +608,14 @@ class ProducerLink:
                 self._seal_ready()
                 if frames:
                     self.lock.notify_all()
-            for resolve in done:
-                resolve()
+            _ack_pass.active = True
+            try:
+                for resolve in done:
+                    resolve()
+            finally:
+                _ack_pass.active = False
+            if done:
+                _ack_pass_ended()
             if frames:
                 with self.mutex:
                     self.lock.notify_all()

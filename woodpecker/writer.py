@@ -98,6 +98,11 @@ class LogWriter:
         between them, and either every entry becomes readable or none does. It
         must fit in ``writer.arena_size`` (``EntryTooLargeError`` otherwise).
         """
+        future = self._submit_batch(payloads)
+        return [] if future is None else future.result(timeout)
+
+    def _submit_batch(self, payloads: Iterable[Buffer]) -> AppendFuture | None:
+        """Check every payload, then queue them as one batch without waiting (None if empty)."""
         items = list(payloads)
         if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed
             sizes = list(map(len, items))
@@ -115,9 +120,9 @@ class LogWriter:
                 f"(writer.arena_size={self._link.arena.size}); nothing of it was written"
             )
         if not items:
-            return []
+            return None
         # one batch message, hence one block, one commit: consecutive ids, all or nothing
-        return self._link.submit(self._queue, items, total_size, many=True).result(timeout)
+        return self._link.submit(self._queue, items, total_size, many=True)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far is acknowledged (or failed)."""
