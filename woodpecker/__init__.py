@@ -32,12 +32,14 @@ from woodpecker.errors import (
 )
 from woodpecker.log import LogHandle
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId
+from woodpecker.producer import AppendFuture
 from woodpecker.reader import LogReader
 from woodpecker.writer import LogWriter
 
 __all__ = [
     "EARLIEST",
     "LATEST",
+    "AppendFuture",
     "AsyncClient",
     "AsyncLogHandle",
     "AsyncLogReader",

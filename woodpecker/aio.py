@@ -30,9 +30,9 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
@@ -47,6 +47,7 @@ from woodpecker.reader import LogReader
 from woodpecker.writer import LogWriter
 
 T = TypeVar("T")
+Opened = TypeVar("Opened", "AsyncLogWriter", "AsyncLogReader")
 
 READ_CHUNK = 1000  # entries a reader fetches per trip to its thread when iterating
 
@@ -128,22 +129,23 @@ def relay_for_running_loop() -> AckRelay:
     return relay
 
 
-class _Opening:
+class Opening(Generic[Opened]):
     """What ``open_writer``/``open_reader`` return: ``await`` it or ``async with`` it."""
 
-    def __init__(self, open_: Callable[[], Any]) -> None:
+    def __init__(self, open_: Callable[[], Coroutine[Any, Any, Opened]]) -> None:
         self._open = open_
-        self._opened: Any = None
+        self._opened: Opened | None = None
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, Opened]:
         return self._open().__await__()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Opened:
         self._opened = await self._open()
         return self._opened
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._opened.close()
+        if self._opened is not None:
+            await self._opened.close()
 
 
 async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
@@ -189,21 +191,23 @@ class AsyncLogHandle:
         self.name = handle.name
         self.log_id = handle.log_id
 
-    def open_writer(self) -> _Opening:
+    def open_writer(self) -> Opening[AsyncLogWriter]:
         """``async with log.open_writer() as w`` (or ``w = await log.open_writer()``)."""
 
         async def open_() -> AsyncLogWriter:
             return AsyncLogWriter(await _off_loop(self._handle.open_writer))
 
-        return _Opening(open_)
+        return Opening(open_)
 
-    def open_reader(self, start: Position = EARLIEST, name: str | None = None) -> _Opening:
+    def open_reader(
+        self, start: Position = EARLIEST, name: str | None = None
+    ) -> Opening[AsyncLogReader]:
         """``async with log.open_reader(wp.EARLIEST) as r`` (or ``await``); see ``LogHandle``."""
 
         async def open_() -> AsyncLogReader:
             return AsyncLogReader(await _off_loop(self._handle.open_reader, start, name))
 
-        return _Opening(open_)
+        return Opening(open_)
 
     async def read_table(
         self, start: Position = EARLIEST, end: LogMessageId | None = None

@@ -19,3 +19,17 @@ def append_and_read(client: wp.Client, payloads: list[bytes]) -> list[bytes]:
 
 
 VERSION: str = wp.__version__
+
+
+async def append_async(payloads: list[bytes]) -> list[wp.LogMessageId]:
+    async with wp.AsyncClient() as client:
+        log: wp.AsyncLogHandle = await client.open_log("typed-example", create=True)
+        async with log.open_writer() as writer:
+            first: wp.LogMessageId = await writer.write(payloads[0])
+            rest: list[wp.LogMessageId] = await writer.write_batch(payloads[1:])
+            pending: wp.AppendFuture = writer.write_async(payloads[0])
+            last: wp.LogMessageId = await pending
+        async with log.open_reader(wp.EARLIEST) as reader:
+            message: wp.LogMessage | None = await reader.read_next(timeout=1.0)
+            assert message is None or message.id == first
+        return [first, *rest, last]
