@@ -291,8 +291,13 @@ class AsyncLogWriter:
         if last is not None and not last.done():
             _, pending = await asyncio.wait([self._relay.watch(last)], timeout=timeout)
             if pending:
-                raise TimeoutError(f"flush: {self._queue.outstanding} appends still pending")
-        if self._queue.outstanding:  # a failure resolved out of order: wait off the loop
+                raise TimeoutError(
+                    f"flush: appends of {self.name!r} not acknowledged in {timeout}s"
+                )
+        link = self._writer._link
+        with link.mutex:  # held briefly by the ack thread only
+            unresolved = bool(self._queue.pending or link._inflight_of(self._queue))
+        if unresolved:  # a failure resolved out of order: wait off the loop
             await _off_loop(self._writer.flush, timeout)
 
     async def close(self) -> None:
