@@ -128,7 +128,7 @@ class _Verifier:
         self.store = store
         self.key = meta.keys.deployment
         self.marker = f"{MARKER_KEY} in {deployment.storage}"
-        self.created: Claim | None = None  # the etcd claim this run created, if any
+        self.created: bytes | None = None  # the etcd claim value this run created, if any
 
     def run(self) -> str:
         etcd_claim, storage_claim = self._etcd_claim(), self._storage_claim()
@@ -165,8 +165,8 @@ class _Verifier:
         return self.here.etcd, self.here.storage
 
     def _etcd_claim(self) -> Claim | None:
-        kv = self.meta.etcd.get("read deployment claim", self.key)
-        return None if kv is None else Claim.from_bytes(kv[0], f"etcd key {self.key}")
+        raw = self.meta.deployment_claim()
+        return None if raw is None else Claim.from_bytes(raw, f"etcd key {self.key}")
 
     def _storage_claim(self) -> Claim | None:
         try:
@@ -177,17 +177,12 @@ class _Verifier:
 
     def _create_etcd_claim(self, claim: Claim) -> Claim:
         """Create the etcd key unless present; the claim that is there afterwards."""
-        ops = self.meta.etcd.ops
-        ok, replies = self.meta.etcd.txn(
-            "claim deployment",
-            compare=[ops.create(self.key) == 0],
-            success=[ops.put(self.key, claim.to_bytes())],
-            failure=[ops.get(self.key)],
-        )
-        if ok:
-            self.created = claim
+        ours = claim.to_bytes()
+        there = self.meta.claim_deployment(ours)
+        if there == ours:
+            self.created = ours
             return claim
-        return Claim.from_bytes(replies[0][0][0], f"etcd key {self.key}")
+        return Claim.from_bytes(there, f"etcd key {self.key}")
 
     def _create_storage_claim(self, claim: Claim) -> Claim:
         """Create the marker unless present; the claim that is there afterwards."""
@@ -195,21 +190,11 @@ class _Verifier:
             return claim
         won = self._storage_claim()
         assert won is not None  # claims are never deleted by Woodpecker
-        if won.id != claim.id and self.created is claim:
+        if won.id != claim.id and self.created is not None:
             # another deployment took this store an instant before us: our fresh etcd
             # claim names a store we do not own; drop it so this prefix stays usable
-            self._drop_etcd_claim(claim)
+            self.meta.drop_deployment_claim(self.created)
         return won
-
-    def _drop_etcd_claim(self, claim: Claim) -> None:
-        ops = self.meta.etcd.ops
-        kv = self.meta.etcd.get("read deployment claim", self.key)
-        if kv is not None and Claim.from_bytes(kv[0], self.key).id == claim.id:
-            self.meta.etcd.txn(
-                "drop deployment claim",
-                compare=[ops.mod(self.key) == kv[1].mod_revision],
-                success=[ops.delete(self.key)],
-            )
 
     def _refuse_foreign_data(self) -> None:
         """Neither side claimed: an upgrade (claim both), unless the data is not ours.
@@ -218,7 +203,7 @@ class _Verifier:
         data of another deployment, whose metadata lives elsewhere: writing here
         would reuse its log ids and overwrite its objects.
         """
-        if self.meta.etcd.get("read log id counter", self.meta.keys.log_idgen) is not None:
+        if self.meta.ever_created_a_log():
             return
         holds = [o.key for o in itertools.islice(self.store.list(""), 1)]
         if holds:

@@ -102,7 +102,7 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
         report.facts["etcd_version"] = meta.server_version()
         report.facts["etcd_round_trip_ms"] = _ms(start)
         report.facts["logs"] = len(meta.list_logs())
-        _check_space(report, etcd_space(meta.etcd))
+        _check_space(report, etcd_space(meta))
 
         step = "storage"
         store = open_store(config)

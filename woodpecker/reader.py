@@ -29,11 +29,9 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyetcd import utils as etcd_utils
 
 from woodpecker import forking
 from woodpecker.errors import (
@@ -47,16 +45,8 @@ from woodpecker.errors import (
 )
 from woodpecker.format import decode_block, decode_messages
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
-from woodpecker.meta import (
-    BlockRecord,
-    MetaStore,
-    SegmentIndex,
-    SegmentRecord,
-    SegmentState,
-    TruncationPoint,
-)
+from woodpecker.meta import BlockRecord, MetaStore, SegmentRecord, SegmentSnapshot, SegmentState
 from woodpecker.meta.readers import CommitWatch, ReaderRegistration
-from woodpecker.meta.records import decode_counter
 from woodpecker.storage import ObjectStore
 
 READ_SCHEMA: pa.Schema = pa.schema(
@@ -85,21 +75,6 @@ def _deadline(timeout: float | None) -> float | None:
 
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """One consistent read of what a reader needs to know about one segment."""
-
-    log_exists: bool
-    truncation: TruncationPoint | None
-    segment: SegmentRecord | None
-    blocks: list[BlockRecord]
-
-    def truncated(self, segment_id: int, entry_id: int) -> bool:
-        """Whether the position is at or before the truncation point."""
-        t = self.truncation
-        return t is not None and (segment_id, entry_id) <= (t.segment_id, t.entry_id)
 
 
 @dataclass(slots=True)
@@ -192,10 +167,8 @@ class LogReader:
         self._fetches: deque[tuple[_Planned, Future[pa.ChunkedArray]]] = deque()
         self._current: _Loaded | None = None
         self._window = max(1, meta.config.reader.read_ahead)
-        self._watch = CommitWatch(meta.etcd, meta.keys, log_id)
-        self._registration = ReaderRegistration(
-            meta.etcd, meta.keys, log_id, reader_name or "", self._pos
-        )
+        self._watch = CommitWatch(meta, log_id)
+        self._registration = ReaderRegistration(meta, log_id, reader_name or "", self._pos)
         self.reader_name = self._registration.name
         self._pool = ThreadPoolExecutor(self._window, thread_name_prefix=f"wp-read-{log_id}")
         forking.track(self)
@@ -218,35 +191,22 @@ class LogReader:
             start.checked()
         elif start is not EARLIEST and start is not LATEST:
             raise TypeError(f"start must be EARLIEST, LATEST or a LogMessageId, not {start!r}")
-        k, ops = self._meta.keys, self._meta.etcd.ops
-        exists, truncation = self._txn_get(
-            "open_reader",
-            [ops.get(k.log_id(self.log_id)), ops.get(k.truncation(self.log_id))],
-            None,
-        )
+        exists, truncation = self._meta.log_head(self.log_id)
         if not exists:
             raise LogNotFoundError(f"log {self.name!r} not found")
         if isinstance(start, LogMessageId):
             return start
         earliest = LogMessageId(0, 0)
         if truncation:
-            point = TruncationPoint.from_bytes(truncation[0][0], k.truncation(self.log_id))
-            earliest = LogMessageId(point.segment_id, point.entry_id + 1)
+            earliest = LogMessageId(truncation.segment_id, truncation.entry_id + 1)
         if start is EARLIEST:
             return earliest
         return max(earliest, self._committed_end() or earliest)
 
     def _committed_end(self) -> LogMessageId | None:
         """Just past the last committed entry (of the last segment), None if no segment."""
-        prefix = self._meta.keys.segments_prefix(self.log_id)
-        reply = self._meta.etcd.call(
-            "read_log",
-            lambda c: c.get_prefix_response(prefix, sort_order="descend", limit=1),
-        )
-        if not reply.kvs:
-            return None
-        last = SegmentRecord.from_bytes(reply.kvs[0].value, reply.kvs[0].key.decode())
-        return LogMessageId(last.segment_id, last.lac + 1)
+        last = self._meta.last_segment(self.log_id)
+        return None if last is None else LogMessageId(last.segment_id, last.lac + 1)
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -540,25 +500,16 @@ class LogReader:
 
     def _advance_cursor(self, deadline: float | None) -> bool:
         """Move the cursor to the next existing segment (ids may be skipped); False if none."""
-        k, log_id = self._meta.keys, self.log_id
-        prefix = k.segments_prefix(log_id)
-        after = k.segment(log_id, self._cursor.segment_id + 1)
-        end = etcd_utils.prefix_range_end(prefix.encode())
-        reply = self._meta.etcd.call(
-            "read_log",
-            lambda c: c.get_range_response(after, end, limit=1, keys_only=True),
-            deadline=self._budget(deadline),
+        budget = self._budget(deadline)
+        following = self._meta.next_segment_id(
+            self.log_id, self._cursor.segment_id, deadline=budget
         )
-        if not reply.kvs:
-            (exists,) = self._txn_get(
-                "read_log", [self._meta.etcd.ops.get(k.log_id(log_id))], deadline
-            )
-            if not exists:
+        if following is None:
+            if not self._meta.log_id_exists(self.log_id, deadline=budget):
                 raise LogNotFoundError(f"log {self.name!r} was deleted")
             return False
-        key = reply.kvs[0].key
         c = self._cursor
-        c.segment_id = decode_counter(key[len(prefix) :], key.decode())
+        c.segment_id = following
         c.next_entry = c.next_block = 0
         c.finished = False
         return True
@@ -582,57 +533,22 @@ class LogReader:
             f"truncated and {why}; open a reader at EARLIEST for the first retained entry"
         )
 
-    # ---- etcd --------------------------------------------------------------------------
+    # ---- metadata ----------------------------------------------------------------------
 
     def _budget(self, deadline: float | None) -> float | None:
         """The retry budget of one metadata read: the caller's time left, at most the default."""
         remaining = _remaining(deadline)
         return None if remaining is None else min(remaining, self._meta.config.retry.deadline)
 
-    def _txn_get(self, op: str, gets: list[Any], deadline: float | None) -> list[Any]:
-        """Several reads as one snapshot (one revision); each reply is a list of (value, meta)."""
-        _, replies = self._meta.etcd.call(
-            op,
-            lambda c: c.transaction(compare=[], success=gets, failure=[]),
-            deadline=self._budget(deadline),
+    def _snapshot(
+        self, segment_id: int, from_block: int, deadline: float | None
+    ) -> SegmentSnapshot:
+        snap = self._meta.read_segment(
+            self.log_id, segment_id, from_block, deadline=self._budget(deadline)
         )
-        return replies
-
-    def _snapshot(self, segment_id: int, from_block: int, deadline: float | None) -> _Snapshot:
-        k, ops, log_id = self._meta.keys, self._meta.etcd.ops, self.log_id
-        blocks_end = etcd_utils.prefix_range_end(k.blocks_prefix(log_id, segment_id).encode())
-        exists, truncation, segment, blocks, index = self._txn_get(
-            "read_log",
-            [
-                ops.get(k.log_id(log_id)),
-                ops.get(k.truncation(log_id)),
-                ops.get(k.segment(log_id, segment_id)),
-                ops.get(k.block(log_id, segment_id, from_block), blocks_end),
-                ops.get(k.segment_index(log_id, segment_id)),
-            ],
-            deadline,
-        )
-        if exists:
-            self._watch.observe(exists[0][1].response_header.revision)
-        records = [BlockRecord.from_bytes(v, meta.key.decode()) for v, meta in blocks]
-        if index:  # a compacted segment: its index replaced the block records
-            records = SegmentIndex.from_bytes(
-                index[0][0], k.segment_index(log_id, segment_id)
-            ).blocks()
-        return _Snapshot(
-            log_exists=bool(exists),
-            truncation=(
-                TruncationPoint.from_bytes(truncation[0][0], k.truncation(log_id))
-                if truncation
-                else None
-            ),
-            segment=(
-                SegmentRecord.from_bytes(segment[0][0], k.segment(log_id, segment_id))
-                if segment
-                else None
-            ),
-            blocks=records,
-        )
+        if snap.log_exists:
+            self._watch.observe(snap.revision)
+        return snap
 
     # ---- lifecycle ---------------------------------------------------------------------
 

@@ -168,8 +168,8 @@ class Maintenance:
         self.meta = meta
         self.store = store
         self.lifecycle = Lifecycle(meta)
-        self.history = HistoryCompactor(meta.etcd, config.etcd.history_retention)
-        self.quota = QuotaWatch(meta.etcd)
+        self.history = HistoryCompactor(meta, config.etcd.history_retention)
+        self.quota = QuotaWatch(meta)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         stall_bound = 2 * config.retry.deadline + config.etcd.lease_ttl
@@ -350,8 +350,7 @@ class Maintenance:
         """
         r, now_ms = seg.record, _ms(report.now)
         blocks = self.lifecycle.blocks(r.log_id, r.segment_id)
-        now = self.lifecycle.etcd.get("compaction", seg.key)
-        if now is None or now[1].mod_revision != seg.revision:
+        if self.lifecycle.meta.segment_revision(r.log_id, r.segment_id) != seg.revision:
             return  # changed since it was listed (another maintainer): the next pass looks again
         if len(blocks) != r.block_count or any(b.record.messages_only for b in blocks):
             raise CorruptedDataError(
@@ -525,7 +524,7 @@ class Maintenance:
         self._abort_abandoned_uploads(report, cutoff)
 
     def _log_deleted(self, log_id: int) -> bool:
-        return self.lifecycle.etcd.get("sweep_orphans", self.lifecycle.keys.log_id(log_id)) is None
+        return not self.lifecycle.meta.log_id_exists(log_id)
 
     def _abort_abandoned_uploads(self, report: MaintenanceReport, cutoff: float) -> None:
         """Abort multipart uploads open longer than the grace: their parts are billed

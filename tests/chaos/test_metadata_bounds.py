@@ -58,7 +58,7 @@ def test_etcd_with_a_24_mib_quota_takes_60k_sync_writes_with_periodic_truncation
     try:
         config = bounded_config(make_config, etcd)
         meta = MetaStore(config)
-        first_revision = etcd_space(meta.etcd).revision
+        first_revision = etcd_space(meta).revision
         acked: dict[str, list[wp.LogMessageId]] = {}
         errors: list[BaseException] = []
         largest = [0]
@@ -69,7 +69,7 @@ def test_etcd_with_a_24_mib_quota_takes_60k_sync_writes_with_periodic_truncation
         def sample() -> None:  # the db size seen every second
             seconds = 0
             while not done.wait(1.0):
-                size = etcd_space(meta.etcd).db_size
+                size = etcd_space(meta).db_size
                 largest[0] = max(largest[0], size)
                 seconds += 1
                 if seconds % 10 == 0:
@@ -103,7 +103,7 @@ def test_etcd_with_a_24_mib_quota_takes_60k_sync_writes_with_periodic_truncation
             assert errors == [], errors[:3]
             assert sum(map(len, acked.values())) == writes
 
-            space = etcd_space(meta.etcd)
+            space = etcd_space(meta)
             revisions = space.revision - first_revision
             keys = meta.etcd.scan("test", meta.keys.root + "/", keys_only=True)
             blocks = [kv for _, kv in keys if b"/blocks/" in kv.key]
@@ -156,7 +156,7 @@ def test_after_etcd_raised_nospace_writes_resume_once_space_is_freed(make_config
                     if i == 100:  # another tenant of this etcd fills it up
                         fill(meta)
             assert "database space exceeded" in str(refused.value), refused.value
-            space = etcd_space(meta.etcd)
+            space = etcd_space(meta)
             assert space.alarms == ("NOSPACE",)
             print(f"\nNOSPACE after {len(acked)} acknowledged writes: {space.describe()}")
             report = run_doctor(config)
@@ -166,10 +166,10 @@ def test_after_etcd_raised_nospace_writes_resume_once_space_is_freed(make_config
 
             # free space, then the recovery docs/metadata.md gives: compact, defragment, disarm
             meta.etcd.call("test", lambda c: c.delete_prefix("/junk/"))
-            etcd.etcdctl("compact", str(etcd_space(meta.etcd).revision))
+            etcd.etcdctl("compact", str(etcd_space(meta).revision))
             etcd.etcdctl("defrag")
             etcd.etcdctl("alarm", "disarm")
-            assert etcd_space(meta.etcd).alarms == ()
+            assert etcd_space(meta).alarms == ()
 
             with log.open_writer() as writer:
                 for i in range(100):
@@ -210,7 +210,7 @@ def test_maintenance_warns_once_per_crossing_of_80_percent_of_the_quota(
 
         def defrag() -> None:
             meta.etcd.call("test", lambda c: c.delete_prefix("/junk/"))
-            etcd.etcdctl("compact", str(etcd_space(meta.etcd).revision))
+            etcd.etcdctl("compact", str(etcd_space(meta).revision))
             etcd.etcdctl("defrag")
 
         assert warnings_after_passes(1) == []
@@ -218,12 +218,12 @@ def test_maintenance_warns_once_per_crossing_of_80_percent_of_the_quota(
             for i in range(7):  # 3.5 MiB of the 4 MiB quota
                 meta.etcd.call("test", lambda c, i=i: c.put(f"/junk/{i}", b"j" * (MiB // 2)))
             # etcd reports its size as of its last backend commit (every 100 ms)
-            assert wait_until(lambda: etcd_space(meta.etcd).fraction > 0.8, 10)
+            assert wait_until(lambda: etcd_space(meta).fraction > 0.8, 10)
             warned = warnings_after_passes(3)
             assert len(warned) == 1, (crossing, warned)
             assert "of its space quota" in warned[0] and "quota 4 MiB" in warned[0]
             defrag()
-            assert wait_until(lambda: etcd_space(meta.etcd).fraction < 0.8, 10)
+            assert wait_until(lambda: etcd_space(meta).fraction < 0.8, 10)
             assert warnings_after_passes(1) == []
         maintenance.store.close()
         meta.close()
@@ -254,7 +254,7 @@ def test_a_reader_whose_watch_revision_was_compacted_resumes_from_a_fresh_snapsh
                 assert table.num_rows == len(before)
                 after = [writer.write(f"after {i}".encode()) for i in range(10)]
                 # the history since the reader's last read goes (maintenance does this too)
-                revision = etcd_space(meta.etcd).revision
+                revision = etcd_space(meta).revision
                 meta.etcd.call("test", lambda c: c.compact(revision))
 
                 # the watch starts after the reader's last read: etcd cancels it as compacted

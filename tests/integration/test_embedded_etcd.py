@@ -22,8 +22,8 @@ import pytest
 
 from woodpecker.config import Config
 from woodpecker.errors import MetadataUnavailableError
+from woodpecker.meta.connection import EtcdConnection
 from woodpecker.meta.embedded import EmbeddedEtcd, _healthy, etcd_binary
-from woodpecker.meta.store import EtcdConnection
 
 
 def etcd_processes(root: Path) -> list[psutil.Process]:

@@ -19,7 +19,7 @@ from woodpecker.meta import (
     live_reader_positions,
     live_readers,
 )
-from woodpecker.meta.store import EtcdConnection
+from woodpecker.meta.connection import EtcdConnection
 from woodpecker.reader import READ_SCHEMA
 from woodpecker.storage import open_store
 

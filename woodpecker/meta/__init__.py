@@ -13,17 +13,19 @@ from woodpecker.meta.records import (
     WriterRecord,
 )
 from woodpecker.meta.session import WriterSession
-from woodpecker.meta.store import MetaStore
+from woodpecker.meta.store import LogHead, MetaStore, SegmentSnapshot
 
 __all__ = [
     "BlockRecord",
     "Keys",
     "LiveReader",
+    "LogHead",
     "LogRecord",
     "MetaStore",
     "PendingDeletion",
     "SegmentIndex",
     "SegmentRecord",
+    "SegmentSnapshot",
     "SegmentState",
     "TruncationPoint",
     "WriterRecord",

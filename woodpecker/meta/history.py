@@ -22,7 +22,7 @@ from collections import deque
 
 from woodpecker.errors import MetadataUnavailableError
 from woodpecker.meta.space import current_revision
-from woodpecker.meta.store import EtcdConnection
+from woodpecker.meta.store import MetaStore
 
 log = logging.getLogger("woodpecker.etcd_history")
 
@@ -30,8 +30,8 @@ log = logging.getLogger("woodpecker.etcd_history")
 class HistoryCompactor:
     """Compacts history older than ``retention`` seconds, by revisions sampled over time."""
 
-    def __init__(self, etcd: EtcdConnection, retention: float) -> None:
-        self._etcd = etcd
+    def __init__(self, meta: MetaStore, retention: float) -> None:
+        self._meta = meta
         self._retention = retention
         self._samples: deque[tuple[float, int]] = deque()  # (time, revision), oldest first
         self.compacted = 0  # the last revision compacted to from here
@@ -41,14 +41,14 @@ class HistoryCompactor:
         if self._retention <= 0:
             return None
         now = time.monotonic()
-        self._samples.append((now, current_revision(self._etcd)))
+        self._samples.append((now, current_revision(self._meta)))
         target = None
         while self._samples and now - self._samples[0][0] >= self._retention:
             target = self._samples.popleft()[1]
         if target is None or target <= self.compacted:
             return None
         try:
-            self._etcd.call("compact", lambda c: c.compact(target))
+            self._meta.etcd.call("compact", lambda c: c.compact(target))
         except MetadataUnavailableError as e:
             if "compacted" not in str(e):  # another logstore compacted further: fine
                 raise

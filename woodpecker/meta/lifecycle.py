@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from pyetcd import utils as etcd_utils
 
 from woodpecker.errors import InvalidPositionError, LogNotFoundError, MetadataUnavailableError
+from woodpecker.meta.connection import first
 from woodpecker.meta.records import (
     BlockRecord,
     LogRecord,
@@ -34,7 +35,7 @@ from woodpecker.meta.records import (
     SegmentState,
     TruncationPoint,
 )
-from woodpecker.meta.store import CAS_ATTEMPTS, MetaStore, first
+from woodpecker.meta.store import CAS_ATTEMPTS, MetaStore
 
 R = TypeVar("R")
 
@@ -54,7 +55,7 @@ class Lifecycle:
     def __init__(self, meta: MetaStore) -> None:
         self.etcd = meta.etcd
         self.keys = meta.keys
-        self._meta = meta
+        self.meta = meta
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -66,7 +67,7 @@ class Lifecycle:
         ]
 
     def truncation(self, log_id: int) -> TruncationPoint | None:
-        return self._meta.get_truncation(log_id)
+        return self.meta.get_truncation(log_id)
 
     def segments(self, log_id: int) -> list[Versioned[SegmentRecord]]:
         return [

@@ -39,10 +39,8 @@ from pyetcd import exceptions as etcd_exceptions
 from pyetcd import watch as etcd_watch
 
 from woodpecker.errors import LogNotFoundError
-from woodpecker.meta.keys import Keys
-from woodpecker.meta.records import _min, _Record
-from woodpecker.meta.session import _revoke
-from woodpecker.meta.store import EtcdConnection, MetaStore, now_ms
+from woodpecker.meta.records import Record, at_least, now_ms
+from woodpecker.meta.store import MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +58,13 @@ _ARM_BACKOFF_MAX = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class ReaderRecord(_Record):
+class ReaderRecord(Record):
     """Value of a reader's registration: who reads, and the next entry it will read."""
 
     name: str = field()
-    segment_id: int = _min(0)
-    entry_id: int = _min(0)
-    updated_ms: int = _min(0)
+    segment_id: int = at_least(0)
+    entry_id: int = at_least(0)
+    updated_ms: int = at_least(0)
 
 
 class LiveReader(NamedTuple):
@@ -110,9 +108,8 @@ class ReaderRegistration:
     is gone); ``track`` only records the position, a background thread writes it.
     """
 
-    def __init__(
-        self, etcd: EtcdConnection, keys: Keys, log_id: int, name: str, position: tuple[int, int]
-    ) -> None:
+    def __init__(self, meta: MetaStore, log_id: int, name: str, position: tuple[int, int]) -> None:
+        etcd, keys = meta.etcd, meta.keys
         self.reader_id = uuid.uuid4().hex
         self.name = name or f"reader-{self.reader_id[:12]}"
         self.key = keys.reader(log_id, self.reader_id)
@@ -129,7 +126,7 @@ class ReaderRegistration:
             if not self._put(position):
                 raise LogNotFoundError(f"log id {log_id} not found")
         except BaseException:
-            _revoke(etcd, self._lease_id, deadline=self._ttl)
+            etcd.revoke_lease(self._lease_id, deadline=self._ttl)
             raise
         self._thread = threading.Thread(
             target=self._run, daemon=True, name=f"wp-reader-{log_id}-{self.reader_id[:8]}"
@@ -213,7 +210,7 @@ class ReaderRegistration:
         self._stop.set()
         self._wake.set()
         self._thread.join()
-        _revoke(self._etcd, self._lease_id, deadline=self._ttl)
+        self._etcd.revoke_lease(self._lease_id, deadline=self._ttl)
 
 
 class CommitWatch:
@@ -227,8 +224,9 @@ class CommitWatch:
     is missed.
     """
 
-    def __init__(self, etcd: EtcdConnection, keys: Keys, log_id: int) -> None:
-        self._etcd = etcd
+    def __init__(self, meta: MetaStore, log_id: int) -> None:
+        keys = meta.keys
+        self._etcd = meta.etcd
         self._segments_prefix = keys.segments_prefix(log_id)
         self._log_key = keys.log_id(log_id)
         self._log_key_bytes = self._log_key.encode()

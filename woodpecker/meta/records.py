@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +26,14 @@ from woodpecker.errors import CorruptedDataError
 _U64_MAX = 2**64 - 1
 
 
-def _min(n: int) -> Any:
-    """A required int field whose value must be >= n."""
+def at_least(n: int) -> Any:
+    """A required int field of a ``Record`` whose value must be >= n."""
     return field(metadata={"min": n})
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the timestamp records carry."""
+    return time.time_ns() // 1_000_000
 
 
 class SegmentState(enum.StrEnum):
@@ -43,8 +49,8 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-class _Record:
-    """Shared validation and JSON codec of the record dataclasses."""
+class Record:
+    """Shared validation and JSON codec of the record dataclasses (subclass it for a new one)."""
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -104,43 +110,43 @@ def _is_instance(value: Any, hint: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class LogRecord(_Record):
+class LogRecord(Record):
     """A named log and its numeric id (ids are never reused).
 
     ``uid`` is random per create call: a create retried after a lost reply
     finds its own record by it (racers for the same name compute the same id).
     """
 
-    log_id: int = _min(1)
+    log_id: int = at_least(1)
     name: str = field()
-    created_ms: int = _min(0)
+    created_ms: int = at_least(0)
     uid: str = field()
 
 
 @dataclass(frozen=True, slots=True)
-class WriterRecord(_Record):
+class WriterRecord(Record):
     """Value of the writer-session key: who holds the log, under which epoch."""
 
-    log_id: int = _min(1)
-    epoch: int = _min(1)
+    log_id: int = at_least(1)
+    epoch: int = at_least(1)
     owner: str = field()
     lease_id: int = field()
-    acquired_ms: int = _min(0)
+    acquired_ms: int = at_least(0)
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentRecord(_Record):
+class SegmentRecord(Record):
     """A segment: its state, the epoch of its creator and what is committed of it."""
 
-    log_id: int = _min(1)
-    segment_id: int = _min(0)
+    log_id: int = at_least(1)
+    segment_id: int = at_least(0)
     state: SegmentState = field()
-    epoch: int = _min(1)
-    lac: int = _min(-1)
-    size: int = _min(0)
-    block_count: int = _min(0)
-    created_ms: int = _min(0)
-    sealed_ms: int | None = _min(0)
+    epoch: int = at_least(1)
+    lac: int = at_least(-1)
+    size: int = at_least(0)
+    block_count: int = at_least(0)
+    created_ms: int = at_least(0)
+    sealed_ms: int | None = at_least(0)
     # set by maintenance (docs/lifecycle.md); absent in records written before it existed
     truncated_ms: int | None = field(default=None, metadata={"min": 0})
     compacted_ms: int | None = field(default=None, metadata={"min": 0})
@@ -152,7 +158,7 @@ class SegmentRecord(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class BlockRecord(_Record):
+class BlockRecord(Record):
     """A committed block: which entries it holds and where its bytes are.
 
     ``offset``/``length`` locate the block inside the object ``key``, and
@@ -162,20 +168,20 @@ class BlockRecord(_Record):
     messages inside an Arrow IPC file, whose schema is the block format's.
     """
 
-    log_id: int = _min(1)
-    segment_id: int = _min(0)
-    block_id: int = _min(0)
-    first_entry_id: int = _min(0)
-    entry_count: int = _min(1)
-    size: int = _min(0)
+    log_id: int = at_least(1)
+    segment_id: int = at_least(0)
+    block_id: int = at_least(0)
+    first_entry_id: int = at_least(0)
+    entry_count: int = at_least(1)
+    size: int = at_least(0)
     key: str = field()
-    offset: int = _min(0)
-    length: int = _min(0)
-    checksum: int = _min(0)
+    offset: int = at_least(0)
+    length: int = at_least(0)
+    checksum: int = at_least(0)
     messages_only: bool = False
 
     def __post_init__(self) -> None:
-        _Record.__post_init__(self)
+        Record.__post_init__(self)
         if self.checksum > _U64_MAX:
             raise ValueError(f"checksum must fit in 64 bits, not {self.checksum!r}")
         if not self.key:
@@ -190,7 +196,7 @@ _CHUNK_FIELDS = ("object", "first_entry_id", "entry_count", "size", "offset", "l
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentIndex(_Record):
+class SegmentIndex(Record):
     """Where the entries of a compacted segment are: one value instead of a record per block.
 
     ``objects`` are the segment's Arrow IPC files. Each chunk is a list of
@@ -199,13 +205,13 @@ class SegmentIndex(_Record):
     ``checksum``. Chunks are in entry order and cover the segment densely from 0.
     """
 
-    log_id: int = _min(1)
-    segment_id: int = _min(0)
+    log_id: int = at_least(1)
+    segment_id: int = at_least(0)
     objects: list[str] = field()
     chunks: list[list[int]] = field()
 
     def __post_init__(self) -> None:
-        _Record.__post_init__(self)
+        Record.__post_init__(self)
         if not self.objects or not all(self.objects):
             raise ValueError("objects must be a non-empty list of non-empty keys")
         expected = 0
@@ -243,11 +249,11 @@ class SegmentIndex(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class TruncationPoint(_Record):
+class TruncationPoint(Record):
     """Entries up to and including (segment_id, entry_id) are logically deleted."""
 
-    segment_id: int = _min(0)
-    entry_id: int = _min(0)
+    segment_id: int = at_least(0)
+    entry_id: int = at_least(0)
 
 
 def decode_counter(data: bytes, key: str) -> int:
@@ -258,19 +264,19 @@ def decode_counter(data: bytes, key: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingDeletion(_Record):
+class PendingDeletion(Record):
     """Objects that lost their last reference, to be deleted once ``not_before_ms`` passed.
 
     Written in the same txn that drops the references (retention, compaction), so a
     reader still holding the old block records can finish reading them.
     """
 
-    log_id: int = _min(1)
+    log_id: int = at_least(1)
     keys: list[str] = field()
-    not_before_ms: int = _min(0)
+    not_before_ms: int = at_least(0)
     reason: str = field()
 
     def __post_init__(self) -> None:
-        _Record.__post_init__(self)
+        Record.__post_init__(self)
         if not self.keys or not all(self.keys):
             raise ValueError("keys must be a non-empty list of non-empty keys")

@@ -21,14 +21,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
 from woodpecker.errors import (
     LogNotFoundError,
     MetadataUnavailableError,
-    WoodpeckerError,
     WriterFencedError,
 )
+from woodpecker.meta.connection import KV, MAX_TXN_OPS, EtcdConnection, first
 from woodpecker.meta.keys import Keys
 from woodpecker.meta.records import (
     BlockRecord,
@@ -37,8 +35,8 @@ from woodpecker.meta.records import (
     TruncationPoint,
     WriterRecord,
     decode_counter,
+    now_ms,
 )
-from woodpecker.meta.store import KV, MAX_TXN_OPS, EtcdConnection, first, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +166,7 @@ class WriterSession:
                 f"{_ACQUIRE_ATTEMPTS} attempts"
             )
         except BaseException:
-            _revoke(etcd, lease_id, deadline=ttl)
+            etcd.revoke_lease(lease_id, deadline=ttl)
             raise
 
     # ---- state -------------------------------------------------------------------------
@@ -461,7 +459,7 @@ class WriterSession:
             if self._fenced_reason is None:
                 self._fenced_reason = "the session was released"
         self._stop_keepalive()
-        _revoke(self._etcd, self._lease_id, deadline=self._ttl)
+        self._etcd.revoke_lease(self._lease_id, deadline=self._ttl)
 
     close = release  # the usual name for giving a resource back
 
@@ -477,19 +475,3 @@ class WriterSession:
             f"WriterSession(log={self.name!r}, log_id={self.log_id}, epoch={self.epoch}, "
             f"owner={self.owner!r}, {state})"
         )
-
-
-def _revoke(etcd: EtcdConnection, lease_id: int, *, deadline: float) -> None:
-    """Revoke a lease, tolerating one that already expired; never raise."""
-
-    def revoke(client: Any) -> None:
-        try:
-            client.revoke_lease(lease_id)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-
-    try:
-        etcd.call("revoke_lease", revoke, deadline=deadline)
-    except WoodpeckerError as e:
-        log.warning("could not revoke lease %x (it expires by itself): %s", lease_id, e)

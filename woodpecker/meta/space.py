@@ -18,8 +18,9 @@ from typing import Any
 
 from pyetcd import etcdrpc
 
+from woodpecker.meta.connection import EtcdConnection
 from woodpecker.meta.embedded import UnixHTTPConnection
-from woodpecker.meta.store import EtcdConnection
+from woodpecker.meta.store import MetaStore
 
 log = logging.getLogger("woodpecker.etcd_space")
 
@@ -77,9 +78,9 @@ def _alarms(client: Any) -> tuple[str, ...]:
     return tuple(etcdrpc.AlarmType.Name(a.alarm_type) for a in client.list_alarms())
 
 
-def current_revision(etcd: EtcdConnection) -> int:
+def current_revision(meta: MetaStore) -> int:
     """The revision of the etcd member answering (one cheap Status call)."""
-    return etcd.call("status", _status).header.revision
+    return meta.etcd.call("status", _status).header.revision
 
 
 _METRICS = {
@@ -118,8 +119,9 @@ def _metrics(etcd: EtcdConnection) -> dict[str, int]:
     return found
 
 
-def etcd_space(etcd: EtcdConnection) -> EtcdSpace:
+def etcd_space(meta: MetaStore) -> EtcdSpace:
     """Database size, quota and alarms of the etcd member answering."""
+    etcd = meta.etcd
     status = etcd.call("status", _status)
     alarms = etcd.call("list_alarms", _alarms)
     metrics = _metrics(etcd)
@@ -136,13 +138,13 @@ def etcd_space(etcd: EtcdConnection) -> EtcdSpace:
 class QuotaWatch:
     """Logs once per crossing: a warning above WARN_FRACTION of the quota, an error per alarm."""
 
-    def __init__(self, etcd: EtcdConnection) -> None:
-        self._etcd = etcd
+    def __init__(self, meta: MetaStore) -> None:
+        self._meta = meta
         self._above = False
         self._alarms: tuple[str, ...] = ()
 
     def check(self) -> EtcdSpace:
-        space = etcd_space(self._etcd)
+        space = etcd_space(self._meta)
         above = space.fraction >= WARN_FRACTION
         if above and not self._above:
             log.warning(

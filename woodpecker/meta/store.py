@@ -1,12 +1,13 @@
-"""``MetaStore``: logs, segments and blocks in etcd, and the door to writer sessions.
+"""``MetaStore``: the named metadata operations on logs, segments and blocks, and the door to
+writer sessions.
 
-Every etcd call goes through ``EtcdConnection.call``: one request timeout
-(``etcd.timeout``), bounded attempts with exponential backoff inside
-``retry.deadline``, failover to the next endpoint on a transient failure, and
-``MetadataUnavailableError`` naming the operation (never a credential) when
-etcd stays unreachable. Transactions that change state compare first and read
-back in their failure branch, so a retry of a request whose reply was lost can
-recognise its own earlier success instead of reporting a conflict.
+Each method is one etcd operation with a stated contract, so that nothing outside
+``woodpecker.meta`` builds keys or transactions (the Go Woodpecker's
+``MetadataProvider`` plays the same role). Calls go through ``EtcdConnection``
+(bounded retries, ``MetadataUnavailableError`` when etcd stays unreachable).
+Transactions that change state compare first and read back in their failure
+branch, so a retry of a request whose reply was lost can recognise its own
+earlier success instead of reporting a conflict.
 
 The protocol (keys, fencing, invariants) is described in ``docs/fencing.md``.
 """
@@ -14,26 +15,16 @@ The protocol (keys, fencing, invariants) is described in ``docs/fencing.md``.
 from __future__ import annotations
 
 import logging
-import random
-import threading
-import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import NamedTuple
 
-import grpc
-import pyetcd
-from pyetcd import exceptions as etcd_errors
 from pyetcd import utils as etcd_utils
 
-from woodpecker.config import Config, grpc_target
-from woodpecker.errors import (
-    ConfigError,
-    LogExistsError,
-    LogNotFoundError,
-    MetadataUnavailableError,
-)
+from woodpecker.config import Config
+from woodpecker.errors import LogExistsError, LogNotFoundError, MetadataUnavailableError
+from woodpecker.meta.connection import EtcdConnection, first
 from woodpecker.meta.keys import Keys
 from woodpecker.meta.records import (
     BlockRecord,
@@ -42,238 +33,39 @@ from woodpecker.meta.records import (
     SegmentRecord,
     TruncationPoint,
     decode_counter,
+    now_ms,
 )
+from woodpecker.meta.session import WriterSession
 from woodpecker.naming import validate_log_name
 
-if TYPE_CHECKING:
-    from woodpecker.meta.session import WriterSession
-
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-KV = tuple[bytes, Any]  # (value, pyetcd KVMetadata)
 
 # Compare-and-swap conflicts are not failures (another client won a race), so
 # they are retried immediately; this bounds a pathological livelock.
 CAS_ATTEMPTS = 64
 
-# etcd's --max-txn-ops default; a transaction with more operations is refused.
-MAX_TXN_OPS = 128
 
-# A segment may hold up to segment.max_blocks block records; one range reply
-# must fit them (gRPC's default limit is 4 MiB).
-_GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    # keepalive pings detect a half-open connection, which would otherwise silence watches;
-    # only while a call (a watch, a lease keepalive) is open: etcd answers pings on an idle
-    # connection with GOAWAY "too_many_pings", which drops the connection
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-]
+class LogHead(NamedTuple):
+    """Whether a log id exists, and its truncation point, read at one revision."""
 
-_TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-_TRANSIENT_ERRORS = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError)
+    exists: bool
+    truncation: TruncationPoint | None
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+@dataclass(frozen=True, slots=True)
+class SegmentSnapshot:
+    """One consistent read of what a reader needs to know about one segment."""
 
+    log_exists: bool
+    truncation: TruncationPoint | None
+    segment: SegmentRecord | None
+    blocks: list[BlockRecord]
+    revision: int  # etcd revision of the read (a commit watch starts after it)
 
-def first(kvs: Sequence[KV]) -> KV | None:
-    """The single key-value of a Get response inside a transaction, if any."""
-    return kvs[0] if kvs else None
-
-
-class _Endpoint(pyetcd.Endpoint):
-    """A pyetcd endpoint for any gRPC target: pyetcd itself only builds ``host:port``."""
-
-    def __init__(self, target: str, **kwargs: Any) -> None:
-        self._target = target
-        super().__init__(target, 0, **kwargs)  # host and port only name the endpoint
-        self.netloc = target
-
-    def _mkchannel(self, opts: Any) -> grpc.Channel:
-        if self.secure:
-            return grpc.secure_channel(self._target, self.credentials, options=opts)
-        return grpc.insecure_channel(self._target, options=opts)
-
-
-def _grpc_code(e: BaseException) -> grpc.StatusCode | None:
-    """The gRPC status of an error raised by pyetcd (which wraps some codes)."""
-    for err in (e, e.__context__):
-        if isinstance(err, grpc.RpcError) and callable(getattr(err, "code", None)):
-            return err.code()
-    return None
-
-
-def _describe(e: BaseException) -> str:
-    for err in (e, e.__context__):
-        if isinstance(err, grpc.RpcError) and callable(getattr(err, "details", None)):
-            return f"{err.code().name}: {err.details()}"
-    return str(e) or type(e).__name__
-
-
-class EtcdConnection:
-    """Clients for the configured endpoints and the bounded retry of every call."""
-
-    def __init__(self, config: Config, endpoints: list[str]) -> None:
-        if not endpoints:
-            raise ConfigError("etcd.endpoints is empty")
-        self.config = config
-        self.targets = [grpc_target(e) for e in endpoints]
-        self._label = ",".join(e.strip() for e in endpoints)
-        self._credentials = self._tls_credentials()
-        self._clients: list[pyetcd.MultiEndpointEtcd3Client | None] = [None] * len(endpoints)
-        # replaced clients stay open until close(): other threads may be mid-call on them
-        self._retired: list[pyetcd.MultiEndpointEtcd3Client] = []
-        self._current = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self.ops = pyetcd.Transactions()  # builders of compares and txn operations
-
-    @property
-    def target(self) -> str:
-        """The gRPC target calls go to now: ``host:port`` or ``unix:/path``."""
-        return self.targets[self._current]
-
-    def _tls_credentials(self) -> grpc.ChannelCredentials | None:
-        etcd = self.config.etcd
-        if not (etcd.ca_file or etcd.cert_file or etcd.key_file):
-            return None
-        if bool(etcd.cert_file) != bool(etcd.key_file):
-            raise ConfigError("etcd.cert_file and etcd.key_file must be set together")
-
-        def read(path: str, what: str) -> bytes | None:
-            if not path:
-                return None
-            try:
-                with open(path, "rb") as f:
-                    return f.read()
-            except OSError as e:
-                raise ConfigError(f"etcd.{what}: cannot read {path} ({e.strerror})") from None
-
-        return grpc.ssl_channel_credentials(
-            read(etcd.ca_file, "ca_file"),
-            read(etcd.key_file, "key_file"),
-            read(etcd.cert_file, "cert_file"),
-        )
-
-    def _client(self, index: int) -> pyetcd.MultiEndpointEtcd3Client:
-        """The client of an endpoint, connecting (and authenticating) on first use."""
-        with self._lock:
-            if self._closed:
-                raise MetadataUnavailableError("the metadata store is closed")
-            client = self._clients[index]
-            if client is None:
-                # time_retry=0: pyetcd would otherwise refuse the endpoint for 300 s
-                # after one failure; failover and backoff are done here instead.
-                endpoint = _Endpoint(
-                    self.targets[index],
-                    secure=self._credentials is not None,
-                    creds=self._credentials,
-                    time_retry=0,
-                    opts=_GRPC_OPTIONS,
-                )
-                etcd = self.config.etcd
-                client = pyetcd.MultiEndpointEtcd3Client(
-                    endpoints=[endpoint],
-                    timeout=etcd.timeout,
-                    user=etcd.user or None,
-                    password=etcd.password if etcd.user else None,
-                )
-                if self._credentials is None:
-                    # pyetcd sends the auth token twice: as call credentials, which gRPC
-                    # refuses on a plaintext channel, and as plain call metadata, which
-                    # etcd accepts. Keep the metadata only (before any watcher copies it).
-                    client.call_credentials = None
-                self._clients[index] = client
-            return client
-
-    def _failed(self, index: int, *, reconnect: bool) -> None:
-        """Move on to the next endpoint; drop the client when it must re-authenticate."""
-        with self._lock:
-            client = self._clients[index]
-            if reconnect and client is not None:
-                self._clients[index] = None
-                self._retired.append(client)
-            if self._current == index:
-                self._current = (index + 1) % len(self.targets)
-
-    def call(
-        self,
-        op: str,
-        fn: Callable[[pyetcd.MultiEndpointEtcd3Client], T],
-        *,
-        deadline: float | None = None,
-    ) -> T:
-        """Run ``fn(client)``, retrying transient failures until the retry deadline.
-
-        ``fn`` must be safe to repeat: a transient failure may hide a success.
-        """
-        retry = self.config.retry
-        start = time.monotonic()
-        limit = start + (retry.deadline if deadline is None else deadline)
-        delay = retry.backoff_initial
-        attempt = 0
-        while True:
-            attempt += 1
-            index = self._current
-            client = None
-            try:
-                client = self._client(index)  # may authenticate: a call of its own
-                return fn(client)
-            except (grpc.RpcError, etcd_errors.Etcd3Exception, ValueError) as e:
-                code = _grpc_code(e)
-                reauth = code == grpc.StatusCode.UNAUTHENTICATED  # expired auth token
-                # another thread reconnected under us: our channel was closed
-                replaced = client is not None and self._clients[index] is not client
-                transient = isinstance(e, _TRANSIENT_ERRORS) or code in _TRANSIENT_CODES
-                if isinstance(e, ValueError) and not replaced:
-                    raise
-                if not (reauth or replaced or transient):
-                    raise MetadataUnavailableError(
-                        f"etcd {op} failed at {self._label}: {_describe(e)}"
-                    ) from None
-                self._failed(index, reconnect=reauth)
-                reason = _describe(e)
-            remaining = limit - time.monotonic()
-            if attempt >= retry.max_attempts or remaining <= 0:
-                raise MetadataUnavailableError(
-                    f"etcd {op}: no success from {self._label} after {attempt} attempts "
-                    f"in {time.monotonic() - start:.1f}s (last error: {reason})"
-                )
-            time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
-            delay = min(delay * 2, retry.backoff_max)
-
-    def get(self, op: str, key: str) -> KV | None:
-        value, meta = self.call(op, lambda c: c.get(key))
-        return None if meta is None else (value, meta)
-
-    def scan(self, op: str, prefix: str, **kwargs: Any) -> list[KV]:
-        """Every key under ``prefix`` in key order (ids are zero-padded, so numeric order)."""
-        response = self.call(
-            op, lambda c: c.get_prefix_response(prefix, sort_order="ascend", **kwargs)
-        )
-        return [(kv.value, kv) for kv in response.kvs]
-
-    def txn(
-        self, op: str, compare: list[Any], success: list[Any], failure: list[Any] | None = None
-    ) -> tuple[bool, list[Any]]:
-        return self.call(
-            op, lambda c: c.transaction(compare=compare, success=success, failure=failure or [])
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            clients, self._clients = self._clients, [None] * len(self._clients)
-            clients += self._retired
-            self._retired = []
-        for client in clients:
-            if client is not None:
-                client.close()
+    def truncated(self, segment_id: int, entry_id: int) -> bool:
+        """Whether the position is at or before the truncation point."""
+        t = self.truncation
+        return t is not None and (segment_id, entry_id) <= (t.segment_id, t.entry_id)
 
 
 class MetaStore:
@@ -438,8 +230,140 @@ class MetaStore:
         WriterFencedError if another session holds the log and ``preempt`` is
         false; LogNotFoundError if the log id does not exist.
         """
-        from woodpecker.meta.session import WriterSession  # session imports this module
-
         session = WriterSession.acquire(self.etcd, self.keys, log_id, owner, preempt=preempt)
         self._sessions.add(session)
         return session
+
+    # ---- reading a log (one revision per call; ``deadline`` bounds the retries) ------
+
+    def log_head(self, log_id: int, *, deadline: float | None = None) -> LogHead:
+        """Whether the log id exists and where it is truncated, as one snapshot."""
+        k = self.keys
+        exists, truncation = self.etcd.read_together(
+            "open_reader",
+            [self.etcd.ops.get(k.log_id(log_id)), self.etcd.ops.get(k.truncation(log_id))],
+            deadline=deadline,
+        )
+        point = (
+            TruncationPoint.from_bytes(truncation[0][0], k.truncation(log_id))
+            if truncation
+            else None
+        )
+        return LogHead(bool(exists), point)
+
+    def log_id_exists(self, log_id: int, *, deadline: float | None = None) -> bool:
+        """Whether the log id still exists (deleting a log removes it first of all)."""
+        return self.etcd.get("read_log", self.keys.log_id(log_id), deadline=deadline) is not None
+
+    def last_segment(self, log_id: int, *, deadline: float | None = None) -> SegmentRecord | None:
+        """The segment with the highest id, None if the log has none."""
+        prefix = self.keys.segments_prefix(log_id)
+        reply = self.etcd.call(
+            "read_log",
+            lambda c: c.get_prefix_response(prefix, sort_order="descend", limit=1),
+            deadline=deadline,
+        )
+        if not reply.kvs:
+            return None
+        return SegmentRecord.from_bytes(reply.kvs[0].value, reply.kvs[0].key.decode())
+
+    def next_segment_id(
+        self, log_id: int, after: int, *, deadline: float | None = None
+    ) -> int | None:
+        """The lowest existing segment id greater than ``after`` (ids may be skipped), or None."""
+        k = self.keys
+        prefix = k.segments_prefix(log_id)
+        start = k.segment(log_id, after + 1)
+        end = etcd_utils.prefix_range_end(prefix.encode())
+        reply = self.etcd.call(
+            "read_log",
+            lambda c: c.get_range_response(start, end, limit=1, keys_only=True),
+            deadline=deadline,
+        )
+        if not reply.kvs:
+            return None
+        key = reply.kvs[0].key
+        return decode_counter(key[len(prefix) :], key.decode())
+
+    def read_segment(
+        self, log_id: int, segment_id: int, from_block: int = 0, *, deadline: float | None = None
+    ) -> SegmentSnapshot:
+        """The log's existence, truncation point, one segment and its blocks from
+        ``from_block`` on, all at one revision.
+
+        Every block listed is committed (a commit writes its blocks and the LAC in
+        one transaction). A compacted segment's blocks are its index's chunks,
+        all of them: the caller skips the ones it has seen.
+        """
+        k, ops = self.keys, self.etcd.ops
+        blocks_end = etcd_utils.prefix_range_end(k.blocks_prefix(log_id, segment_id).encode())
+        exists, truncation, segment, blocks, index = self.etcd.read_together(
+            "read_log",
+            [
+                ops.get(k.log_id(log_id)),
+                ops.get(k.truncation(log_id)),
+                ops.get(k.segment(log_id, segment_id)),
+                ops.get(k.block(log_id, segment_id, from_block), blocks_end),
+                ops.get(k.segment_index(log_id, segment_id)),
+            ],
+            deadline=deadline,
+        )
+        records = [BlockRecord.from_bytes(v, meta.key.decode()) for v, meta in blocks]
+        if index:  # a compacted segment: its index replaced the block records
+            records = SegmentIndex.from_bytes(
+                index[0][0], k.segment_index(log_id, segment_id)
+            ).blocks()
+        return SegmentSnapshot(
+            log_exists=bool(exists),
+            truncation=(
+                TruncationPoint.from_bytes(truncation[0][0], k.truncation(log_id))
+                if truncation
+                else None
+            ),
+            segment=(
+                SegmentRecord.from_bytes(segment[0][0], k.segment(log_id, segment_id))
+                if segment
+                else None
+            ),
+            blocks=records,
+            revision=exists[0][1].response_header.revision if exists else 0,
+        )
+
+    def segment_revision(self, log_id: int, segment_id: int) -> int | None:
+        """The mod revision of a segment record (changes on every commit, seal or
+        truncation), None if the segment does not exist."""
+        kv = self.etcd.get("segment_revision", self.keys.segment(log_id, segment_id))
+        return None if kv is None else kv[1].mod_revision
+
+    # ---- deployment claim (see ``woodpecker.deployment``) -----------------------------
+
+    def deployment_claim(self) -> bytes | None:
+        """The value of the deployment claim key, None if unclaimed."""
+        kv = self.etcd.get("read deployment claim", self.keys.deployment)
+        return None if kv is None else kv[0]
+
+    def claim_deployment(self, claim: bytes) -> bytes:
+        """Create the claim key with ``claim`` unless it exists; the value there afterwards.
+
+        Create-only: of concurrent claimers exactly one wins, and every one of them
+        returns the winner's value.
+        """
+        key, ops = self.keys.deployment, self.etcd.ops
+        ok, replies = self.etcd.txn(
+            "claim deployment",
+            compare=[ops.create(key) == 0],
+            success=[ops.put(key, claim)],
+            failure=[ops.get(key)],
+        )
+        return claim if ok else replies[0][0][0]
+
+    def drop_deployment_claim(self, claim: bytes) -> None:
+        """Delete the claim key if its value is still ``claim`` (else leave it alone)."""
+        key, ops = self.keys.deployment, self.etcd.ops
+        self.etcd.txn(
+            "drop deployment claim", compare=[ops.value(key) == claim], success=[ops.delete(key)]
+        )
+
+    def ever_created_a_log(self) -> bool:
+        """Whether any log was ever created under this prefix (the id counter exists)."""
+        return self.etcd.get("read log id counter", self.keys.log_idgen) is not None
