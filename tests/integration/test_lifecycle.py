@@ -237,6 +237,12 @@ def test_retention_waits_for_ttl_readers_and_grace(env_factory, backend):
     # metadata is gone, the objects outlive it by the grace for readers holding old records
     assert set(env.objects(log_id)) == old_objects
     assert not report.of(ActionKind.DELETE_OBJECTS) and not report.of(ActionKind.DELETE_ORPHANS)
+    # what waits is reported (gc --dry-run shows it): how many objects, when due, why
+    waiting = sorted((w.reason, w.objects, round(w.due - now)) for w in report.waiting)
+    assert waiting == [
+        ("segment 0 retention", 2, HOUR + 1 + 60),
+        ("segment 1 retention", 2, HOUR + 2 + 60),
+    ]
 
     report = m.run_once(now + HOUR + 2 + 61)
     gone = set(report.keys(ActionKind.DELETE_OBJECTS))
