@@ -9,8 +9,8 @@ import threading
 import pytest
 
 import woodpecker as wp
+from woodpecker import wire
 from woodpecker.aio import AckRelay
-from workers import protocol
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,7 +82,7 @@ async def test_acks_reach_the_loop_in_one_wakeup_per_batch(make_config, monkeypa
             on_frame = link._on_frame
 
             def count_acks(frame, done):
-                acks["n"] += frame[0] == protocol.ACK
+                acks["n"] += frame[0] == wire.ACK
                 return on_frame(frame, done)
 
             link._on_frame = count_acks
