@@ -413,3 +413,35 @@ def test_delete_log_ends_buffered_reads_through_the_same_client(make_config, bac
                 reader.read_next(timeout=0)
             with pytest.raises(wp.LogNotFoundError, match="deleted"):
                 reader.read_batch(10, timeout=0)
+
+
+def _read_told_ids(config, name, ready, told, answers) -> None:
+    with wp.Client(config) as client, client.open_log(name).open_reader(wp.LATEST) as reader:
+        ready.set()
+        while told.get(timeout=60) is not None:
+            message = reader.read_next(timeout=0)
+            answers.put(None if message is None else tuple(message.id))
+
+
+def test_read_your_writes_across_processes(make_config):
+    """An ack that happened before read_next in real time (here: the writer told the reader
+    over a pipe) is seen by a reader in another process, even with timeout=0."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    config = make_config("local")
+    with wp.Client(config) as client:
+        log = client.create_log("ryw-remote")
+        ready, told, answers = ctx.Event(), ctx.Queue(), ctx.Queue()
+        reader = ctx.Process(target=_read_told_ids, args=(config, log.name, ready, told, answers))
+        reader.start()
+        try:
+            assert ready.wait(60)
+            with log.open_writer() as w:
+                for i in range(20):
+                    mid = w.write(b"told %d" % i)
+                    told.put(tuple(mid))
+                    assert answers.get(timeout=30) == tuple(mid), f"write {i}"
+        finally:
+            told.put(None)
+            reader.join(30)
