@@ -395,8 +395,16 @@ class ProducerLink:
 
     # ---- control requests ------------------------------------------------------------
 
-    def request(self, kind: int, body: dict[str, Any], timeout: float = 60.0) -> None:
-        """A control round trip (open / close a log); raises the logstore's typed error."""
+    def open_log(self, name: str, log_id: int) -> None:
+        """Ask the logstore to open ``log_id`` for writing (its writer session: the epoch fence)."""
+        self._request(wire.OPEN_LOG, {"name": name, "log_id": log_id})
+
+    def close_log(self, log_id: int, timeout: float = 60.0) -> None:
+        """Tell the logstore this process stops writing ``log_id``; returns once it has let go."""
+        self._request(wire.CLOSE_LOG, {"log_id": log_id}, timeout)
+
+    def _request(self, kind: int, body: dict[str, Any], timeout: float = 60.0) -> None:
+        """A control round trip; raises the logstore's typed error."""
         req = next(self._req)
         future: Future = Future()
         with self.mutex:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from woodpecker import wire
 from woodpecker.errors import (
     ClientClosedError,
     EntryTooLargeError,
@@ -33,7 +32,7 @@ class LogWriter:
         self._link = link
         self.name = name
         self.log_id = log_id
-        link.request(wire.OPEN_LOG, {"name": name, "log_id": log_id})
+        link.open_log(name, log_id)
         self._queue = link.register(log_id)
         self._closed = False  # no more appends
         self._close_sent = False
@@ -146,7 +145,7 @@ class LogWriter:
             if not self._close_sent and link.alive:
                 self._close_sent = True
                 left = 60.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                link.request(wire.CLOSE_LOG, {"log_id": self.log_id}, timeout=left)
+                link.close_log(self.log_id, timeout=left)
         link.unregister(self._queue)
         self._left = True
 

@@ -1,0 +1,156 @@
+"""The package structure, read from the source with ``ast``: who may import whom.
+
+The library (``woodpecker/``) never imports the daemons (``workers/``): the frames both
+speak live in ``woodpecker.wire``. Only the command-line modules that assemble the
+daemons' commands (``woodpecker.cli``, ``woodpecker.admin``) may. And no two modules
+import each other, directly or through others, counting imports inside functions (a
+function-level import hides a cycle, it does not remove it). Imports under
+``if TYPE_CHECKING:`` are annotations only, never executed, and do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import woodpecker
+
+ROOT = Path(woodpecker.__file__).resolve().parent.parent
+PACKAGES = ("woodpecker", "workers", "shm")
+ASSEMBLE_DAEMONS = {"woodpecker.cli", "woodpecker.admin"}
+
+KNOWN_CYCLES = [{"woodpecker.meta.session", "woodpecker.meta.store"}]
+"""Cycles that exist and are to be removed; the test fails once one is gone, so the
+entry is deleted with the cycle and the list only ever shrinks."""
+
+
+def modules(root: Path) -> dict[str, Path]:
+    """Every module of ``PACKAGES`` under ``root``, by dotted name (a package by its own)."""
+    found = {}
+    for top in PACKAGES:
+        for path in (root / top).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """All nodes, skipping the bodies of ``if TYPE_CHECKING:``."""
+    for node in ast.iter_child_nodes(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports at run time, at any depth of its code."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in known}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                if target in known:
+                    found.add(target)
+                elif base in known:
+                    found.add(base)
+    found.discard(name)
+    return found
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    known = modules(root)
+    return {name: imports_of(name, path, known) for name, path in known.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(component)
+            elif child not in index:
+                index[child] = low[child] = len(index)
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(sorted(graph[child]))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+    return found
+
+
+def test_the_library_never_imports_the_daemons() -> None:
+    graph = import_graph(ROOT)
+    assert "woodpecker.wire" in graph
+    reaching = {
+        name: sorted(target for target in targets if target.split(".")[0] == "workers")
+        for name, targets in graph.items()
+        if name.split(".")[0] == "woodpecker" and name not in ASSEMBLE_DAEMONS
+    }
+    assert {name: t for name, t in reaching.items() if t} == {}
+    assert "woodpecker.wire" in graph["workers.logstore"]
+    assert "woodpecker.wire" in graph["woodpecker.producer"]
+
+
+def test_no_import_cycle_between_modules() -> None:
+    found = cycles(import_graph(ROOT))
+    assert [c for c in found if c not in KNOWN_CYCLES] == []
+    assert [c for c in KNOWN_CYCLES if c not in found] == [], "a known cycle is gone: delete it"
+
+
+def test_the_walk_sees_function_level_imports_and_skips_type_checking(tmp_path: Path) -> None:
+    """Control: a cycle closed only inside a function, and a daemon import, are both found."""
+    files = {
+        "woodpecker/__init__.py": "",
+        "woodpecker/a.py": "from woodpecker import b\n",
+        "woodpecker/b.py": "def late():\n    from woodpecker.a import x\n",
+        "woodpecker/c.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from woodpecker import d\n"
+        ),
+        "woodpecker/d.py": "from . import c\nimport workers.logstore\n",
+        "workers/__init__.py": "",
+        "workers/logstore.py": "",
+        "shm/__init__.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = import_graph(tmp_path)
+    assert cycles(graph) == [{"woodpecker.a", "woodpecker.b"}]
+    assert graph["woodpecker.d"] == {"woodpecker.c", "workers.logstore"}
+    assert graph["woodpecker.c"] == set()
