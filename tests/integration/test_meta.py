@@ -376,7 +376,10 @@ def test_empty_endpoints_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(
     ("endpoint", "expected"),
-    [("etcd-host", "host:port or unix:///path"), ("unix://relative.sock", "unix:///absolute/path")],
+    [
+        ("etcd-host", "host:port (a port from 1 to 65535) or unix:///path"),
+        ("unix://relative.sock", "unix:///absolute/path"),
+    ],
 )
 def test_bad_endpoint_is_a_config_error(endpoint: str, expected: str) -> None:
     with pytest.raises(
