@@ -103,3 +103,22 @@ def make_config(services: dict[str, str], tmp_path: Path, unique: str) -> Config
 def backend(request: pytest.FixtureRequest) -> str:
     """Runs a test once per storage backend."""
     return request.param
+
+
+@pytest.fixture
+def config_env() -> Callable[[Config], dict[str, str]]:
+    """The environment of a subprocess (``python -m woodpecker ...``) that runs this checkout
+    with ``config`` as WOODPECKER_* variables, as an operator would set them."""
+    root = str(Path(__file__).resolve().parent.parent)
+
+    def build(config: Config) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": root}
+        for flat, value in config.overrides().items():
+            if isinstance(value, list):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = int(value)
+            env[f"WOODPECKER_{flat.upper()}"] = str(value)
+        return env
+
+    return build

@@ -1,7 +1,7 @@
 """Where and how the logstore logs: a size-bounded file (embedded) or stderr, text or JSON.
 
 The embedded logstore runs in the background with nobody reading its output,
-for as long as clients use it: its ``logstore.log`` is rotated at
+for as long as clients use it: its log file (``Config.logstore_log``) is rotated at
 ``logging.max_bytes`` keeping ``logging.backups`` old files, and stdout/stderr
 follow each rotation so that stray output (a traceback) is bounded too. The
 standalone ``woodpecker logstore`` logs to stderr, for its supervisor to keep.

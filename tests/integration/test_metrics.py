@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -103,17 +102,12 @@ def test_embedded_logstore_counts_a_known_workload_exactly(make_config):
     assert "delete-orphans" in kinds  # every action kind is a series from the start
 
 
-def test_standalone_logstore_serves_metrics_with_the_flag(make_config):
+def test_standalone_logstore_serves_metrics_with_the_flag(make_config, config_env):
     port = free_port()
     config = make_config("s3", logstore_idle_exit=600)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        **{f"WOODPECKER_{k.upper()}": str(v) for k, v in _flat(config).items()},
-    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "woodpecker", "logstore", "--metrics-port", str(port)],
-        env=env,
+        env=config_env(config),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -132,20 +126,15 @@ def test_standalone_logstore_serves_metrics_with_the_flag(make_config):
     assert f"serving Prometheus metrics on http://127.0.0.1:{port}/metrics" in err.decode()
 
 
-def test_metrics_port_in_use_is_a_clear_error(make_config):
+def test_metrics_port_in_use_is_a_clear_error(make_config, config_env):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         config = make_config("local", logstore_idle_exit=600)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            **{f"WOODPECKER_{k.upper()}": str(v) for k, v in _flat(config).items()},
-        }
         result = subprocess.run(
             [sys.executable, "-m", "woodpecker", "logstore", "--metrics-port", str(port)],
-            env=env,
+            env=config_env(config),
             capture_output=True,
             text=True,
             timeout=120,
@@ -160,11 +149,3 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _flat(config: Config) -> dict[str, object]:
-    """The config as environment values (lists comma-joined)."""
-    return {
-        k: ",".join(v) if isinstance(v, list) else int(v) if isinstance(v, bool) else v
-        for k, v in config.overrides().items()
-    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,8 @@ import woodpecker as wp
 ROOT = Path(wp.__file__).resolve().parent.parent
 
 
-def quickstart(make_config, tmp_path: Path, *extra: str) -> tuple[str, str]:
-    config = make_config("local")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for flat, value in config.overrides().items():
-        env[f"WOODPECKER_{flat.upper()}"] = (
-            ",".join(value)
-            if isinstance(value, list)
-            else str(int(value) if isinstance(value, bool) else value)
-        )
+def quickstart(make_config, config_env, tmp_path: Path, *extra: str) -> tuple[str, str]:
+    env = config_env(make_config("local"))
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with out.open("wb") as o, err.open("wb") as e:
         code = subprocess.call(
@@ -44,8 +36,8 @@ def quickstart(make_config, tmp_path: Path, *extra: str) -> tuple[str, str]:
     return out.read_text(), err.read_text()
 
 
-def test_quickstart_to_a_file_is_a_readable_report(make_config, tmp_path):
-    out, err = quickstart(make_config, tmp_path)
+def test_quickstart_to_a_file_is_a_readable_report(make_config, config_env, tmp_path):
+    out, err = quickstart(make_config, config_env, tmp_path)
     assert "\r" not in out and "\r" not in err and "\x1b" not in out + err
     lines = out.splitlines()
     assert 24 <= len(lines) <= 60
@@ -58,7 +50,7 @@ def test_quickstart_to_a_file_is_a_readable_report(make_config, tmp_path):
     assert progress[-1].startswith("verify 1 MiB entries: 100% (4/4 entries")
 
 
-def test_quickstart_quiet_prints_only_the_report(make_config, tmp_path):
-    out, err = quickstart(make_config, tmp_path, "--quiet")
+def test_quickstart_quiet_prints_only_the_report(make_config, config_env, tmp_path):
+    out, err = quickstart(make_config, config_env, tmp_path, "--quiet")
     assert err == ""
     assert "all 3004 entries read back and verified" in out
