@@ -53,7 +53,7 @@ def segment_row(seg: SegmentRecord) -> dict[str, Any]:
 
 
 def list_logs(client: Client, prefix: str) -> list[dict[str, Any]]:
-    meta = client._meta_store()
+    meta = client.meta_store()
     rows = []
     for name in client.list_logs(prefix):
         record = meta.get_log(name)
@@ -73,7 +73,7 @@ def list_logs(client: Client, prefix: str) -> list[dict[str, Any]]:
 
 def show_log(client: Client, name: str) -> dict[str, Any]:
     log = client.open_log(name)
-    meta = client._meta_store()
+    meta = client.meta_store()
     segments = log.segments()
     truncation = log.truncation_point()
     return {
@@ -143,7 +143,7 @@ def run_gc(client: Client, *, dry_run: bool) -> dict[str, Any]:
 
     store = open_store(client.config)
     try:
-        report = Maintenance(client.config, client._meta_store(), store).run_once(dry_run=dry_run)
+        report = Maintenance(client.config, client.meta_store(), store).run_once(dry_run=dry_run)
     finally:
         store.close()
     return {

@@ -64,59 +64,19 @@ class Client:
         if error is not None:
             raise type(error)(str(error))
 
-    def _producer_link(self) -> ProducerLink:
-        """The link to the logstore, reconnected (and relaunched) after it was lost."""
-        self._verify_deployment()
-        with self._lock:
-            self._check()
-            if self._link is None or not self._link.alive:
-                if self._link is not None:
-                    self._link.close()
-                self._link = ProducerLink(self.config)
-            return self._link
-
-    def _meta_store(self) -> MetaStore:
-        self._check()
-        with self._lock:
-            self._check()
-            if self._meta is None:
-                endpoints = list(self.config.etcd.endpoints)
-                if not endpoints:
-                    self._etcd = EmbeddedEtcd(self.config.storage.root)
-                    endpoints = self._etcd.acquire()
-                self._meta = MetaStore(self.config, endpoints=endpoints)
-            return self._meta
-
-    def _verify_deployment(self) -> str:
-        """Claim or check the deployment once, before this Client first writes or deletes."""
-        with self._lock:
-            if self._deployment_id is None:
-                self._deployment_id = verify_deployment(
-                    self.config, self._meta_store(), self._object_store()
-                )
-            return self._deployment_id
-
-    def _object_store(self) -> ObjectStore:
-        self._check()
-        with self._lock:
-            self._check()
-            if self._store is None:
-                self._store = open_store(self.config)
-            return self._store
-
     def create_log(self, name: str) -> LogHandle:
         """Create a log; ``LogExistsError`` if the name is taken."""
         validate_log_name(name)
-        self._verify_deployment()
-        record = self._meta_store().create_log(name)
+        self.deployment_id()
+        record = self.meta_store().create_log(name)
         return LogHandle(self, record.name, record.log_id)
 
     def open_log(self, name: str, *, create: bool = False) -> LogHandle:
         """Open a log; ``LogNotFoundError`` unless it exists or ``create=True``."""
         validate_log_name(name)
-        meta = self._meta_store()
+        meta = self.meta_store()
         if create:
-            self._verify_deployment()
+            self.deployment_id()
             try:
                 record = meta.get_log(name)
             except LogNotFoundError:
@@ -130,7 +90,7 @@ class Client:
 
     def list_logs(self, prefix: str = "") -> list[str]:
         """Names of the logs starting with ``prefix``, sorted."""
-        return self._meta_store().list_logs(prefix)
+        return self.meta_store().list_logs(prefix)
 
     def delete_log(self, name: str) -> None:
         """Delete a log's metadata; readers then get ``LogNotFoundError``.
@@ -139,19 +99,11 @@ class Client:
         deletes them as orphans once older than ``retention.orphan_grace``.
         """
         validate_log_name(name)
-        self._verify_deployment()
-        record = self._meta_store().delete_log(name)
+        self.deployment_id()
+        record = self.meta_store().delete_log(name)
         for reader in list(self._readers):
             if reader.log_id == record.log_id:
                 reader._log_deleted()
-
-    def _reader_opened(self, reader: LogReader) -> None:
-        """Readers are closed with the Client, and learn at once of a delete_log through it."""
-        with self._lock:
-            if self._unusable is not None:  # closed while the reader was being opened
-                reader._close(self._unusable)
-                self._check()
-            self._readers.add(reader)
 
     def close(self) -> None:
         """Close every reader, fail what writers still have pending, detach; idempotent.
@@ -174,6 +126,66 @@ class Client:
                 self._store.close()
             if self._etcd is not None:
                 self._etcd.release()
+
+    # ---- package seams ------------------------------------------------------------------
+    # What LogHandle and the admin commands build on: the resources this
+    # Client opens lazily, checks against close and fork, and closes. They are methods of
+    # the Client rather than a separate object because the closed and forked rules are the
+    # Client's own; they are public so that no module reaches into another's private
+    # names, but applications do not need them (the README documents the user API).
+
+    def producer_link(self) -> ProducerLink:
+        """The link to the logstore (checks the deployment first), reconnected and
+        relaunched after it was lost: what a ``LogWriter`` writes through."""
+        self.deployment_id()
+        with self._lock:
+            self._check()
+            if self._link is None or not self._link.alive:
+                if self._link is not None:
+                    self._link.close()
+                self._link = ProducerLink(self.config)
+            return self._link
+
+    def meta_store(self) -> MetaStore:
+        """The metadata store, connected on first use (to the embedded etcd when no
+        endpoints are configured) and closed with the Client."""
+        self._check()
+        with self._lock:
+            self._check()
+            if self._meta is None:
+                endpoints = list(self.config.etcd.endpoints)
+                if not endpoints:
+                    self._etcd = EmbeddedEtcd(self.config.storage.root)
+                    endpoints = self._etcd.acquire()
+                self._meta = MetaStore(self.config, endpoints=endpoints)
+            return self._meta
+
+    def deployment_id(self) -> str:
+        """The deployment's id, claimed or checked once, before this Client first writes
+        or deletes (``woodpecker.deployment``)."""
+        with self._lock:
+            if self._deployment_id is None:
+                self._deployment_id = verify_deployment(
+                    self.config, self.meta_store(), self.object_store()
+                )
+            return self._deployment_id
+
+    def object_store(self) -> ObjectStore:
+        """The object store holding the logs' data, opened on first use, closed with the Client."""
+        self._check()
+        with self._lock:
+            self._check()
+            if self._store is None:
+                self._store = open_store(self.config)
+            return self._store
+
+    def reader_opened(self, reader: LogReader) -> None:
+        """Readers are closed with the Client, and learn at once of a delete_log through it."""
+        with self._lock:
+            if self._unusable is not None:  # closed while the reader was being opened
+                reader._close(self._unusable)
+                self._check()
+            self._readers.add(reader)
 
     def __enter__(self) -> Client:
         return self

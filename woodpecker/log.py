@@ -26,7 +26,7 @@ class LogHandle:
 
     def open_writer(self) -> LogWriter:
         """Join this host's writer session for the log (fencing other hosts' sessions)."""
-        return LogWriter(self._client._producer_link(), self.name, self.log_id)
+        return LogWriter(self._client.producer_link(), self.name, self.log_id)
 
     def open_reader(self, start: Position = EARLIEST, name: str | None = None) -> LogReader:
         """Read from ``EARLIEST``, ``LATEST`` or a ``LogMessageId`` (inclusive).
@@ -35,14 +35,14 @@ class LogHandle:
         See docs/reading.md.
         """
         reader = LogReader(
-            self._client._meta_store(),
-            self._client._object_store(),
+            self._client.meta_store(),
+            self._client.object_store(),
             self.name,
             self.log_id,
             start,
             reader_name=name,
         )
-        self._client._reader_opened(reader)
+        self._client.reader_opened(reader)
         return reader
 
     def read_table(self, start: Position = EARLIEST, end: LogMessageId | None = None) -> pa.Table:
@@ -56,7 +56,7 @@ class LogHandle:
 
     def segments(self) -> list[SegmentRecord]:
         """The segment records of the log, oldest first."""
-        return self._client._meta_store().list_segments(self.log_id)
+        return self._client.meta_store().list_segments(self.log_id)
 
     def truncate(self, mid: LogMessageId) -> LogMessageId:
         """Mark every entry up to and including ``mid`` as deletable; return the truncation point.
@@ -70,14 +70,14 @@ class LogHandle:
         if not isinstance(mid, LogMessageId):
             raise TypeError(f"truncate takes a LogMessageId, not {mid!r}")
         mid.checked()
-        self._client._verify_deployment()
-        lifecycle = Lifecycle(self._client._meta_store())
+        self._client.deployment_id()
+        lifecycle = Lifecycle(self._client.meta_store())
         point = lifecycle.truncate(self.log_id, self.name, mid.segment_id, mid.entry_id)
         return LogMessageId(point.segment_id, point.entry_id)
 
     def truncation_point(self) -> LogMessageId | None:
         """The last truncated entry (inclusive), or None if the log was never truncated."""
-        point = self._client._meta_store().get_truncation(self.log_id)
+        point = self._client.meta_store().get_truncation(self.log_id)
         return None if point is None else LogMessageId(point.segment_id, point.entry_id)
 
     def __repr__(self) -> str:

@@ -394,7 +394,7 @@ def test_doctor_says_whether_the_claims_agree(make_config: ConfigFactory, unique
         assert meta.etcd.get("t", meta.keys.deployment) is None, "doctor claimed etcd"
     with wp.Client(a) as client:
         write(client, "orders", [b"a"])
-        claimed = client._verify_deployment()
+        claimed = client.deployment_id()
     assert run_doctor(a).facts["deployment"] == f"{claimed} (etcd and storage claims agree)"
     other = run_doctor(make_config("s3", etcd_prefix=f"/wp-b/{unique}"))
     assert not other.ok

@@ -79,7 +79,7 @@ def test_embedded_logstore_counts_a_known_workload_exactly(make_config):
             before_close = scrape(port)
         wait_for(lambda: scrape(port)[("woodpecker_etcd_txn_seconds_count", (("op", "seal"),))])
         after = scrape(port)
-        meta = client._meta_store()
+        meta = client.meta_store()
         segments = log.segments()
         blocks = sum(s.block_count for s in segments)
         stored = sum(b.size for s in segments for b in meta.list_blocks(log.log_id, s.segment_id))

@@ -374,7 +374,7 @@ def test_idle_tail_stays_registered_and_survives_broken_watch(make_config):
             first = w.write(b"one")
             assert tail.take(1, timeout=2)[0].id == first
             time.sleep(0.2)  # the reader is blocked on the watch, not inside a request
-            etcd = client._meta_store().etcd
+            etcd = client.meta_store().etcd
             etcd._failed(etcd._current, reconnect=True)  # closes the channel under the watch
             second = w.write(b"two")
             assert tail.take(1, timeout=2)[0].id == second

@@ -428,7 +428,7 @@ def test_large_block_uses_parallel_multipart(make_config, backend):
         with log.open_writer() as w:
             mid = w.write(big)
             small = w.write(b"after")
-        blocks = client._meta_store().list_blocks(log.log_id, mid.segment_id)
+        blocks = client.meta_store().list_blocks(log.log_id, mid.segment_id)
         assert blocks[0].size > 12 * 1024 * 1024
         messages = read_all(log, 2)
     assert messages[0].payload == big
