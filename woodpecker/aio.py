@@ -26,23 +26,21 @@ entries that read was fetching are returned by the next read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
+from woodpecker.ack_relay import relay_for_running_loop
 from woodpecker.client import Client
 from woodpecker.config import Config
 from woodpecker.errors import BackpressureTimeout, ReaderClosedError
 from woodpecker.log import LogHandle
 from woodpecker.message import EARLIEST, LogMessage, LogMessageId, Position
 from woodpecker.meta import SegmentRecord
-from woodpecker.producer import AppendFuture, in_ack_pass, listen_to_ack_passes
+from woodpecker.producer import AppendFuture
 from woodpecker.reader import LogReader
 from woodpecker.writer import LogWriter
 
@@ -50,83 +48,6 @@ T = TypeVar("T")
 Opened = TypeVar("Opened", "AsyncLogWriter", "AsyncLogReader")
 
 READ_CHUNK = 1000  # entries a reader fetches per trip to its thread when iterating
-
-
-class AckRelay:
-    """Hands resolved appends to one event loop, one ``call_soon_threadsafe`` per ack pass.
-
-    The ack thread resolves every append of a batch (of several batches, when
-    they arrive together) in one pass; the relay collects them and wakes the
-    loop once when the pass ends. An append resolved anywhere else (a failure
-    found on another thread) wakes the loop at once.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._ready: list[tuple[AppendFuture, asyncio.Future[Any]]] = []
-        self._scheduled = False
-        self.wakeups = 0  # call_soon_threadsafe calls so far (tests, benchmarks)
-        listen_to_ack_passes(self)
-
-    def watch(self, append: AppendFuture) -> asyncio.Future[Any]:
-        """An asyncio future of this loop that gets the append's id(s) or error."""
-        future = self.loop.create_future()
-        if append.done():
-            _settle(append, future)
-        else:
-            append.add_done_callback(lambda a: self._arrived(a, future))
-        return future
-
-    def _arrived(self, append: AppendFuture, future: asyncio.Future[Any]) -> None:
-        """Queue the result; the end of the ack pass wakes the loop (or now, off the pass)."""
-        with self._lock:
-            self._ready.append((append, future))
-        if not in_ack_pass():
-            self.ack_pass_ended()
-
-    def ack_pass_ended(self) -> None:
-        """Wake the loop if results wait and no drain is pending."""
-        with self._lock:
-            if self._scheduled or not self._ready:
-                return
-            self._scheduled = True
-            self.wakeups += 1
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to tell
-            self.loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self._lock:
-            ready, self._ready = self._ready, []
-            self._scheduled = False
-        for append, future in ready:
-            _settle(append, future)
-
-
-def _settle(append: AppendFuture, future: asyncio.Future[Any]) -> None:
-    if future.done():  # the waiter was cancelled: the append itself went on
-        return
-    error = append.exception(0)
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(append.result(0))
-
-
-_relays: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AckRelay] = (
-    weakref.WeakKeyDictionary()
-)
-_relays_lock = threading.Lock()
-
-
-def relay_for_running_loop() -> AckRelay:
-    """The relay of the running event loop (made on first use)."""
-    loop = asyncio.get_running_loop()
-    with _relays_lock:
-        relay = _relays.get(loop)
-        if relay is None:
-            relay = _relays[loop] = AckRelay(loop)
-    return relay
 
 
 class Opening(Generic[Opened]):

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import orjson
 
 from shm import Arena, FrameReader, RingAllocator, send_msg
 from woodpecker import errors, forking, wire
+from woodpecker.ack_relay import ack_pass, ack_pass_ended, relay_for_running_loop
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment
 from woodpecker.errors import (
@@ -54,30 +54,6 @@ def error_from(name: str, message: str) -> WoodpeckerError:
     if not (isinstance(cls, type) and issubclass(cls, WoodpeckerError)):
         cls = WoodpeckerError
     return cls(message)
-
-
-_ack_pass = threading.local()  # .active: this thread is resolving a pass of acks
-_pass_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
-_pass_listeners_lock = threading.Lock()
-
-
-def in_ack_pass() -> bool:
-    """Whether the calling thread is resolving a pass of acks (one or more batches)."""
-    return getattr(_ack_pass, "active", False)
-
-
-def listen_to_ack_passes(listener: Any) -> None:
-    """Call ``listener.ack_pass_ended()`` on the ack thread after each pass of acks; held
-    weakly. Lets an event loop be woken once per batch rather than once per append."""
-    with _pass_listeners_lock:
-        _pass_listeners.add(listener)
-
-
-def _ack_pass_ended() -> None:
-    with _pass_listeners_lock:
-        listeners = list(_pass_listeners)
-    for listener in listeners:
-        listener.ack_pass_ended()
 
 
 _PENDING, _FINISHED = "PENDING", "FINISHED"  # the states concurrent.futures.wait reads
@@ -131,8 +107,6 @@ class AppendFuture(concurrent.futures.Future):
     def __await__(self) -> Generator[Any, None, Any]:
         """``await future`` in a coroutine: the ack thread wakes the loop once per batch."""
         if self._state == _PENDING:
-            from woodpecker.aio import relay_for_running_loop
-
             yield from relay_for_running_loop().watch(self).__await__()
         return self.result()
 
@@ -616,14 +590,11 @@ class ProducerLink:
                 self._seal_ready()
                 if frames:
                     self.lock.notify_all()
-            _ack_pass.active = True
-            try:
+            with ack_pass():
                 for resolve in done:
                     resolve()
-            finally:
-                _ack_pass.active = False
             if done:
-                _ack_pass_ended()
+                ack_pass_ended()
             if frames:
                 with self.mutex:
                     self.lock.notify_all()

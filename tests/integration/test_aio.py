@@ -10,7 +10,7 @@ import pytest
 
 import woodpecker as wp
 from woodpecker import wire
-from woodpecker.aio import AckRelay
+from woodpecker.ack_relay import AckRelay
 
 pytestmark = pytest.mark.asyncio
 
