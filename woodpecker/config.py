@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,65 +302,95 @@ def _shown(f: dataclasses.Field, raw: Any) -> str:
     return "<redacted>" if f.metadata.get("secret") else repr(raw)
 
 
+def _not_bool(raw: Any) -> Any:
+    """``True`` is an int in Python; as a number or a size it is a mistake."""
+    if isinstance(raw, bool):
+        raise ValueError
+    return raw
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+def _parse_size(raw: Any) -> int:
+    if isinstance(_not_bool(raw), int):
+        return raw
+    m = _SIZE_RE.match(str(raw))
+    if not m:
+        raise ValueError
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2) and m.group(2).lower()]
+
+
+def _parse_int(raw: Any) -> int:
+    if isinstance(_not_bool(raw), float) and not raw.is_integer():
+        raise ValueError
+    return int(raw)
+
+
+def _parse_float(raw: Any) -> float:
+    value = float(_not_bool(raw))
+    if not math.isfinite(value):
+        raise ValueError
+    return value
+
+
+def _parse_list(raw: Any) -> list[str]:
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+def _parse_path(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError
+    return raw.strip()
+
+
+def _parse_str(raw: Any) -> str:
+    if not isinstance(_not_bool(raw), str | int | float):
+        raise ValueError
+    return str(raw)
+
+
+@dataclass(frozen=True)
+class _Parser:
+    """How a setting's text becomes its value; ``parse`` raises ValueError or TypeError."""
+
+    parse: Callable[[Any], Any]
+    expected: str
+
+
+_PARSERS: dict[str, _Parser] = {
+    "bool": _Parser(_parse_bool, "0/1/true/false"),
+    "int": _Parser(_parse_int, "an integer"),
+    "size": _Parser(_parse_size, "a size such as 4096, 64KiB or 8MiB"),
+    "float": _Parser(_parse_float, "a number"),
+    "list[str]": _Parser(_parse_list, "a comma-separated list"),
+    "path": _Parser(_parse_path, "a path (a string)"),
+    "str": _Parser(_parse_str, "a string"),
+}
+"""By the field's ``kind`` metadata when it names a parser (size, path), else by its type."""
+
+
 def _coerce(section: str, f: dataclasses.Field, raw: Any) -> Any:
     """Turn a YAML / env / keyword value into the field's type, or raise ConfigError."""
     key = f"{section}.{f.name}"
     meta = f.metadata
     want = f.type if isinstance(f.type, str) else f.type.__name__
+    parser = _PARSERS.get(meta.get("kind", ""), _PARSERS[want])
     try:
-        if want == "bool":
-            if isinstance(raw, bool):
-                value: Any = raw
-            elif str(raw).strip().lower() in ("1", "true", "yes", "on"):
-                value = True
-            elif str(raw).strip().lower() in ("0", "false", "no", "off", ""):
-                value = False
-            else:
-                raise ValueError
-        elif want == "int" and meta.get("kind") == "size":
-            if isinstance(raw, bool):
-                raise ValueError
-            if isinstance(raw, int):
-                value = raw
-            else:
-                m = _SIZE_RE.match(str(raw))
-                if not m:
-                    raise ValueError
-                value = int(m.group(1)) * _SIZE_UNITS[m.group(2) and m.group(2).lower()]
-        elif want == "int":
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            value = int(raw)
-        elif want == "float":
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError
-        elif want == "list[str]":
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            value = [str(i).strip() for i in items if str(i).strip()]
-        elif meta.get("kind") == "path":
-            if not isinstance(raw, str):
-                raise ValueError
-            value = raw.strip()
-        else:
-            if not isinstance(raw, str | int | float) or isinstance(raw, bool):
-                raise ValueError
-            value = str(raw)
+        value = parser.parse(raw)
     except (TypeError, ValueError):
-        allowed = {
-            "bool": "0/1/true/false",
-            "int": "an integer",
-            "float": "a number",
-            "list[str]": "a comma-separated list",
-            "str": "a string",
-        }.get(want, want)
-        if meta.get("kind") == "size":
-            allowed = "a size such as 4096, 64KiB or 8MiB"
-        elif meta.get("kind") == "path":
-            allowed = "a path (a string)"
-        raise ConfigError(f"{key}: invalid value {_shown(f, raw)}; expected {allowed}") from None
+        raise ConfigError(
+            f"{key}: invalid value {_shown(f, raw)}; expected {parser.expected}"
+        ) from None
     if meta.get("required") and not value:
         raise ConfigError(f"{key}: must not be empty")
     if meta.get("kind") == "endpoints":
