@@ -201,8 +201,8 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def _logstore_alive(config: Config) -> bool:
-    """Is a logstore holding the lock of this socket? (A killed one releases it.)"""
+def logstore_running(config: Config) -> bool:
+    """Is a logstore holding the lock of this deployment's socket? (A killed one releases it.)"""
     path = config.logstore_lock
     if not path.exists():
         return False
@@ -249,7 +249,7 @@ def connect_logstore(config: Config) -> socket.socket:
             while True:
                 # a logstore killed an instant ago may still hold its lock: look again
                 # while waiting, and launch once it is free
-                if not launched and not _logstore_alive(config):
+                if not launched and not logstore_running(config):
                     launch_logstore(config)
                     launched = True
                 try:

@@ -10,7 +10,6 @@ lock files.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Iterable
@@ -21,11 +20,6 @@ import psutil
 from woodpecker.config import Config
 
 ARENA_PREFIX = "/memfd:woodpecker"
-
-
-def lock_file(config: Config) -> Path:
-    """The flock a logstore holds for its whole life (``<socket>.lock``)."""
-    return config.logstore_socket.with_name(config.logstore_socket.name + ".lock")
 
 
 def holders(path: Path) -> list[int]:
@@ -50,7 +44,7 @@ def logstore_pid(config: Config) -> int | None:
     parent is not a holder too.
     """
     found: dict[int, int] = {}  # pid -> parent pid
-    for pid in holders(lock_file(config)):
+    for pid in holders(config.logstore_lock):
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE and "workers.logstore" in proc.cmdline():
@@ -110,19 +104,6 @@ def arenas_held(pids: Iterable[int]) -> dict[int, set[int]]:
     """``{pid: arena inodes}`` for the processes that hold any."""
     held = {pid: arena_inodes(pid) for pid in pids}
     return {pid: inodes for pid, inodes in held.items() if inodes}
-
-
-def lock_is_free(path: Path) -> bool:
-    """Can the flock be taken right now (nobody, live or leaked, holds it)?"""
-    if not path.exists():
-        return True
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:

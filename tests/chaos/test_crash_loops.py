@@ -29,8 +29,6 @@ from chaos.processes import (
     arenas_held,
     family,
     holders,
-    lock_file,
-    lock_is_free,
     logstore_pid,
     uploader_pids,
     wait_logstore,
@@ -39,6 +37,7 @@ from chaos.processes import (
 from chaos.scale import pick
 from chaos.workload import Fleet, Plan
 from woodpecker.config import Config
+from woodpecker.producer import logstore_running
 
 RECOVERY = 45.0  # seconds producers get to be acked again after a kill
 SETTLE = 20.0  # seconds for a victim's resources to be released
@@ -127,7 +126,7 @@ class Loop:
         fresh = wait_logstore(self.config, RECOVERY, other_than=store)
         # a child forked by a logstore holds the lock fd until its exec closes it, so a
         # holder may show up for an instant; one that stays is a leak
-        stale = lambda: set(holders(lock_file(self.config))) - {fresh}  # noqa: E731
+        stale = lambda: set(holders(self.config.logstore_lock)) - {fresh}  # noqa: E731
         try:
             wait_until(lambda: not stale(), SETTLE, "the lock is still held")
         except AssertionError:
@@ -167,7 +166,7 @@ class Loop:
             SETTLE,
             "the logstore did not idle out after its last client closed",
         )
-        assert lock_is_free(lock_file(self.config)), "the logstore lock is still held"
+        assert not logstore_running(self.config), "the logstore lock is still held"
         assert not self.config.logstore_socket.exists(), "the logstore left its socket behind"
         survivors = lambda: {p for p in family(self._logstores()) if _alive(p)}  # noqa: E731
         try:

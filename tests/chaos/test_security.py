@@ -29,8 +29,6 @@ from chaos.certs import Certificates, make_certificates
 from chaos.processes import (
     ARENA_PREFIX,
     family,
-    lock_file,
-    lock_is_free,
     uploader_pids,
     wait_logstore,
     wait_until,
@@ -38,6 +36,7 @@ from chaos.processes import (
 from chaos.services import EtcdCluster, Seaweed
 from woodpecker.config import Config
 from woodpecker.meta.embedded import etcd_binary
+from woodpecker.producer import logstore_running
 
 ERROR_BOUND = 15.0  # seconds within which a misconfigured client must fail
 
@@ -347,7 +346,7 @@ def test_another_local_user_is_refused_by_the_embedded_default():
             check = [str(etcdctl), f"--endpoints={endpoints[0]}", "get", "/woodpecker/intruder"]
             assert probe_all({"get": check}, [])["get"] == (0, ""), "another user put a key"
     finally:
-        wait_until(lambda: lock_is_free(lock_file(config)), 30, "the logstore exits")
+        wait_until(lambda: not logstore_running(config), 30, "the logstore exits")
         if etcd_pid is not None:
             wait_until(lambda: not running(etcd_pid), 30, "the embedded etcd stops")
         shutil.rmtree(parent)
