@@ -40,20 +40,15 @@ from woodpecker.errors import (
     ForkedClientError,
     LogstoreUnavailableError,
     WoodpeckerError,
+    from_wire,
+    outcome_unknown,
+    to_wire,
 )
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.message import LogMessageId
 from woodpecker.private_files import make_private_dirs, private_opener
 
 CONNECT_TIMEOUT = 30.0
-
-
-def error_from(name: str, message: str) -> WoodpeckerError:
-    """Rebuild a typed error sent by the logstore by its class name."""
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, WoodpeckerError)):
-        cls = WoodpeckerError
-    return cls(message)
 
 
 _PENDING, _FINISHED = "PENDING", "FINISHED"  # the states concurrent.futures.wait reads
@@ -334,7 +329,7 @@ class ProducerLink:
                     for frame, _ in self._reader.feed_from(sock):
                         kind, body = wire.decode(frame)
                         if kind == wire.REFUSED:
-                            raise error_from(body["error"], body["message"])
+                            raise from_wire(body)
                         if kind == wire.WELCOME:
                             self._check_welcome(body, deployment)
                             sock.settimeout(None)
@@ -387,7 +382,7 @@ class ProducerLink:
         self._send(wire.encode(kind, {**body, "req": req}))
         reply = future.result(timeout)
         if not reply["ok"]:
-            raise error_from(reply["error"], reply["message"])
+            raise from_wire(reply)
 
     def _send(self, frame: bytes) -> None:
         try:
@@ -609,12 +604,11 @@ class ProducerLink:
             self.alloc.free(batch.offset)
             done.append(lambda: _resolve(batch.appends, segment_id, first))
         elif kind == wire.NACK:
-            seq, name, message = wire.decode_nack(frame)
+            seq, error = wire.decode_nack(frame)
             batch = self._inflight_batch(seq)
             if batch is None:
                 return
             self.alloc.free(batch.offset)
-            error = error_from(name, message)
             if isinstance(error, errors.WriterFencedError):
                 batch.queue.failed = error
                 self._fail_queue(batch.queue, error)
@@ -658,20 +652,23 @@ class ProducerLink:
         if self.broken is not None:
             return
         self.broken = error
+        sent = outcome_unknown(error)  # the logstore may still commit what it was sent
         for batch in self.inflight.values():
-            self._fail_appends(batch.appends, error)
+            self._fail_appends(batch.appends, sent)
         self.inflight.clear()
         for queue in self.queues:
             self._fail_queue(queue, error)
         for future in self.replies.values():
-            future.set_result({"ok": False, "error": type(error).__name__, "message": str(error)})
+            future.set_result({"ok": False, **to_wire(error)})
         self.replies.clear()
 
     def close(self) -> None:
         """Detach from the logstore; the arena is freed once nobody maps it.
 
-        Appends not acknowledged yet fail with ``ClientClosedError``. In a forked
-        child nothing is done: the socket and arena are still the parent's.
+        Appends not sent yet fail with ``ClientClosedError``; those sent and not
+        acknowledged yet with an ``OutcomeUnknownError``: the logstore may still
+        commit them. In a forked child nothing is done: the socket and arena are
+        still the parent's.
         """
         if self.forked:
             return

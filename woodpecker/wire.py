@@ -17,11 +17,14 @@ from typing import Any
 import orjson
 
 from woodpecker.deployment import Deployment
+from woodpecker.errors import WoodpeckerError, from_wire, to_wire
 
-VERSION = 2
+VERSION = 3
 """The protocol spoken between a producer and its logstore (docs/logstore-protocol.md).
 
-Version 1 (unversioned) had no deployment check; a peer speaking another version
+Version 1 (unversioned) had no deployment check; version 2 NACKed appends with the
+transport error alone, where version 3 names what became of them (NotWrittenError or
+OutcomeUnknownError classes, woodpecker/errors.py). A peer speaking another version
 is refused at the handshake, never half-understood.
 """
 
@@ -69,11 +72,10 @@ def decode(frame: bytes) -> tuple[int, dict[str, Any]]:
     return frame[0], orjson.loads(memoryview(frame)[1:])
 
 
-def encode_nack(batch_seq: int, error: str, message: str) -> bytes:
-    return NACK_HEAD.pack(NACK, batch_seq) + orjson.dumps({"error": error, "message": message})
+def encode_nack(batch_seq: int, error: WoodpeckerError) -> bytes:
+    return NACK_HEAD.pack(NACK, batch_seq) + orjson.dumps(to_wire(error))
 
 
-def decode_nack(frame: bytes) -> tuple[int, str, str]:
+def decode_nack(frame: bytes) -> tuple[int, WoodpeckerError]:
     _, seq = NACK_HEAD.unpack_from(frame)
-    body = orjson.loads(memoryview(frame)[NACK_HEAD.size :])
-    return seq, body["error"], body["message"]
+    return seq, from_wire(orjson.loads(memoryview(frame)[NACK_HEAD.size :]))

@@ -20,6 +20,7 @@ See docs/write-pipeline.md for the protocol and its failure cases.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections import deque
@@ -29,14 +30,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from woodpecker.config import Config
-from woodpecker.errors import MetadataUnavailableError, WoodpeckerError, WriterFencedError
-from woodpecker.meta import BlockRecord, MetaStore, WriterSession
+from woodpecker.errors import (
+    CommitNotAttemptedError,
+    CommitOutcomeUnknownError,
+    MetadataUnavailableError,
+    NotDurableError,
+    NotWrittenError,
+    WoodpeckerError,
+    WriterClosedError,
+    WriterFencedError,
+    not_written,
+    outcome_unknown,
+)
+from woodpecker.meta import MAX_BLOCKS_PER_COMMIT, BlockRecord, MetaStore, WriterSession
 from workers import metrics
 
 log = logging.getLogger("woodpecker.coordinator")
 
 SEAL_RETRY_INTERVAL = 1.0  # seconds between attempts to seal while etcd is unreachable
-MAX_COMMIT_BLOCKS = 127  # etcd allows 128 operations per txn; one is the segment record
 MAX_HELD_BATCHES = 4096  # batches of one log held while it opens; more are refused
 
 OpenReply = Callable[[WoodpeckerError | None], None]
@@ -51,8 +62,14 @@ class Batch:
     offset: int
     length: int
     count: int
-    first_entry: int = -1
-    arrived: float = 0.0  # when it reached the logstore (monotonic clock), for ack latency
+    arrived: float  # when it reached the logstore (monotonic clock), for ack latency
+    first_entry: int = 0  # assigned when the batch joins its log's open block
+
+
+class BlockState(enum.Enum):
+    UPLOADING = "uploading"
+    UPLOADED = "uploaded"  # durable in storage, waiting for its turn to commit
+    COMMITTING = "committing"  # in the commit txn in flight: if that fails, its fate is unknown
 
 
 @dataclass
@@ -65,8 +82,8 @@ class Block:
     batches: list[Batch]
     key: str
     job: int
-    done: bool = False
-    done_at: float = 0.0
+    state: BlockState = BlockState.UPLOADING
+    uploaded_at: float | None = None  # monotonic clock
     size: int = 0
     checksum: int = 0
 
@@ -86,11 +103,16 @@ class SegmentCursor:
     bytes: int = 0
 
 
+class MetaKind(enum.Enum):
+    CREATE = "create"
+    SEAL = "seal"
+
+
 @dataclass
 class MetaOp:
     """A metadata step of the timeline other than a block: create or seal a segment."""
 
-    kind: str  # "create" | "seal"
+    kind: MetaKind
     segment_id: int
 
 
@@ -104,12 +126,12 @@ class LogState:
     segment: SegmentCursor | None = None
     open_batches: list[Batch] = field(default_factory=list)
     open_bytes: int = 0
-    open_since: float = 0.0  # when the oldest open batch arrived (monotonic clock)
+    open_since: float | None = None  # when the oldest open batch arrived (monotonic clock)
     timeline: deque[Block | MetaOp] = field(default_factory=deque)
-    busy: bool = False
+    busy: bool = False  # the metadata step at the head of the timeline is in flight
     committed_size: dict[int, int] = field(default_factory=dict)  # segment -> bytes committed
-    fenced: str = ""
-    retry_at: float = 0.0  # a failed seal is retried from then on (monotonic clock)
+    fenced_by: WriterFencedError | None = None  # another session took the log
+    retry_at: float | None = None  # a failed seal is retried from then on (monotonic clock)
 
 
 @dataclass
@@ -133,7 +155,7 @@ class Outbox:
         *,
         dispatch: Callable[[int, str, list[list[int]]], None],
         ack: Callable[[int, int, int, int], None],
-        nack: Callable[[int, int, str, str], None],
+        nack: Callable[[int, int, WoodpeckerError], None],
         wake: Callable[[], None],
     ) -> None:
         self.dispatch = dispatch
@@ -173,7 +195,7 @@ class Coordinator:
             opening.waiters.append((producer, reply))
             return
         state = self.logs.get(log_id)
-        if state is not None and not state.fenced:
+        if state is not None and state.fenced_by is None:
             state.writers[producer] = state.writers.get(producer, 0) + 1
             reply(None)
             return
@@ -203,7 +225,7 @@ class Coordinator:
             log.warning("opening log %r failed: %s", opening.name, failure)
             for _, reply in opening.waiters:
                 reply(failure)
-            self._fail_batches(opening.held, type(failure).__name__, str(failure))
+            self._fail_batches(opening.held, not_written(failure))
             return
         session, next_segment = future.result()
         state = LogState(log_id, opening.name, session, next_segment)
@@ -223,7 +245,7 @@ class Coordinator:
         state.writers[producer] -= 1
         if state.writers[producer] <= 0:
             del state.writers[producer]
-        if not state.writers and not state.fenced:
+        if not state.writers and state.fenced_by is None:
             self._roll(state)
             self._pump(state)
 
@@ -238,7 +260,7 @@ class Coordinator:
     def on_batch(
         self, producer: int, log_id: int, seq: int, offset: int, length: int, count: int
     ) -> None:
-        batch = Batch(producer, seq, offset, length, count, arrived=time.monotonic())
+        batch = Batch(producer, seq, offset, length, count, time.monotonic())
         opening = self.opening.get(log_id)
         if opening is None:
             self._take(log_id, batch)
@@ -246,9 +268,10 @@ class Coordinator:
             self.out.nack(
                 producer,
                 seq,
-                "MetadataUnavailableError",
-                f"log {opening.name!r} is still opening (etcd is slow) and already "
-                f"holds {MAX_HELD_BATCHES} batches",
+                CommitNotAttemptedError(
+                    f"log {opening.name!r} is still opening (etcd is slow) and already "
+                    f"holds {MAX_HELD_BATCHES} batches"
+                ),
             )
         else:
             opening.held.append(batch)
@@ -261,18 +284,17 @@ class Coordinator:
             self.out.nack(
                 batch.producer,
                 batch.seq,
-                "WriterClosedError",
-                f"log id {log_id} is not open for writing by this producer",
+                WriterClosedError(f"log id {log_id} is not open for writing by this producer"),
             )
             return
-        if state.fenced:
-            self.out.nack(batch.producer, batch.seq, "WriterFencedError", state.fenced)
+        if state.fenced_by is not None:
+            self.out.nack(batch.producer, batch.seq, state.fenced_by)
             return
         cursor = self._cursor(state)
         batch.first_entry = cursor.next_entry
         cursor.next_entry += batch.count
         cursor.bytes += batch.length
-        if not state.open_batches:
+        if state.open_since is None:
             state.open_since = time.monotonic()
         state.open_batches.append(batch)
         state.open_bytes += batch.length
@@ -288,7 +310,7 @@ class Coordinator:
         """Whether the open block goes out now: it is full, or an upload slot is free and
         it has lingered long enough (``uploader.linger_ms``: fewer, larger PUTs)."""
         limits = self.config.uploader
-        if not state.open_batches:
+        if state.open_since is None:
             return False
         return state.open_bytes >= limits.max_block_bytes or (
             self.inflight < limits.max_inflight
@@ -310,7 +332,7 @@ class Coordinator:
             cursor = SegmentCursor(state.next_segment)
             state.next_segment += 1
             state.segment = cursor
-            state.timeline.append(MetaOp("create", cursor.segment_id))
+            state.timeline.append(MetaOp(MetaKind.CREATE, cursor.segment_id))
         return cursor
 
     def _roll(self, state: LogState) -> None:
@@ -318,16 +340,23 @@ class Coordinator:
         if state.segment is None:
             return
         self._dispatch_open(state)
-        state.timeline.append(MetaOp("seal", state.segment.segment_id))
+        state.timeline.append(MetaOp(MetaKind.SEAL, state.segment.segment_id))
         state.segment = None
 
     # ---- uploads ---------------------------------------------------------------------
+
+    @staticmethod
+    def _take_open(state: LogState) -> list[Batch]:
+        """Empty the open block, returning its batches."""
+        batches = state.open_batches
+        state.open_batches, state.open_bytes, state.open_since = [], 0, None
+        return batches
 
     def _dispatch_open(self, state: LogState) -> None:
         if not state.open_batches or state.segment is None:
             return
         cursor = state.segment
-        batches, state.open_batches, state.open_bytes = state.open_batches, [], 0
+        batches = self._take_open(state)
         job = self._next_job
         self._next_job += 1
         block = Block(
@@ -363,7 +392,7 @@ class Coordinator:
         A block already due that waits for an upload slot is not counted: the upload
         that frees the slot wakes the loop."""
         now, linger = time.monotonic(), self.config.uploader.linger_ms / 1000
-        due = [s.open_since + linger for s in self.logs.values() if s.open_batches]
+        due = [s.open_since + linger for s in self.logs.values() if s.open_since is not None]
         return min((t for t in due if t > now), default=None)
 
     def on_upload_done(self, job: int, size: int, checksum: int) -> None:
@@ -371,25 +400,27 @@ class Coordinator:
         entry = self.jobs.pop(job, None)
         if entry is not None:
             state, block = entry
-            block.done, block.size, block.checksum = True, size, checksum
-            block.done_at = time.monotonic()
+            block.state, block.size, block.checksum = BlockState.UPLOADED, size, checksum
+            block.uploaded_at = time.monotonic()
             self._pump(state)
         self.dispatch_waiting()
 
-    def on_upload_failed(self, job: int, error: str, message: str) -> None:
+    def on_upload_failed(self, job: int, error: WoodpeckerError) -> None:
         self.inflight -= 1
         entry = self.jobs.pop(job, None)
         if entry is not None:
             state, block = entry
-            log.warning("block upload failed, rolling segment: %s", message)
-            self._fail_segment(state, block.segment_id, error, message)
+            log.warning("block upload failed, rolling segment: %s", error)
+            self._fail_segment(state, block.segment_id, not_written(error))
             self._pump(state)
         self.dispatch_waiting()
 
-    def _fail_batches(self, batches: list[Batch], error: str, message: str) -> None:
+    # ---- failures --------------------------------------------------------------------
+
+    def _fail_batches(self, batches: list[Batch], error: WoodpeckerError) -> None:
         """NACK the batches and let go of them."""
         for b in batches:
-            self.out.nack(b.producer, b.seq, error, message)
+            self.out.nack(b.producer, b.seq, error)
         self._release_batches(batches)
 
     def _release_batches(self, batches: list[Batch]) -> None:
@@ -397,70 +428,103 @@ class Coordinator:
             self.producer_batches[b.producer] -= 1
         metrics.arena_used.dec(sum(b.length for b in batches))
 
-    def _fail_segment(self, state: LogState, segment_id: int, error: str, message: str) -> None:
-        """Fail every uncommitted block of the segment (the LAC stops before them) and roll."""
+    def _fail_pending(
+        self,
+        state: LogState,
+        error: NotWrittenError,
+        *,
+        sent: WoodpeckerError | None = None,
+        segment_id: int | None = None,
+    ) -> None:
+        """The one path that fails what a log has pending, in ``segment_id`` or in all
+        its segments: the open batches and every block not sent to etcd are NACKed with
+        ``error``. The blocks of the commit that was sent get ``sent``, the outcome of
+        that commit; with None they stay, and that commit's result decides their fate.
+        Metadata steps stay on the timeline."""
         kept: deque[Block | MetaOp] = deque()
         for item in state.timeline:
-            if isinstance(item, Block) and item.segment_id == segment_id:
-                self._nack_block(state, item, error, message)
-            else:
+            committing = isinstance(item, Block) and item.state is BlockState.COMMITTING
+            if (
+                isinstance(item, MetaOp)
+                or segment_id not in (None, item.segment_id)
+                or (committing and sent is None)
+            ):
                 kept.append(item)
+                continue
+            # if still uploading, its result is ignored and the object stays an orphan
+            self.jobs.pop(item.job, None)
+            self._fail_batches(item.batches, sent if committing and sent is not None else error)
         state.timeline = kept
+        if state.segment is not None and segment_id in (None, state.segment.segment_id):
+            self._fail_batches(self._take_open(state), error)
+
+    def _fail_segment(
+        self,
+        state: LogState,
+        segment_id: int,
+        error: NotWrittenError,
+        sent: WoodpeckerError | None = None,
+    ) -> None:
+        """Fail every block of the segment not committed yet (the LAC stops before them)
+        and roll."""
+        self._fail_pending(state, error, sent=sent, segment_id=segment_id)
         if state.segment is not None and state.segment.segment_id == segment_id:
-            self._fail_batches(state.open_batches, error, message)
-            state.open_batches, state.open_bytes = [], 0
             self._roll(state)
 
-    def _nack_block(self, state: LogState, block: Block, error: str, message: str) -> None:
-        # if still uploading, its result is ignored and the object stays an orphan
-        self.jobs.pop(block.job, None)
-        self._fail_batches(block.batches, error, message)
+    def _fence(self, state: LogState, error: WriterFencedError) -> None:
+        """Another session took the log: fail everything pending, accept nothing more.
 
-    def _fence(self, state: LogState, message: str) -> None:
-        """Another session took the log: fail everything pending, accept nothing more."""
-        state.fenced = message
+        A commit is conditional on the fence: the one it failed was not applied either."""
+        state.fenced_by = error
         metrics.fenced.inc()
-        for item in state.timeline:
-            if isinstance(item, Block):
-                self._nack_block(state, item, "WriterFencedError", message)
-        self._fail_batches(state.open_batches, "WriterFencedError", message)
+        self._fail_pending(state, error, sent=error)
         state.timeline.clear()
-        state.open_batches, state.open_bytes, state.segment = [], 0, None
+        state.segment = None
         self._background(state.session.release, (), _log_release_failure)
 
     # ---- commits ---------------------------------------------------------------------
 
     def _pump(self, state: LogState) -> None:
         """Start the next metadata step at the head of the timeline, if it is ready."""
-        if state.busy or not state.timeline or state.fenced or state.retry_at:
+        if (
+            state.busy
+            or not state.timeline
+            or state.fenced_by is not None
+            or state.retry_at is not None
+        ):
             return
         head = state.timeline[0]
         if isinstance(head, MetaOp):
             fn = (
                 state.session.create_segment
-                if head.kind == "create"
+                if head.kind is MetaKind.CREATE
                 else state.session.seal_segment
             )
-            self._submit(state, 1, head.kind, fn, head.segment_id)
+            self._submit(state, 1, head.kind.value, fn, head.segment_id)
             return
         group: list[Block] = []
         for item in state.timeline:
-            if not isinstance(item, Block) or not item.done or item.segment_id != head.segment_id:
+            if (
+                not isinstance(item, Block)
+                or item.state is not BlockState.UPLOADED
+                or item.segment_id != head.segment_id
+            ):
                 break
             group.append(item)
-            if len(group) == MAX_COMMIT_BLOCKS:
+            if len(group) == MAX_BLOCKS_PER_COMMIT:
                 break
         if not group:
             return
-        oldest = time.monotonic() - min(b.done_at for b in group)
+        oldest = time.monotonic() - min(b.uploaded_at for b in group if b.uploaded_at is not None)
         if oldest > self.config.retention.orphan_grace / 2:
             # the orphan sweep may already have taken an object this old: never commit it
             self._fail_segment(
                 state,
                 head.segment_id,
-                "StorageUnavailableError",
-                f"log {state.name}: block uploaded {oldest:.0f}s ago could not be committed "
-                f"within half of retention.orphan_grace; segment rolled",
+                NotDurableError(
+                    f"log {state.name}: block uploaded {oldest:.0f}s ago could not be "
+                    "committed within half of retention.orphan_grace; segment rolled"
+                ),
             )
             self._pump(state)
             return
@@ -480,6 +544,8 @@ class Coordinator:
             )
             for b in group
         ]
+        for b in group:
+            b.state = BlockState.COMMITTING
         lac = group[-1].first_entry + group[-1].entries - 1
         self._submit(
             state,
@@ -520,8 +586,8 @@ class Coordinator:
         self.dispatch_waiting()
         now = time.monotonic()
         for state in self.logs.values():
-            if state.retry_at and now >= state.retry_at:
-                state.retry_at = 0.0
+            if state.retry_at is not None and now >= state.retry_at:
+                state.retry_at = None
                 self._pump(state)
 
     def run_results(self) -> None:
@@ -531,74 +597,82 @@ class Coordinator:
 
     def _on_meta_done(self, state: LogState, n_items: int, future: Future) -> None:
         state.busy = False
-        if state.fenced:
+        if state.fenced_by is not None:
             return
         error = future.exception()
-        head = state.timeline[0]
         if error is None:
-            items = [state.timeline.popleft() for _ in range(n_items)]
-            if isinstance(head, Block):
-                state.committed_size[head.segment_id] = state.committed_size.get(
-                    head.segment_id, 0
-                ) + sum(b.size for b in items)
-                now = time.monotonic()
-                for block in items:
-                    for b in block.batches:
-                        self.out.ack(b.producer, b.seq, block.segment_id, b.first_entry)
-                        metrics.ack_latency.observe(now - b.arrived)
-                    metrics.appends.inc(block.entries)
-                    metrics.append_bytes.inc(block.size)
-                    self._release_batches(block.batches)
-            elif head.kind == "seal":
-                state.committed_size.pop(head.segment_id, None)
+            self._applied(state, [state.timeline.popleft() for _ in range(n_items)])
         elif isinstance(error, WriterFencedError):
-            self._fence(state, str(error))
+            self._fence(state, error)
             return
         else:
-            name = type(error).__name__ if isinstance(error, WoodpeckerError) else "WoodpeckerError"
-            message = f"log {state.name}: metadata step failed: {error}"
-            log.warning("%s", message)
-            if isinstance(head, MetaOp) and head.kind == "seal":
-                if isinstance(error, MetadataUnavailableError):
-                    # readers stop at an ACTIVE segment: nothing after it may be committed
-                    # (and acked) before it is sealed, so the seal stays first and is retried
-                    state.retry_at = time.monotonic() + SEAL_RETRY_INTERVAL
-                    return
-                state.timeline.popleft()  # not ours to seal, or gone: nothing to do
-            else:
-                segment_id = head.segment_id
-                if isinstance(head, MetaOp):
-                    state.timeline.popleft()  # the segment was never created
-                self._fail_segment(state, segment_id, name, message)
+            self._step_failed(state, error)
         self._pump(state)
 
-    # ---- shutdown --------------------------------------------------------------------
+    def _applied(self, state: LogState, items: list[Block | MetaOp]) -> None:
+        """The step at the head of the timeline is in etcd: ack a commit's batches."""
+        head = items[0]
+        if isinstance(head, MetaOp):
+            if head.kind is MetaKind.SEAL:
+                state.committed_size.pop(head.segment_id, None)
+            return
+        blocks = [b for b in items if isinstance(b, Block)]
+        state.committed_size[head.segment_id] = state.committed_size.get(head.segment_id, 0) + sum(
+            b.size for b in blocks
+        )
+        now = time.monotonic()
+        for block in blocks:
+            for b in block.batches:
+                self.out.ack(b.producer, b.seq, block.segment_id, b.first_entry)
+                metrics.ack_latency.observe(now - b.arrived)
+            metrics.appends.inc(block.entries)
+            metrics.append_bytes.inc(block.size)
+            self._release_batches(block.batches)
 
-    def pending(self) -> int:
-        """Batches not yet acked or failed, over all logs."""
-        return sum(self.producer_batches.values())
+    def _step_failed(self, state: LogState, error: BaseException) -> None:
+        """A metadata step failed past its retries (a fence excepted)."""
+        head = state.timeline[0]
+        message = f"log {state.name}: metadata step failed: {error}"
+        log.warning("%s", message)
+        cause = (
+            type(error)(message) if isinstance(error, WoodpeckerError) else WoodpeckerError(message)
+        )
+        if isinstance(head, Block):
+            # the commit was sent: its blocks may be in etcd; the later ones are not
+            self._fail_segment(state, head.segment_id, not_written(cause), outcome_unknown(cause))
+        elif head.kind is MetaKind.CREATE:
+            state.timeline.popleft()  # the segment was never created
+            self._fail_segment(state, head.segment_id, not_written(cause))
+        elif isinstance(error, MetadataUnavailableError):
+            # readers stop at an ACTIVE segment: nothing after it may be committed
+            # (and acked) before it is sealed, so the seal stays first and is retried
+            state.retry_at = time.monotonic() + SEAL_RETRY_INTERVAL
+        else:
+            state.timeline.popleft()  # not ours to seal, or gone: nothing to do
+
+    # ---- shutdown --------------------------------------------------------------------
 
     def seal_all(self) -> None:
         """Close every active segment (on shutdown, after the pipeline drained)."""
         for state in self.logs.values():
-            if not state.fenced:
+            if state.fenced_by is None:
                 self._roll(state)
                 self._pump(state)
 
     def idle(self) -> bool:
         return not self.opening and all(not s.timeline and not s.busy for s in self.logs.values())
 
-    def fail_all(self, error: str, message: str) -> None:
+    def fail_all(self, reason: str) -> None:
+        """Fail everything still pending (shutdown past its deadline): what was never sent
+        to etcd was not written; a commit still in flight has an unknown outcome."""
+        error = NotDurableError(f"{reason} before this append was durable")
+        in_doubt = CommitOutcomeUnknownError(f"{reason} while this append's commit was in flight")
         for opening in self.opening.values():
-            self._fail_batches(opening.held, error, message)
+            self._fail_batches(opening.held, error)
             opening.held = []
         for state in self.logs.values():
-            for item in state.timeline:
-                if isinstance(item, Block):
-                    self._nack_block(state, item, error, message)
-            self._fail_batches(state.open_batches, error, message)
+            self._fail_pending(state, error, sent=in_doubt)
             state.timeline.clear()
-            state.open_batches = []
 
     def close(self) -> None:
         """Release the sessions; one still being opened is released by ``MetaStore.close``."""

@@ -34,7 +34,14 @@ from shm import FrameReader, FrameWriter, send_msg
 from woodpecker import wire
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment, verify_deployment
-from woodpecker.errors import WoodpeckerError
+from woodpecker.errors import (
+    ConfigError,
+    LogstoreUnavailableError,
+    WoodpeckerError,
+    WriterClosedError,
+    from_wire,
+    to_wire,
+)
 from woodpecker.meta import MetaStore
 from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.private_files import make_private_dirs, private_opener
@@ -59,7 +66,6 @@ class Producer:
     conn: socket.socket
     reader: FrameReader
     writer: FrameWriter
-    pid: int = 0
     arena_fd: int = -1
     arena_size: int = 0
     gone: bool = False
@@ -111,7 +117,6 @@ class Logstore:
         self.producers: dict[int, Producer] = {}
         self._next_producer = 1
         self.uploaders: list[UploaderProc] = []
-        self.job_owner: dict[int, UploaderProc] = {}
         owner = f"{socket.gethostname()}:{os.getpid()}:{self.socket_path}"
         self.coordinator = Coordinator(
             config,
@@ -154,10 +159,12 @@ class Logstore:
         proc.stdin.close()
         child.close()
         up = UploaderProc(proc, parent, FrameReader())
-        for pid, p in self.producers.items():
+        for producer, p in self.producers.items():
             if p.arena_fd >= 0:
                 self._to_uploader(
-                    up, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
+                    up,
+                    protocol.ARENA_FMT.pack(protocol.ARENA, producer, p.arena_size),
+                    [p.arena_fd],
                 )
         self.sel.register(parent, selectors.EVENT_READ, ("uploader", up))
         return up
@@ -175,7 +182,6 @@ class Logstore:
         self.uploaders[self.uploaders.index(up)] = fresh
         for job, frame in up.jobs.items():
             fresh.jobs[job] = frame
-            self.job_owner[job] = fresh
             self._to_uploader(fresh, frame)
 
     @staticmethod
@@ -189,7 +195,6 @@ class Logstore:
         up = min(self.uploaders, key=lambda u: len(u.jobs))
         frame = wire.encode(protocol.JOB, {"job": job, "key": key, "parts": parts})
         up.jobs[job] = frame
-        self.job_owner[job] = up
         self._to_uploader(up, frame)
 
     def _on_uploader(self, up: UploaderProc) -> None:
@@ -203,11 +208,10 @@ class Logstore:
             job = body["job"]
             metrics.add_object_requests(body.get("requests", {}))
             up.jobs.pop(job, None)
-            self.job_owner.pop(job, None)
             if kind == protocol.DONE:
                 self.coordinator.on_upload_done(job, body["size"], body["checksum"])
             else:
-                self.coordinator.on_upload_failed(job, body["error"], body["message"])
+                self.coordinator.on_upload_failed(job, from_wire(body))
 
     # ---- producers -------------------------------------------------------------------
 
@@ -244,45 +248,45 @@ class Logstore:
     def _ack(self, producer: int, seq: int, segment_id: int, first_entry: int) -> None:
         self._send(producer, wire.ACK_FMT.pack(wire.ACK, seq, segment_id, first_entry))
 
-    def _nack(self, producer: int, seq: int, error: str, message: str) -> None:
-        self._send(producer, wire.encode_nack(seq, error, message))
+    def _nack(self, producer: int, seq: int, error: WoodpeckerError) -> None:
+        self._send(producer, wire.encode_nack(seq, error))
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
         conn.setblocking(False)
-        pid = self._next_producer
+        producer = self._next_producer
         self._next_producer += 1
-        self.producers[pid] = Producer(conn, FrameReader(), FrameWriter(REPLY_BACKLOG_LIMIT))
-        self.sel.register(conn, selectors.EVENT_READ, ("producer", pid))
+        self.producers[producer] = Producer(conn, FrameReader(), FrameWriter(REPLY_BACKLOG_LIMIT))
+        self.sel.register(conn, selectors.EVENT_READ, ("producer", producer))
 
-    def _on_producer(self, pid: int) -> None:
-        p = self.producers[pid]
+    def _on_producer(self, producer: int) -> None:
+        p = self.producers[producer]
         try:
             frames = p.reader.feed_from(p.conn)
         except (EOFError, ConnectionError, OSError):
-            self._producer_gone(pid)
+            self._producer_gone(producer)
             return
         except ValueError as e:  # a frame length past the limit
-            log.warning("producer %s broke the framing (%s); disconnecting it", pid, e)
-            self._producer_gone(pid)
+            log.warning("producer %s broke the framing (%s); disconnecting it", producer, e)
+            self._producer_gone(producer)
             return
         for frame, fds in frames:
             try:
-                self._on_frame(pid, p, frame, fds)
+                self._on_frame(producer, p, frame, fds)
             except (IndexError, KeyError, TypeError, ValueError, struct.error) as e:
                 # one broken producer must never take the logstore (and everyone) down
                 log.warning(
                     "producer %s sent a malformed %s; disconnecting it",
-                    pid,
+                    producer,
                     f"frame ({type(e).__name__}: {e})",
                 )
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                self._producer_gone(pid)
+                self._producer_gone(producer)
                 return
 
-    def _on_frame(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
+    def _on_frame(self, producer: int, p: Producer, frame: bytes, fds: list[int]) -> None:
         """Act on one producer frame; raises on anything malformed."""
         kind = frame[0]
         if kind == wire.BATCH:
@@ -293,22 +297,22 @@ class Logstore:
                     f"{length=} {count=} arena={p.arena_size}"
                 )
             if self._stopping:
-                self._nack(pid, seq, "WriterClosedError", "the logstore is shutting down")
+                self._nack(producer, seq, WriterClosedError("the logstore is shutting down"))
             else:
-                self.coordinator.on_batch(pid, log_id, seq, offset, length, count)
+                self.coordinator.on_batch(producer, log_id, seq, offset, length, count)
         elif kind == wire.HELLO:
-            self._hello(pid, p, frame, fds)
+            self._hello(producer, p, frame, fds)
         elif kind in (wire.OPEN_LOG, wire.CLOSE_LOG):
             for fd in fds:
                 os.close(fd)
             _, body = wire.decode(frame)
             if not isinstance(body, dict):
                 raise TypeError("control message body is not an object")
-            self._control(pid, kind, body)
+            self._control(producer, kind, body)
         else:
             raise ValueError(f"unknown message type {kind}")
 
-    def _hello(self, pid: int, p: Producer, frame: bytes, fds: list[int]) -> None:
+    def _hello(self, producer: int, p: Producer, frame: bytes, fds: list[int]) -> None:
         _, body = wire.decode(frame)
         if p.arena_fd >= 0 or len(fds) != 1 or not isinstance(body["arena_size"], int):
             raise ValueError("HELLO must come once, with exactly one arena fd and its size")
@@ -318,20 +322,20 @@ class Logstore:
         refusal = self._refusal(body)
         if refusal is not None:
             os.close(fds[0])
-            self._send(pid, wire.encode(wire.REFUSED, refusal))
-            self._producer_gone(pid)
+            self._send(producer, wire.encode(wire.REFUSED, to_wire(refusal)))
+            self._producer_gone(producer)
             return
-        p.pid, p.arena_size, p.arena_fd = body["pid"], body["arena_size"], fds[0]
+        p.arena_size, p.arena_fd = body["arena_size"], fds[0]
         for up in self.uploaders:
             self._to_uploader(
-                up, protocol.ARENA_FMT.pack(protocol.ARENA, pid, p.arena_size), [p.arena_fd]
+                up, protocol.ARENA_FMT.pack(protocol.ARENA, producer, p.arena_size), [p.arena_fd]
             )
         self._send(
-            pid,
+            producer,
             wire.encode(
                 wire.WELCOME,
                 {
-                    "producer_id": pid,
+                    "producer_id": producer,
                     "protocol": wire.VERSION,
                     "deployment": self.deployment.fingerprint,
                     "serves": str(self.deployment),
@@ -340,34 +344,32 @@ class Logstore:
             ),
         )
 
-    def _refusal(self, hello: dict) -> dict | None:
+    def _refusal(self, hello: dict) -> WoodpeckerError | None:
         """Why a producer may not attach: another protocol version, or another deployment."""
         version = hello.get("protocol", 1)
         if version != wire.VERSION:
-            return {
-                "error": "LogstoreUnavailableError",
-                "message": f"the logstore at {self.socket_path} (pid {os.getpid()}) speaks "
+            return LogstoreUnavailableError(
+                f"the logstore at {self.socket_path} (pid {os.getpid()}) speaks "
                 f"protocol {wire.VERSION}, this client speaks {version}: run the same "
-                "Woodpecker version on both sides (stop the logstore to upgrade it)",
-            }
+                "Woodpecker version on both sides (stop the logstore to upgrade it)"
+            )
         if hello.get("deployment") != self.deployment.fingerprint:
-            return {
-                "error": "ConfigError",
-                "message": f"the logstore at {self.socket_path} serves {self.deployment}, but "
+            return ConfigError(
+                f"the logstore at {self.socket_path} serves {self.deployment}, but "
                 f"this client is configured for {hello.get('describes')}: set "
                 "logstore.socket to the logstore of this client's deployment, or leave it "
-                "empty to use the embedded one",
-            }
+                "empty to use the embedded one"
+            )
         return None
 
-    def _control(self, pid: int, kind: int, body: dict) -> None:
+    def _control(self, producer: int, kind: int, body: dict) -> None:
         req = body.get("req")
 
         def reply(error: WoodpeckerError | None) -> None:
             answer: dict = {"req": req, "ok": error is None}
             if error is not None:
-                answer.update(error=type(error).__name__, message=str(error))
-            self._send(pid, wire.encode(wire.REPLY, answer))
+                answer.update(to_wire(error))
+            self._send(producer, wire.encode(wire.REPLY, answer))
 
         if kind == wire.OPEN_LOG:
             name, log_id = body["name"], body["log_id"]
@@ -377,34 +379,34 @@ class Logstore:
                 reply(WoodpeckerError("the logstore is shutting down"))
             else:
                 # answered once the session is open: etcd work runs off the loop
-                self.coordinator.open_log(pid, name, log_id, reply)
+                self.coordinator.open_log(producer, name, log_id, reply)
         elif kind == wire.CLOSE_LOG:
-            self.coordinator.close_log(pid, body["log_id"])
+            self.coordinator.close_log(producer, body["log_id"])
             reply(None)
 
-    def _producer_gone(self, pid: int) -> None:
-        p = self.producers.get(pid)
+    def _producer_gone(self, producer: int) -> None:
+        p = self.producers.get(producer)
         if p is None or p.gone:
             return
         p.gone = True
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(p.conn)
         p.conn.close()
-        self.coordinator.producer_gone(pid)
+        self.coordinator.producer_gone(producer)
 
-    def _live(self, pid: int) -> bool:
-        return pid in self.producers and not self.producers[pid].gone
+    def _live(self, producer: int) -> bool:
+        return producer in self.producers and not self.producers[producer].gone
 
     def _reap_producers(self) -> None:
         """Unmap the arenas of departed producers once nothing of theirs is in flight."""
-        for pid, p in list(self.producers.items()):
-            if p.gone and self.coordinator.producer_batches.get(pid, 0) == 0:
+        for producer, p in list(self.producers.items()):
+            if p.gone and self.coordinator.producer_batches.get(producer, 0) == 0:
                 for up in self.uploaders:
-                    self._to_uploader(up, protocol.DROP_FMT.pack(protocol.DROP_ARENA, pid))
+                    self._to_uploader(up, protocol.DROP_FMT.pack(protocol.DROP_ARENA, producer))
                 if p.arena_fd >= 0:
                     os.close(p.arena_fd)
-                del self.producers[pid]
-                self.coordinator.producer_batches.pop(pid, None)
+                del self.producers[producer]
+                self.coordinator.producer_batches.pop(producer, None)
 
     # ---- loop ------------------------------------------------------------------------
 
@@ -474,9 +476,7 @@ class Logstore:
             # a log that finished opening meanwhile may have started a segment
             self.coordinator.seal_all()
         if not self.coordinator.idle():
-            self.coordinator.fail_all(
-                "StorageUnavailableError", "the logstore stopped before this append was durable"
-            )
+            self.coordinator.fail_all("the logstore stopped")
         # the last acks and NACKs must reach producers that still read
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline and any(
@@ -509,8 +509,8 @@ class Logstore:
                 up.proc.wait()
         self._remove_temp_files()
         self.store.close()
-        for pid in list(self.producers):
-            self._producer_gone(pid)
+        for producer in list(self.producers):
+            self._producer_gone(producer)
         self.meta.close()
         if self._etcd is not None:
             self._etcd.release()

@@ -25,7 +25,7 @@ import orjson
 from shm import Arena, recv_msg, send_msg
 from woodpecker import wire
 from woodpecker.config import Config
-from woodpecker.errors import WoodpeckerError
+from woodpecker.errors import StorageUnavailableError, WoodpeckerError, to_wire
 from woodpecker.format import STREAM_FOOTER, STREAM_HEADER, check_batch_message, checksum
 from woodpecker.storage import ObjectStore, open_store
 from workers import metrics, protocol
@@ -136,13 +136,12 @@ class Uploader:
                 },
             )
         except Exception as e:  # every failure goes back to the coordinator, typed
-            name = type(e).__name__ if isinstance(e, WoodpeckerError) else "StorageUnavailableError"
+            kind = type(e) if isinstance(e, WoodpeckerError) else StorageUnavailableError
             reply = wire.encode(
                 protocol.FAILED,
                 {
                     "job": job["job"],
-                    "error": name,
-                    "message": f"{job['key']}: {e}",
+                    **to_wire(kind(f"{job['key']}: {e}")),
                     "requests": self.requests.take(),
                 },
             )

@@ -34,27 +34,18 @@ import xxhash
 
 from woodpecker import (
     EARLIEST,
-    BackpressureTimeout,
-    EntryTooLargeError,
     InvalidLogNameError,
     LogHandle,
     LogMessage,
     LogMessageId,
-    WriterClosedError,
-    WriterFencedError,
+    NotWrittenError,
 )
 
 PENDING, OK, FAIL, UNKNOWN = "pending", "ok", "fail", "unknown"
 
-# Errors that promise the append was not, and will never be, written.
-DEFINITE_ERRORS: tuple[type[BaseException], ...] = (
-    WriterFencedError,
-    EntryTooLargeError,
-    TypeError,
-    WriterClosedError,
-    BackpressureTimeout,
-    InvalidLogNameError,
-)
+# Errors that promise the append was not, and will never be, written: the library's
+# NotWrittenError branch, and refusals of bad input before anything is sent.
+DEFINITE_ERRORS: tuple[type[BaseException], ...] = (NotWrittenError, TypeError, InvalidLogNameError)
 
 _MAGIC = b"wpchaos|"
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from woodpecker.config import Config
-from woodpecker.errors import MetadataUnavailableError, WoodpeckerError
+from woodpecker.errors import CommitNotAttemptedError, MetadataUnavailableError, WoodpeckerError
 from workers.coordinator import MAX_HELD_BATCHES, Coordinator, Outbox
 
 
@@ -50,7 +50,7 @@ class BlockingMeta:
 class Recorder:
     def __init__(self) -> None:
         self.dispatched: list[list[list[int]]] = []
-        self.nacks: list[tuple[int, int, str, str]] = []
+        self.nacks: list[tuple[int, int, WoodpeckerError]] = []
         self.replies: list[WoodpeckerError | None] = []
         self.woken = threading.Event()
 
@@ -87,7 +87,7 @@ def test_batches_of_an_opening_log_are_held_then_replayed_in_order() -> None:
     assert recorder.replies == []  # the loop was not held: the opening is still blocked
     for seq, count in ((1, 3), (2, 5), (3, 2)):
         coord.on_batch(1, 7, seq, offset=100 * seq, length=10, count=count)
-    assert coord.pending() == 3 and not recorder.nacks
+    assert sum(coord.producer_batches.values()) == 3 and not recorder.nacks
     meta.proceed.set()
     finish_opening(coord, recorder)
     assert recorder.replies == [None, None]
@@ -107,8 +107,10 @@ def test_a_failed_opening_fails_its_waiters_and_held_batches_with_its_error() ->
     finish_opening(coord, recorder)
     (error,) = recorder.replies
     assert isinstance(error, MetadataUnavailableError)
-    assert recorder.nacks == [(1, 1, "MetadataUnavailableError", "etcd acquire_writer: no success")]
-    assert 7 not in coord.logs and coord.pending() == 0
+    ((producer, seq, nack),) = recorder.nacks
+    assert (producer, seq) == (1, 1) and str(nack) == "etcd acquire_writer: no success"
+    assert isinstance(nack, CommitNotAttemptedError)  # a MetadataUnavailableError, not written
+    assert 7 not in coord.logs and not any(coord.producer_batches.values())
     coord.close()
 
 
@@ -118,10 +120,10 @@ def test_held_batches_are_bounded() -> None:
     coord.open_log(1, "app", 7, recorder.replies.append)
     for seq in range(MAX_HELD_BATCHES + 1):
         coord.on_batch(1, 7, seq, offset=0, length=10, count=1)
-    assert coord.pending() == MAX_HELD_BATCHES
-    ((producer, seq, error, message),) = recorder.nacks
-    assert (producer, seq, error) == (1, MAX_HELD_BATCHES, "MetadataUnavailableError")
-    assert "'app' is still opening" in message
+    assert sum(coord.producer_batches.values()) == MAX_HELD_BATCHES
+    ((producer, seq, error),) = recorder.nacks
+    assert (producer, seq) == (1, MAX_HELD_BATCHES) and isinstance(error, CommitNotAttemptedError)
+    assert "'app' is still opening" in str(error)
     meta.proceed.set()
     finish_opening(coord, recorder)
     coord.close()

@@ -12,10 +12,11 @@ from woodpecker.meta.records import (
     TruncationPoint,
     WriterRecord,
 )
-from woodpecker.meta.session import WriterSession
+from woodpecker.meta.session import MAX_BLOCKS_PER_COMMIT, WriterSession
 from woodpecker.meta.store import LogHead, MetaStore, SegmentSnapshot
 
 __all__ = [
+    "MAX_BLOCKS_PER_COMMIT",
     "BlockRecord",
     "Keys",
     "LiveReader",
