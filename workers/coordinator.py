@@ -455,7 +455,7 @@ class Coordinator:
             self.jobs.pop(item.job, None)
             self._fail_batches(item.batches, sent if committing and sent is not None else error)
         state.timeline = kept
-        if state.segment is not None and segment_id in (None, state.segment.segment_id):
+        if segment_id is None or (state.segment and state.segment.segment_id == segment_id):
             self._fail_batches(self._take_open(state), error)
 
     def _fail_segment(
