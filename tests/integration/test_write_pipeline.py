@@ -393,6 +393,36 @@ def test_sigterm_drains_and_exits(make_config):
         assert states and all(s is SegmentState.SEALED for s in states), states
 
 
+def test_appends_in_flight_when_the_client_closes_are_an_unknown_outcome(make_config):
+    """Closing a Client does not stop its logstore: what it was sent may still be committed.
+    Such appends fail with an OutcomeUnknownError, never a NotWrittenError, and do become
+    readable; only appends never sent fail with ClientClosedError (not written)."""
+    config = make_config("local", writer_max_inflight_batches=1, writer_linger_ms=60_000)
+    client = wp.Client(config)
+    log = client.create_log("closed-in-flight")
+    w = log.open_writer()
+    w.write(b"warm-up")
+    uploaders = psutil.Process(logstore_pid(config)).children()
+    for up in uploaders:
+        up.suspend()
+    try:
+        futures = [w.write_async(b"%06d" % i) for i in range(200)]
+        time.sleep(0.3)  # the first batch reached the logstore; the rest wait to be sent
+        client.close()
+    finally:
+        for up in uploaders:
+            up.resume()
+    outcomes = {b"%06d" % i: f.exception(10) for i, f in enumerate(futures)}
+    unknown = {p for p, e in outcomes.items() if isinstance(e, wp.OutcomeUnknownError)}
+    unsent = {p for p, e in outcomes.items() if isinstance(e, wp.ClientClosedError)}
+    assert unknown and unsent and len(unknown) + len(unsent) == len(futures)
+    with wp.Client(config) as fresh:
+        readable = {
+            m.payload for m in read_all(fresh.open_log("closed-in-flight"), 1 + len(unknown))
+        }
+    assert readable - {b"warm-up"} == unknown  # the logstore committed every one it was sent
+
+
 def test_full_arena_applies_backpressure_then_times_out(make_config, services):
     host, port = services["WOODPECKER_S3_ENDPOINT"].split(":")
     with FaultProxy(host, int(port)) as proxy:
