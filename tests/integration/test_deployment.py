@@ -347,7 +347,7 @@ def test_logstore_of_another_protocol_version_is_refused(make_config: ConfigFact
             log = client.open_log("orders", create=True)
             with pytest.raises(
                 LogstoreUnavailableError,
-                match=f"speaks protocol 1, this client speaks {protocol.VERSION}",
+                match=f"speaks protocol 1, this client speaks {wire.VERSION}",
             ):
                 log.open_writer()
         server.join(10)
@@ -382,7 +382,7 @@ def test_logstore_refuses_a_client_of_another_protocol_version(make_config: Conf
             arena.close()
         assert kind == wire.REFUSED
         assert body["error"] == "LogstoreUnavailableError"
-        assert f"speaks protocol {protocol.VERSION}, this client speaks 1" in body["message"]
+        assert f"speaks protocol {wire.VERSION}, this client speaks 1" in body["message"]
         assert payloads_of(client, "orders") == [b"a"]
 
 
