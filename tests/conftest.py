@@ -1,7 +1,8 @@
 """Shared fixtures: the real etcd and S3 servers started by ``scripts/services``.
 
 Integration tests never skip: when the services are not configured or do not
-answer, the fixture fails the test with the command that fixes it.
+answer, the fixture fails the test with the command that fixes it. Every test under
+``tests/integration/`` carries the ``integration`` marker, given here by directory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import pytest
 from woodpecker.config import Config
 
 _HOW = 'start them with: eval "$(scripts/services start)"  (scripts/test does this)'
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def _service_settings() -> dict[str, str]:

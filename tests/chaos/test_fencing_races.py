@@ -29,7 +29,6 @@ from chaos.history import History, assert_valid, check, parse_payload, read_back
 from chaos.processes import uploader_pids, wait_logstore
 from chaos.scale import pick
 from chaos.workload import Plan, produce, settle
-from woodpecker import LogMessage
 from woodpecker.config import Config
 
 ROUND_SECONDS = 0.6
@@ -42,7 +41,7 @@ def owner(payload: bytes) -> str:
     return who[0].split(".")[0]
 
 
-def assert_one_owner_per_segment(entries: Sequence[LogMessage]) -> dict[int, str]:
+def assert_one_owner_per_segment(entries: Sequence[wp.LogMessage]) -> dict[int, str]:
     owners: dict[int, set[str]] = defaultdict(set)
     for m in entries:
         owners[m.id.segment_id].add(owner(m.payload))

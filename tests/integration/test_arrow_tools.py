@@ -16,8 +16,6 @@ import pytest
 import woodpecker as wp
 from woodpecker.cli import main
 
-pytestmark = pytest.mark.integration
-
 GRACE = 2.0
 
 

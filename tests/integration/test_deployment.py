@@ -15,17 +15,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from chaos.processes import logstore_pid
-from conftest import ConfigFactory
 
 import woodpecker as wp
 from shm import FrameReader, send_msg
 from woodpecker import cli, wire
+from woodpecker.config import Config
 from woodpecker.deployment import MARKER_KEY, Deployment, verify_deployment
 from woodpecker.doctor import run_doctor
 from woodpecker.errors import ConfigError, LogstoreUnavailableError
@@ -65,7 +65,7 @@ def wait_gone(config: wp.Config, timeout: float = 30.0) -> None:
 
 
 def test_quickstart_after_an_s3_application_on_the_same_host(
-    make_config: ConfigFactory, short_root: Path
+    make_config: Callable[..., Config], short_root: Path
 ) -> None:
     """An S3 application's logstore keeps running while the embedded default's quickstart
     runs on the same storage root: each gets its own logstore, data stays in place."""
@@ -129,7 +129,7 @@ def test_reading_never_launches_a_logstore(
 
 
 def test_applications_differing_only_in_s3_prefix(
-    make_config: ConfigFactory, short_root: Path, unique: str
+    make_config: Callable[..., Config], short_root: Path, unique: str
 ) -> None:
     """One etcd prefix is one namespace of logs: a second storage prefix under it is
     refused; with its own etcd prefix it gets its own logstore and keeps its own data."""
@@ -161,7 +161,7 @@ def test_applications_differing_only_in_s3_prefix(
 
 
 def test_second_deployment_on_one_store_is_refused(
-    make_config: ConfigFactory, backend: str, unique: str
+    make_config: Callable[..., Config], backend: str, unique: str
 ) -> None:
     """Two deployments on one storage location with different etcd prefixes: the second
     is refused before it writes, and the first one's acked entries stay readable."""
@@ -184,7 +184,7 @@ def test_second_deployment_on_one_store_is_refused(
 
 
 def test_gc_of_another_deployment_is_refused(
-    make_config: ConfigFactory,
+    make_config: Callable[..., Config],
     unique: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
@@ -210,7 +210,7 @@ def test_gc_of_another_deployment_is_refused(
 
 
 def test_standalone_logstore_of_another_deployment_refuses_to_start(
-    make_config: ConfigFactory, unique: str
+    make_config: Callable[..., Config], unique: str
 ) -> None:
     """``woodpecker logstore`` whose etcd prefix points at another deployment's store
     exits at once with the mismatch, before it serves anything or runs maintenance."""
@@ -242,7 +242,7 @@ def test_standalone_logstore_of_another_deployment_refuses_to_start(
         assert payloads_of(client, "orders") == [b"a"]
 
 
-def test_claims_agree_on_both_sides(make_config: ConfigFactory, backend: str) -> None:
+def test_claims_agree_on_both_sides(make_config: Callable[..., Config], backend: str) -> None:
     """First use claims one id in etcd and in storage; later uses find and keep it."""
     config = make_config(backend)
     with MetaStore(config) as meta, open_store(config) as store:
@@ -266,7 +266,7 @@ def written_without_claims(config: wp.Config, payload: bytes) -> None:
 
 
 def test_an_unclaimed_deployment_is_claimed_on_upgrade(
-    make_config: ConfigFactory, backend: str
+    make_config: Callable[..., Config], backend: str
 ) -> None:
     """Data written by a version without claims: the first use claims it, reads go on."""
     config = make_config(backend)
@@ -280,7 +280,7 @@ def test_an_unclaimed_deployment_is_claimed_on_upgrade(
 
 
 def test_foreign_unclaimed_data_is_refused(
-    make_config: ConfigFactory, backend: str, unique: str
+    make_config: Callable[..., Config], backend: str, unique: str
 ) -> None:
     """A store holding objects, no claims, and an etcd prefix that never created a log:
     the data belongs to a deployment whose metadata lives elsewhere."""
@@ -296,7 +296,7 @@ def test_foreign_unclaimed_data_is_refused(
 
 
 def test_explicit_socket_of_another_deployment_is_refused(
-    make_config: ConfigFactory, unique: str
+    make_config: Callable[..., Config], unique: str
 ) -> None:
     """``logstore.socket`` pointing at the logstore of another deployment: ConfigError
     naming both, and nothing reaches the other deployment."""
@@ -319,7 +319,9 @@ def test_explicit_socket_of_another_deployment_is_refused(
         assert payloads_of(client_a, "orders") == [b"a"]
 
 
-def test_logstore_of_another_protocol_version_is_refused(make_config: ConfigFactory) -> None:
+def test_logstore_of_another_protocol_version_is_refused(
+    make_config: Callable[..., Config],
+) -> None:
     """A logstore of the previous (unversioned) protocol answers HELLO with a bare
     WELCOME: the client refuses it with a clear error instead of writing through it."""
     config = make_config("local")
@@ -357,7 +359,9 @@ def test_logstore_of_another_protocol_version_is_refused(make_config: ConfigFact
         path.unlink(missing_ok=True)
 
 
-def test_logstore_refuses_a_client_of_another_protocol_version(make_config: ConfigFactory) -> None:
+def test_logstore_refuses_a_client_of_another_protocol_version(
+    make_config: Callable[..., Config],
+) -> None:
     """A producer of the previous protocol (a HELLO without version or deployment) is
     refused with a REFUSED frame, never served."""
     from shm import Arena
@@ -386,7 +390,9 @@ def test_logstore_refuses_a_client_of_another_protocol_version(make_config: Conf
         assert payloads_of(client, "orders") == [b"a"]
 
 
-def test_doctor_says_whether_the_claims_agree(make_config: ConfigFactory, unique: str) -> None:
+def test_doctor_says_whether_the_claims_agree(
+    make_config: Callable[..., Config], unique: str
+) -> None:
     """``woodpecker doctor`` reports the deployment id, claims nothing, and fails naming
     both sides when etcd and storage belong to different deployments."""
     a = make_config("s3")

@@ -71,7 +71,6 @@ def etcd_processes(root: Path) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.integration
 def test_doctor_on_real_services(services: dict[str, str], tmp_path: Path, unique: str) -> None:
     result = doctor(s3_env(services, tmp_path, unique), "doctor")
     assert result.returncode == 0, result.stderr
@@ -155,7 +154,6 @@ def test_doctor_warns_about_a_root_other_users_can_reach(tmp_path: Path) -> None
             proc.kill()
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
 def test_doctor_storage_unreachable(
     services: dict[str, str], tmp_path: Path, unique: str, json_output: bool
@@ -191,7 +189,6 @@ def test_doctor_storage_unreachable(
         assert fact(result.stdout, "etcd_version")
 
 
-@pytest.mark.integration
 def test_doctor_json(services: dict[str, str], tmp_path: Path, unique: str) -> None:
     result = doctor(s3_env(services, tmp_path, unique), "doctor", "--json")
     assert result.returncode == 0, result.stderr
@@ -210,7 +207,6 @@ def test_doctor_json(services: dict[str, str], tmp_path: Path, unique: str) -> N
     assert services["WOODPECKER_S3_SECRET_KEY"] not in result.stdout
 
 
-@pytest.mark.integration
 def test_doctor_takes_settings_from_config_file(
     services: dict[str, str], tmp_path: Path, unique: str
 ) -> None:
@@ -226,7 +222,6 @@ def test_doctor_takes_settings_from_config_file(
     assert "127.0.0.1:1" in report["error"]
 
 
-@pytest.mark.integration
 def test_doctor_reports_the_config_file_it_read(
     services: dict[str, str], tmp_path: Path, unique: str
 ) -> None:

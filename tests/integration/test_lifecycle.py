@@ -19,8 +19,6 @@ from woodpecker.reader import LogReader
 from woodpecker.storage import ObjectStore, open_store
 from workers.maintenance import ActionKind, Maintenance
 
-pytestmark = pytest.mark.integration
-
 HOUR = 3600.0
 
 

@@ -27,8 +27,6 @@ from woodpecker.meta import (
     WriterSession,
 )
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def store(make_config) -> Iterator[MetaStore]:

@@ -20,8 +20,6 @@ from woodpecker.config import Config
 from woodpecker.errors import ObjectNotFoundError, StorageUnavailableError
 from woodpecker.storage import ObjectStore, PartInfo, open_store
 
-pytestmark = pytest.mark.integration
-
 MiB = 1024 * 1024
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from woodpecker import InvalidPositionError, LogMessageId
+import woodpecker as wp
 from woodpecker.message import MAX_ID
 
 
@@ -13,7 +13,7 @@ from woodpecker.message import MAX_ID
     [("0:0", (0, 0)), (" 3:17 ", (3, 17)), (f"{MAX_ID}:{MAX_ID}", (MAX_ID, MAX_ID))],
 )
 def test_parse(text: str, expected: tuple[int, int]) -> None:
-    assert LogMessageId.parse(text) == expected
+    assert wp.LogMessageId.parse(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -34,5 +34,5 @@ def test_parse(text: str, expected: tuple[int, int]) -> None:
     ],
 )
 def test_parse_rejects(text: str) -> None:
-    with pytest.raises(InvalidPositionError, match="invalid position"):
-        LogMessageId.parse(text)
+    with pytest.raises(wp.InvalidPositionError, match="invalid position"):
+        wp.LogMessageId.parse(text)
