@@ -66,12 +66,12 @@ class AckRelay:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._ready: list[tuple[AppendFuture, asyncio.Future[Any]]] = []
+        self._ready: list[tuple[AppendFuture[Any], asyncio.Future[Any]]] = []
         self._scheduled = False
         self.wakeups = 0  # call_soon_threadsafe calls so far (tests, benchmarks)
         listen_to_ack_passes(self)
 
-    def watch(self, append: AppendFuture) -> asyncio.Future[Any]:
+    def watch(self, append: AppendFuture[Any]) -> asyncio.Future[Any]:
         """An asyncio future of this loop that gets the append's id(s) or error."""
         future = self.loop.create_future()
         if append.done():
@@ -80,7 +80,7 @@ class AckRelay:
             append.add_done_callback(lambda a: self._arrived(a, future))
         return future
 
-    def _arrived(self, append: AppendFuture, future: asyncio.Future[Any]) -> None:
+    def _arrived(self, append: AppendFuture[Any], future: asyncio.Future[Any]) -> None:
         """Queue the result; the end of the ack pass wakes the loop (or now, off the pass)."""
         with self._lock:
             self._ready.append((append, future))
@@ -105,7 +105,7 @@ class AckRelay:
             _settle(append, future)
 
 
-def _settle(append: AppendFuture, future: asyncio.Future[Any]) -> None:
+def _settle(append: AppendFuture[Any], future: asyncio.Future[Any]) -> None:
     if future.done():  # the waiter was cancelled: the append itself went on
         return
     error = append.exception(0)

@@ -162,11 +162,11 @@ class AsyncLogWriter:
         self._relay = relay_for_running_loop()
         self._limit = writer._link.arena.size // 2
         self._timeout = writer._link.config.writer.append_timeout
-        self._last: AppendFuture | None = None  # acks of one writer resolve in order
+        self._last: AppendFuture[LogMessageId] | None = None  # acks of one writer resolve in order
         self.name = writer.name
         self.log_id = writer.log_id
 
-    def write_async(self, payload: bytes | bytearray | memoryview) -> AppendFuture:
+    def write_async(self, payload: bytes | bytearray | memoryview) -> AppendFuture[LogMessageId]:
         """Submit one entry now; ``await`` the returned future for its ``LogMessageId``.
 
         It never waits, except as ``LogWriter.write_async`` does when this

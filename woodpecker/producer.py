@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -54,8 +54,21 @@ CONNECT_TIMEOUT = 30.0
 _PENDING, _FINISHED = "PENDING", "FINISHED"  # the states concurrent.futures.wait reads
 
 
-class AppendFuture(concurrent.futures.Future):
+T = TypeVar("T")
+
+
+class AppendFuture(concurrent.futures.Future[T]):
     """The pending id(s) of an append; the future ``write_async`` returns.
+
+    ``AppendFuture[LogMessageId]`` for one entry (``write_async``), ``AppendFuture[
+    list[LogMessageId]]`` for a batch; it resolves once the entries are durable
+    and committed, or with the append's error.
+
+    Which thread resolves it: the link's ack thread (``woodpecker-acks``) for
+    every outcome the logstore reports, success or error; a failure found
+    elsewhere (the link lost, the Client closed) is set by the thread that finds
+    it. Callbacks added with ``add_done_callback`` run on that thread, so they
+    must be short and must not wait for other appends.
 
     Much cheaper than a plain ``concurrent.futures.Future`` (which builds a lock
     and a condition per instance, the top cost of small appends): waiters block
@@ -74,7 +87,7 @@ class AppendFuture(concurrent.futures.Future):
         self._state = _PENDING
         self._error = False
         self._value: Any = None
-        self._callbacks: list[Callable[[AppendFuture], None]] | None = None
+        self._callbacks: list[Callable[[AppendFuture[T]], None]] | None = None
         self._listeners: list[Any] | None = None
 
     def done(self) -> bool:
@@ -99,13 +112,13 @@ class AppendFuture(concurrent.futures.Future):
             self._listeners = []
         return self._listeners
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, T]:
         """``await future`` in a coroutine: the ack thread wakes the loop once per batch."""
         if self._state == _PENDING:
             yield from relay_for_running_loop().watch(self).__await__()
         return self.result()
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         """The LogMessageId (or list of them); raises the append's error, or TimeoutError."""
         if self._state == _PENDING:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -128,7 +141,7 @@ class AppendFuture(concurrent.futures.Future):
             return e
         return None
 
-    def add_done_callback(self, fn: Callable[[AppendFuture], None]) -> None:
+    def add_done_callback(self, fn: Callable[[AppendFuture[T]], None]) -> None:
         """Call ``fn(self)`` when resolved (at once if it already is)."""
         with self._mutex:
             if self._state == _PENDING:
@@ -151,7 +164,7 @@ class AppendFuture(concurrent.futures.Future):
         for fn in callbacks or ():
             fn(self)
 
-    def set_result(self, value: Any) -> None:
+    def set_result(self, value: T) -> None:
         self._resolve(False, value)
 
     def set_exception(self, error: BaseException) -> None:
@@ -163,7 +176,7 @@ class Append:
     """One write / write_batch call: its payloads and the future that gets its id(s)."""
 
     payloads: list[Any]
-    future: AppendFuture
+    future: AppendFuture[Any]
     many: bool
     size: int
 
@@ -411,9 +424,9 @@ class ProducerLink:
 
     def submit(
         self, queue: WriterQueue, payloads: list[Any], size: int, many: bool
-    ) -> AppendFuture:
+    ) -> AppendFuture[Any]:
         """Queue an append; seal a batch now if the pipeline has room or the cap is reached."""
-        future = AppendFuture(self.mutex, self.lock)
+        future: AppendFuture[Any] = AppendFuture(self.mutex, self.lock)
         timeout = self.config.writer.append_timeout
         deadline = time.monotonic() + timeout
         cap = self.config.writer.max_batch_bytes

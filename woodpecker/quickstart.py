@@ -22,7 +22,7 @@ from woodpecker.client import Client
 from woodpecker.config import Config
 from woodpecker.errors import WoodpeckerError
 from woodpecker.log import LogHandle
-from woodpecker.message import EARLIEST
+from woodpecker.message import EARLIEST, LogMessageId
 from woodpecker.producer import AppendFuture
 from woodpecker.progress import Progress
 
@@ -66,7 +66,7 @@ def _write_phase(client: Client, phase: Phase, quiet: bool) -> WriteResult:
     label = f"write {phase.label}"
     with log.open_writer() as w, Progress(label, phase.count, unit="entries", quiet=quiet) as bar:
         start = time.perf_counter()
-        futures: list[AppendFuture] = []
+        futures: list[AppendFuture[LogMessageId]] = []
         for i in range(phase.count):
             sent = time.perf_counter()
             fut = w.write_async(_payload(phase.size, i))

@@ -76,7 +76,7 @@ class LogWriter:
         if isinstance(broken, ClientClosedError | ForkedClientError):
             raise type(broken)(str(broken))
 
-    def write_async(self, payload: Buffer) -> AppendFuture:
+    def write_async(self, payload: Buffer) -> AppendFuture[LogMessageId]:
         """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
         payload, size = self._payload(payload)
         self._check_open()
@@ -100,7 +100,7 @@ class LogWriter:
         future = self._submit_batch(payloads)
         return [] if future is None else future.result(timeout)
 
-    def _submit_batch(self, payloads: Iterable[Buffer]) -> AppendFuture | None:
+    def _submit_batch(self, payloads: Iterable[Buffer]) -> AppendFuture[list[LogMessageId]] | None:
         """Check every payload, then queue them as one batch without waiting (None if empty)."""
         items = list(payloads)
         if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed

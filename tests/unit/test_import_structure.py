@@ -5,7 +5,8 @@ speak live in ``woodpecker.wire``. Only the command-line modules that assemble t
 daemons' commands (``woodpecker.cli``, ``woodpecker.admin``) may. And no two modules
 import each other, directly or through others, counting imports inside functions (a
 function-level import hides a cycle, it does not remove it). Imports under
-``if TYPE_CHECKING:`` are annotations only, never executed, and do not count.
+``if TYPE_CHECKING:`` are annotations only, never executed, and do not count. No module
+imports another's private (``_``-prefixed) names.
 """
 
 from __future__ import annotations
@@ -127,6 +128,23 @@ def test_no_import_cycle_between_modules() -> None:
     assert cycles(import_graph(ROOT)) == []
 
 
+def private_imports(root: Path) -> dict[str, list[str]]:
+    """``from x import _y`` of a project module's private name, by importing module."""
+    found: dict[str, list[str]] = {}
+    for name, path in modules(root).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                private = [a.name for a in node.names if a.name[:1] == "_" != a.name[1:2]]
+                if private:
+                    found.setdefault(name, []).extend(private)
+    return found
+
+
+def test_no_private_name_crosses_a_module_boundary() -> None:
+    """A module uses another through its public names, so either can change inside."""
+    assert private_imports(ROOT) == {}
+
+
 def test_the_walk_sees_function_level_imports_and_skips_type_checking(tmp_path: Path) -> None:
     """Control: a cycle closed only inside a function, and a daemon import, are both found."""
     files = {
@@ -148,3 +166,5 @@ def test_the_walk_sees_function_level_imports_and_skips_type_checking(tmp_path: 
     assert cycles(graph) == [{"woodpecker.a", "woodpecker.b"}]
     assert graph["woodpecker.d"] == {"woodpecker.c", "workers.logstore"}
     assert graph["woodpecker.c"] == set()
+    (tmp_path / "woodpecker/e.py").write_text("from woodpecker.a import _hidden, __all__, shown\n")
+    assert private_imports(tmp_path) == {"woodpecker.e": ["_hidden"]}
