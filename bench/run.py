@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,120 +37,29 @@ import suite_read  # noqa: E402
 import suite_targets  # noqa: E402
 import suite_write  # noqa: E402
 from etcd_usage import EtcdGrowth  # noqa: E402
+from plan import RunSettings, Step  # noqa: E402
 
 from woodpecker.config import Config  # noqa: E402
 from woodpecker.progress import Progress  # noqa: E402
 
-SUITES = ("ceilings", "write", "read", "targets", "nats", "cost")
-BACKENDS = ("local", "s3")
-TARGET_ROUNDS = 3  # paired ceiling + target cells per round; verdicts use the medians
+PER_BACKEND = {"ceilings": suite_ceilings, "write": suite_write, "read": suite_read}
+ONCE = {"targets": suite_targets, "nats": suite_nats, "cost": suite_cost}
+SUITES = (*PER_BACKEND, *ONCE)
 
 
-@dataclass
-class Step:
-    label: str
-    estimate: float  # seconds, for the ETA
-    section: str  # where the result goes in the report
-    run: Callable[[], Any]
-    ident: dict[str, Any]  # what identifies the cell when it failed
-    writes: bool = False  # a write or targets step: etcd's growth is measured around it
-
-
-def build_plan(
-    quick: bool, only: set[str], parent: Path, duration: float, progress: Callable[[str], None]
-) -> list[Step]:
-    """The measurements of a run, ordered so that each backend's ceiling is measured right
-    before the Woodpecker figures compared with it."""
-    steps: list[Step] = []
-    ceiling_time = duration
-    for backend in BACKENDS:
-        if "ceilings" in only:
-            steps.append(
-                Step(
-                    f"ceilings {backend}",
-                    5 * (ceiling_time + 1.5),
-                    f"ceilings.{backend}",
-                    lambda b=backend: suite_ceilings.measure_ceilings(
-                        b, parent, ceiling_time, quick, progress
-                    ),
-                    {"backend": backend},
-                )
-            )
-        if "write" in only:
-            for cell in suite_write.plan(quick, [backend]):
-                steps.append(
-                    Step(
-                        f"write {cell.name}",
-                        duration + 2 + 0.7 * cell.producers,
-                        "write",
-                        lambda c=cell: suite_write.run(c, parent, duration),
-                        {
-                            "suite": "write",
-                            "backend": cell.backend,
-                            "api": cell.api,
-                            "entry_size": cell.entry_size,
-                            "producers": cell.producers,
-                        },
-                        writes=True,
-                    )
-                )
-        if "read" in only:
-            for rcell in suite_read.plan(quick, [backend]):
-                steps.append(
-                    Step(
-                        rcell.name,
-                        duration + 6,
-                        "read",
-                        lambda c=rcell: suite_read.run(c, parent, duration, quick),
-                        {
-                            "suite": "read",
-                            "backend": rcell.backend,
-                            "mode": rcell.mode,
-                            "entry_size": rcell.entry_size,
-                        },
-                    )
-                )
-    if "targets" in only:
-        for r in range(1 if quick else TARGET_ROUNDS):
-            for backend in BACKENDS:
-                steps.append(
-                    Step(
-                        f"targets round {r + 1} {backend}",
-                        suite_targets.estimate(backend, duration, quick),
-                        "target_rounds",
-                        lambda b=backend, n=r + 1: {
-                            "round": n,
-                            **suite_targets.run_round(b, parent, duration, quick, progress),
-                        },
-                        {"backend": backend, "round": r + 1},
-                        writes=True,
-                    )
-                )
-    if "nats" in only:
-        for sync, api, size in suite_nats.plan(quick):
-            steps.append(
-                Step(
-                    suite_nats.cell_name(sync, api, size),
-                    duration + 1.5,
-                    "nats",
-                    lambda s=sync, a=api, z=size: suite_nats.run(parent, s, a, z, duration),
-                    {"suite": "nats", "sync": sync, "api": api, "entry_size": size},
-                )
-            )
-    if "cost" in only:
-        rates = (10,) if quick else suite_cost.RATES_MB_S
-        for rate in rates:
-            for linger in (0.0, suite_cost.LINGER_MS):
-                steps.append(
-                    Step(
-                        f"cost s3 at {rate} MB/s, linger {linger:.0f} ms",
-                        duration + 8,
-                        "cost",
-                        lambda r=rate, g=linger: suite_cost.run(r, parent, duration, g),
-                        {"suite": "cost", "target_mb_s": rate, "linger_ms": linger},
-                    )
-                )
-    return steps
+def build_plan(settings: RunSettings, only: set[str]) -> list[Step]:
+    """The steps of the chosen suites, each backend's ceiling measured right before the
+    Woodpecker figures compared with it."""
+    plan = [
+        step
+        for backend in settings.backends
+        for name, suite in PER_BACKEND.items()
+        if name in only
+        for step in suite.steps(settings, backend)
+    ]
+    return plan + [
+        step for name, suite in ONCE.items() if name in only for step in suite.steps(settings)
+    ]
 
 
 def machine(parent: Path) -> dict[str, Any]:
@@ -257,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     etcd: EtcdGrowth | None = None
     try:
         etcd = EtcdGrowth(os.environ["WOODPECKER_ETCD_ENDPOINTS"].split(",")[0])
-        steps = build_plan(args.quick, only, parent, duration, lambda s: bar and bar.step(s))
+        settings = RunSettings(args.quick, parent, duration, lambda s: bar and bar.step(s))
+        steps = build_plan(settings, only)
         # the bar counts estimated seconds, so its ETA scales with the measured pace
         bar = Progress("bench", sum(s.estimate for s in steps), unit="est. s", quiet=args.quiet)
         for step in steps:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import process_context, reap
+from plan import RunSettings, Step
 from services import Scratch, scratch
 from stats import human_size, latency_ms, throughput
 
@@ -289,3 +290,19 @@ def measure_ceilings(
     small = next((c for c in out["cases"] if c["object_bytes"] == KiB), None)
     out["write_1kib_serial_latency"] = small and small["latency"]
     return out
+
+
+def steps(settings: RunSettings, backend: str) -> list[Step]:
+    """One step per backend; it runs five shapes of ``settings.duration``, each with ~1.5 s of
+    set-up (creating and discarding its objects)."""
+    return [
+        Step(
+            f"ceilings {backend}",
+            5 * (settings.duration + 1.5),
+            f"ceilings.{backend}",
+            lambda: measure_ceilings(
+                backend, settings.parent, settings.duration, settings.quick, settings.progress
+            ),
+            {"backend": backend},
+        )
+    ]

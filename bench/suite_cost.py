@@ -19,6 +19,7 @@ from typing import Any
 import drivers
 import harness
 from host import Logstore
+from plan import RunSettings, Step
 from services import scratch
 
 from woodpecker.config import Config
@@ -92,3 +93,20 @@ def run(rate_mb_s: float, parent: Path, duration: float, linger_ms: float = 0.0)
         # priced at the target rate, with the request density measured at that rate
         "monthly": monthly_cost(rate_mb_s, puts_per_gb, gets_per_gb),
     }
+
+
+def steps(settings: RunSettings) -> list[Step]:
+    """Every rate (10 MB/s only when quick), without and with the reference system's linger;
+    a cell takes its duration and ~8 s to start its logstore and count its requests."""
+    rates = (10,) if settings.quick else RATES_MB_S
+    return [
+        Step(
+            f"cost s3 at {rate} MB/s, linger {linger:.0f} ms",
+            settings.duration + 8,
+            "cost",
+            lambda r=rate, g=linger: run(r, settings.parent, settings.duration, g),
+            {"suite": "cost", "target_mb_s": rate, "linger_ms": linger},
+        )
+        for rate in rates
+        for linger in (0.0, LINGER_MS)
+    ]

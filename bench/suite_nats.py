@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import psutil
 from harness import process_context
+from plan import RunSettings, Step
 from stats import human_size, latency_ms, throughput
 from usage import UsageMonitor, per_gb
 
@@ -260,3 +261,17 @@ def plan(quick: bool) -> list[tuple[str, str, int]]:
 
 def cell_name(sync: str, mode: str, size: int) -> str:
     return f"nats sync={sync} {mode} {human_size(size)}"
+
+
+def steps(settings: RunSettings) -> list[Step]:
+    """A cell takes its duration and ~1.5 s to start its NATS server."""
+    return [
+        Step(
+            cell_name(sync, api, size),
+            settings.duration + 1.5,
+            "nats",
+            lambda s=sync, a=api, z=size: run(settings.parent, s, a, z, settings.duration),
+            {"suite": "nats", "sync": sync, "api": api, "entry_size": size},
+        )
+        for sync, api, size in plan(settings.quick)
+    ]

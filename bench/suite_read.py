@@ -22,6 +22,7 @@ from typing import Any
 import drivers
 import harness
 from host import Logstore
+from plan import RunSettings, Step
 from services import scratch
 from stats import human_size, latency_ms, throughput
 from suite_ceilings import drop_tree_cache
@@ -149,3 +150,22 @@ def _tail_latency(cell: ReadCell, parent: Path, duration: float, quick: bool) ->
         "append_to_read": latency_ms(append_to_read),
         "write_latency": latency_ms(write_latencies),
     }
+
+
+def steps(settings: RunSettings, backend: str) -> list[Step]:
+    """A cell takes its duration and ~6 s to start its logstore and write what it reads."""
+    return [
+        Step(
+            cell.name,
+            settings.duration + 6,
+            "read",
+            lambda c=cell: run(c, settings.parent, settings.duration, settings.quick),
+            {
+                "suite": "read",
+                "backend": cell.backend,
+                "mode": cell.mode,
+                "entry_size": cell.entry_size,
+            },
+        )
+        for cell in plan(settings.quick, [backend])
+    ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import suite_write
+from plan import RunSettings, Step
 from services import scratch
 from suite_ceilings import raw_write
 from suite_write import WriteCell
@@ -33,6 +34,8 @@ class Target:
     goal: float
     higher_is_better: bool = True
 
+
+ROUNDS = 3  # paired ceiling + target cells per backend and round; verdicts use the medians
 
 TARGETS = [
     Target(
@@ -172,3 +175,25 @@ def judge(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
             by = f"{100 * (ratio - 1):.0f}% over ({ratio:.2f}x)"
         out.append({**verdict, "value": value, "status": "met" if met else "missed", "by": by})
     return out
+
+
+def steps(settings: RunSettings) -> list[Step]:
+    """``ROUNDS`` rounds (one when quick), each over every backend in turn, so that a backend's
+    rounds are spread over the run rather than caught in one moment of its disk."""
+    return [
+        Step(
+            f"targets round {n} {backend}",
+            estimate(backend, settings.duration, settings.quick),
+            "target_rounds",
+            lambda b=backend, n=n: {
+                "round": n,
+                **run_round(
+                    b, settings.parent, settings.duration, settings.quick, settings.progress
+                ),
+            },
+            {"backend": backend, "round": n},
+            writes=True,
+        )
+        for n in range(1, (1 if settings.quick else ROUNDS) + 1)
+        for backend in settings.backends
+    ]

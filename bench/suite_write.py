@@ -15,6 +15,7 @@ from typing import Any
 
 import drivers
 import harness
+from plan import RunSettings, Step
 from stats import human_size
 
 KiB = 1 << 10
@@ -89,3 +90,24 @@ def block_stats(blocks: dict[str, Any], payload_bytes: int) -> dict[str, Any]:
         "mean_block_bytes": round(blocks["block_bytes"] / n) if n else 0,
         "blocks_per_gb": round(n / (payload_bytes / 1e9), 1) if payload_bytes else None,
     }
+
+
+def steps(settings: RunSettings, backend: str) -> list[Step]:
+    """A cell takes its duration, ~2 s to start a logstore, and ~0.7 s per producer process."""
+    return [
+        Step(
+            f"write {cell.name}",
+            settings.duration + 2 + 0.7 * cell.producers,
+            "write",
+            lambda c=cell: run(c, settings.parent, settings.duration),
+            {
+                "suite": "write",
+                "backend": cell.backend,
+                "api": cell.api,
+                "entry_size": cell.entry_size,
+                "producers": cell.producers,
+            },
+            writes=True,
+        )
+        for cell in plan(settings.quick, [backend])
+    ]
