@@ -3,8 +3,9 @@
 It is a single-threaded state machine driven by the logstore's event loop. Every
 etcd call (opening a log: session acquire, recovery and the next segment id;
 commits; seals; lease release) runs on a small thread pool and its result comes
-back through one results queue, so the loop never waits on etcd: a log that is
-slow to open holds back only its own batches, never another log's acks.
+back through one results queue, so while it serves the loop never waits on etcd
+(only ``close`` at shutdown releases sessions inline): a log that is slow to open
+holds back only its own batches, never another log's acks.
 Per log it keeps a *timeline*: the ordered list of what must reach etcd —
 segment creations, blocks (uploading → done) and seals. The head of the timeline
 is committed first and at most one metadata operation per log is in flight, so
