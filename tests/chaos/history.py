@@ -32,20 +32,17 @@ from pathlib import Path
 import orjson
 import xxhash
 
-from woodpecker import (
-    EARLIEST,
-    InvalidLogNameError,
-    LogHandle,
-    LogMessage,
-    LogMessageId,
-    NotWrittenError,
-)
+import woodpecker as wp
 
 PENDING, OK, FAIL, UNKNOWN = "pending", "ok", "fail", "unknown"
 
 # Errors that promise the append was not, and will never be, written: the library's
 # NotWrittenError branch, and refusals of bad input before anything is sent.
-DEFINITE_ERRORS: tuple[type[BaseException], ...] = (NotWrittenError, TypeError, InvalidLogNameError)
+DEFINITE_ERRORS: tuple[type[BaseException], ...] = (
+    wp.NotWrittenError,
+    TypeError,
+    wp.InvalidLogNameError,
+)
 
 _MAGIC = b"wpchaos|"
 
@@ -86,7 +83,7 @@ class Op:
     seq: int
     payload: bytes
     outcome: str = PENDING
-    id: LogMessageId | None = None
+    id: wp.LogMessageId | None = None
     error: str = ""
     invoked: float = 0.0  # time.monotonic() (one clock for every process of the host)
     completed: float = 0.0
@@ -123,9 +120,9 @@ class History:
             self._log({"e": "invoke", "p": producer, "s": seq, "n": len(op.payload)})
         return op
 
-    def ok(self, op: Op, message_id: LogMessageId) -> None:
+    def ok(self, op: Op, message_id: wp.LogMessageId) -> None:
         with self._lock:
-            op.outcome, op.id, op.completed = OK, LogMessageId(*message_id), time.monotonic()
+            op.outcome, op.id, op.completed = OK, wp.LogMessageId(*message_id), time.monotonic()
             self.acked[op.producer] += 1
             self._log({"e": OK, "p": op.producer, "s": op.seq, "id": list(op.id)})
 
@@ -187,7 +184,7 @@ class HistoryFile:
             elif seq in self._ops:
                 op = self._ops[seq]
                 op.outcome = event["e"]
-                op.id = LogMessageId(*event["id"]) if "id" in event else None
+                op.id = wp.LogMessageId(*event["id"]) if "id" in event else None
                 op.error = event.get("err", "")
                 if op.outcome == OK:
                     self.acked[op.producer] += 1
@@ -238,14 +235,14 @@ class Report:
         return "\n".join(lines)
 
 
-def _describe_entry(entries: Sequence[LogMessage], index: int) -> str:
+def _describe_entry(entries: Sequence[wp.LogMessage], index: int) -> str:
     msg = entries[index]
     who = parse_payload(msg.payload)
     label = f"{who[0]}#{who[1]}" if who else f"{msg.payload[:24]!r}"
     return f"{msg.id} holds {label} ({len(msg.payload)} B, read position {index})"
 
 
-def check(ops: Sequence[Op], entries: Sequence[LogMessage], *, complete: bool = True) -> Report:
+def check(ops: Sequence[Op], entries: Sequence[wp.LogMessage], *, complete: bool = True) -> Report:
     """Check a history against the entries read from the log (in reader order).
 
     ``complete=False`` checks a prefix read while producers still run: an ok'd
@@ -254,7 +251,7 @@ def check(ops: Sequence[Op], entries: Sequence[LogMessage], *, complete: bool = 
     report = Report(ops=len(ops), entries_read=len(entries))
     bad = report.violations
     by_name = {op.name: op for op in ops}
-    at_id: dict[LogMessageId, int] = {}
+    at_id: dict[wp.LogMessageId, int] = {}
     seen: dict[str, list[int]] = {}
     for i, msg in enumerate(entries):
         if i and msg.id <= entries[i - 1].id:
@@ -323,7 +320,7 @@ def check(ops: Sequence[Op], entries: Sequence[LogMessage], *, complete: bool = 
 
 def _check_producer_order(
     ops: Sequence[Op],
-    entries: Sequence[LogMessage],
+    entries: Sequence[wp.LogMessage],
     seen: dict[str, list[int]],
     bad: list[Violation],
 ) -> None:
@@ -360,7 +357,7 @@ def _first_difference(a: bytes, b: bytes) -> int:
     return min(len(a), len(b))
 
 
-def _nearest(ids: Sequence[LogMessageId], target: LogMessageId) -> str:
+def _nearest(ids: Sequence[wp.LogMessageId], target: wp.LogMessageId) -> str:
     """Where the reader was around a missing id: the ids read just before and after it."""
     if not ids:
         return " (nothing was read)"
@@ -370,22 +367,24 @@ def _nearest(ids: Sequence[LogMessageId], target: LogMessageId) -> str:
     return f" (read {before} before it, {after} after)"
 
 
-def _last_committed(log: LogHandle) -> LogMessageId | None:
-    committed = [LogMessageId(seg.segment_id, seg.lac) for seg in log.segments() if seg.lac >= 0]
+def _last_committed(log: wp.LogHandle) -> wp.LogMessageId | None:
+    committed = [wp.LogMessageId(seg.segment_id, seg.lac) for seg in log.segments() if seg.lac >= 0]
     return max(committed, default=None)
 
 
-def read_back(log: LogHandle, *, stall: float = 15.0, timeout: float = 300.0) -> list[LogMessage]:
+def read_back(
+    log: wp.LogHandle, *, stall: float = 15.0, timeout: float = 300.0
+) -> list[wp.LogMessage]:
     """Every committed entry of the log, from EARLIEST to the last committed one.
 
     Stops at the end the metadata shows (a slow backend does not end the read
     early), or when the reader makes no progress for ``stall`` seconds short of
     it (then the check reports what it could not reach, with evidence).
     """
-    entries: list[LogMessage] = []
+    entries: list[wp.LogMessage] = []
     deadline = time.monotonic() + timeout
     progress = time.monotonic()
-    with log.open_reader(EARLIEST) as reader:
+    with log.open_reader(wp.EARLIEST) as reader:
         while time.monotonic() < deadline:
             message = reader.read_next(timeout=0.5)
             if message is not None:
@@ -414,13 +413,13 @@ def first_error(ops: Sequence[Op], after: float) -> Op | None:
 class Tail:
     """A reader kept open across faults: each ``poll`` appends what was committed since."""
 
-    def __init__(self, log: LogHandle) -> None:
-        self._reader = log.open_reader(EARLIEST)
-        self.entries: list[LogMessage] = []
+    def __init__(self, log: wp.LogHandle) -> None:
+        self._reader = log.open_reader(wp.EARLIEST)
+        self.entries: list[wp.LogMessage] = []
 
     def poll(
-        self, until: LogMessageId | None = None, idle: float = 0.5, timeout: float = 60.0
-    ) -> list[LogMessage]:
+        self, until: wp.LogMessageId | None = None, idle: float = 0.5, timeout: float = 60.0
+    ) -> list[wp.LogMessage]:
         """Read on until an entry at or past ``until`` is read, or none comes for ``idle`` s."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

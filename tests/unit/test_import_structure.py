@@ -168,3 +168,36 @@ def test_the_walk_sees_function_level_imports_and_skips_type_checking(tmp_path: 
     assert graph["woodpecker.c"] == set()
     (tmp_path / "woodpecker/e.py").write_text("from woodpecker.a import _hidden, __all__, shown\n")
     assert private_imports(tmp_path) == {"woodpecker.e": ["_hidden"]}
+
+
+def convention_breaks(root: Path) -> list[str]:
+    """Imports under ``tests/`` that take a public name from ``woodpecker`` directly (not
+    ``wp.Name``) or import a ``conftest``."""
+    known = modules(root)
+    found = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level:
+                continue
+            where = f"{path.relative_to(root)}:{node.lineno}"
+            if node.module == "conftest":
+                found.append(f"{where} imports conftest")
+            elif node.module == "woodpecker":
+                names = [a.name for a in node.names if f"woodpecker.{a.name}" not in known]
+                if names:
+                    found.append(f"{where} from woodpecker import {', '.join(names)}")
+    return found
+
+
+def test_tests_share_one_import_convention(tmp_path: Path) -> None:
+    assert convention_breaks(ROOT) == []
+    (tmp_path / "woodpecker").mkdir()
+    (tmp_path / "woodpecker" / "wire.py").write_text("")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "from woodpecker import wire\nfrom woodpecker import Client\nfrom conftest import F\n"
+    )
+    assert convention_breaks(tmp_path) == [
+        "tests/test_x.py:2 from woodpecker import Client",
+        "tests/test_x.py:3 imports conftest",
+    ]
