@@ -276,6 +276,7 @@ class EtcdConnection:
             log.warning("could not revoke lease %x (it expires by itself): %s", lease_id, e)
 
     def close(self) -> None:
+        """Close every client; later calls raise ``MetadataUnavailableError`` (idempotent)."""
         with self._lock:
             self._closed = True
             clients, self._clients = self._clients, [None] * len(self._clients)

@@ -67,9 +67,11 @@ class Lifecycle:
         ]
 
     def truncation(self, log_id: int) -> TruncationPoint | None:
+        """The log's truncation point, None if it was never truncated."""
         return self.meta.get_truncation(log_id)
 
     def segments(self, log_id: int) -> list[Versioned[SegmentRecord]]:
+        """Every segment of the log by id, each with the revision a guarded change compares."""
         return [
             Versioned(
                 SegmentRecord.from_bytes(v, kv.key.decode()), kv.key.decode(), kv.mod_revision

@@ -144,6 +144,7 @@ class QuotaWatch:
         self._alarms: tuple[str, ...] = ()
 
     def check(self) -> EtcdSpace:
+        """Read the space now; log a crossing of the warning level or a new alarm."""
         space = etcd_space(self._meta)
         above = space.fraction >= WARN_FRACTION
         if above and not self._above:
