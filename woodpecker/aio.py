@@ -180,37 +180,47 @@ class AsyncLogWriter:
 
     async def write(self, payload: bytes | bytearray | memoryview) -> LogMessageId:
         """Append one entry; returns its id once it is durable and committed."""
-        await self._room()
+        await self._room(payload.nbytes if isinstance(payload, memoryview) else len(payload))
         return await self.write_async(payload)
 
     async def write_batch(
         self, payloads: Iterable[bytes | bytearray | memoryview]
     ) -> list[LogMessageId]:
         """Append entries as consecutive ids; returns once all of them are durable."""
-        await self._room()
-        future = self._writer._submit_batch(payloads)
+        items = list(payloads)
+        await self._room(sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in items))
+        future = self._writer._submit_batch(items)
         if future is None:
             return []
         self._last = future
         return await future
 
-    async def _room(self) -> None:
-        """Await acks (never block the loop) while unsealed appends fill half the arena."""
+    def _signal(self, append: AppendFuture) -> asyncio.Future[Any]:
+        """A future to wait on for ``append`` whose outcome is not ours to report: the
+        append's own future carries its error, so this one's is marked as seen."""
+        future = self._relay.watch(append)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return future
+
+    async def _room(self, size: int) -> None:
+        """Await acks (never block the loop) while ``size`` more unsealed bytes would pass
+        half the arena: the bound at which ``LogWriter.write_async`` blocks."""
         deadline = time.monotonic() + self._timeout
-        while self._queue.pending_bytes > self._limit and self._last is not None:
+        queue = self._queue
+        while queue.pending_bytes and queue.pending_bytes + size > self._limit and self._last:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BackpressureTimeout(
                     f"the shared-memory arena stayed full for {self._timeout}s "
                     "(writer.append_timeout); the backend is slower than the producers"
                 )
-            await asyncio.wait([self._relay.watch(self._last)], timeout=min(left, 0.05))
+            await asyncio.wait([self._signal(self._last)], timeout=min(left, 0.05))
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far is acknowledged (or failed)."""
         last = self._last
         if last is not None and not last.done():
-            _, pending = await asyncio.wait([self._relay.watch(last)], timeout=timeout)
+            _, pending = await asyncio.wait([self._signal(last)], timeout=timeout)
             if pending:
                 raise TimeoutError(
                     f"flush: appends of {self.name!r} not acknowledged in {timeout}s"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 
 import pytest
+from chaos.faultproxy import FaultProxy
 
 import woodpecker as wp
 from woodpecker import wire
@@ -181,3 +183,44 @@ async def test_iteration_ends_when_the_reader_closes(make_config):
         assert seen == [b"only"]
         with pytest.raises(wp.ReaderClosedError):
             await r.read_next(timeout=0)
+
+
+async def test_backpressure_is_awaited_not_blocked_on(make_config, services):
+    host, port = services["WOODPECKER_S3_ENDPOINT"].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        config = make_config(
+            "s3",
+            s3_endpoint=proxy.endpoint,
+            s3_timeout=3.0,
+            retry_deadline=4.0,
+            writer_arena_size="1MiB",
+            writer_append_timeout=1.0,
+        )
+        async with wp.AsyncClient(config) as client:
+            log = await client.create_log("backpressure")  # claims the deployment first
+            async with log.open_writer() as w:
+                proxy.set(blackhole=True)  # S3 accepts connections and never answers
+                ticks = 0
+
+                async def ticker() -> None:
+                    nonlocal ticks
+                    while True:
+                        await asyncio.sleep(0.01)
+                        ticks += 1
+
+                beat = asyncio.create_task(ticker())
+                start = time.monotonic()
+                writes = [asyncio.ensure_future(w.write(b"b" * 100_000)) for _ in range(100)]
+                done, _ = await asyncio.wait(
+                    writes, timeout=20, return_when=asyncio.FIRST_EXCEPTION
+                )
+                elapsed = time.monotonic() - start
+                beat.cancel()
+                assert any(isinstance(t.exception(), wp.BackpressureTimeout) for t in done)
+                assert 1.0 <= elapsed < 10
+                # the loop kept running while writes waited for room (a blocked loop: ~0)
+                assert ticks >= elapsed * 100 / 4
+                for t in writes:  # nothing is acked that is not durable
+                    with pytest.raises((wp.StorageUnavailableError, wp.BackpressureTimeout)):
+                        await asyncio.wait_for(t, 30)
+                proxy.set(blackhole=False)
