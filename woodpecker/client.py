@@ -103,7 +103,7 @@ class Client:
         record = self.meta_store().delete_log(name)
         for reader in list(self._readers):
             if reader.log_id == record.log_id:
-                reader._log_deleted()
+                reader.log_deleted()
 
     def close(self) -> None:
         """Close every reader, fail what writers still have pending, detach; idempotent.
@@ -117,7 +117,7 @@ class Client:
                 return
             self._unusable = ClientClosedError("the Client was closed; create a new Client")
             for reader in list(self._readers):
-                reader._close(self._unusable)
+                reader.close_with(self._unusable)
             if self._link is not None:
                 self._link.close()
             if self._meta is not None:
@@ -183,7 +183,7 @@ class Client:
         """Readers are closed with the Client, and learn at once of a delete_log through it."""
         with self._lock:
             if self._unusable is not None:  # closed while the reader was being opened
-                reader._close(self._unusable)
+                reader.close_with(self._unusable)
                 self._check()
             self._readers.add(reader)
 

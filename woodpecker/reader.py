@@ -554,10 +554,13 @@ class LogReader:
 
     def close(self) -> None:
         """Stop reading: end a waiting read, release the registration (idempotent)."""
-        self._close(ReaderClosedError(f"the reader of log {self.name!r} is closed"))
+        self.close_with(ReaderClosedError(f"the reader of log {self.name!r} is closed"))
 
-    def _close(self, error: WoodpeckerError) -> None:
-        """Close; later reads raise ``error``."""
+    # ---- package seams: the Client that opened the reader calls these ------------------
+
+    def close_with(self, error: WoodpeckerError) -> None:
+        """Close; later reads raise ``error`` (the Client closes its readers with
+        ``ClientClosedError``). Idempotent: the first error stays."""
         if self._closed is not None:
             return
         self._closed = error
@@ -565,15 +568,15 @@ class LogReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._registration.close()
 
+    def log_deleted(self) -> None:
+        """The log was deleted through this reader's Client: the next read says so."""
+        self._deleted = True
+
     def __enter__(self) -> LogReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _log_deleted(self) -> None:
-        """The log was deleted through this reader's Client: the next read says so."""
-        self._deleted = True
 
     def _forked(self, error: ForkedClientError) -> None:
         # the watch, pool and lease threads stayed in the parent; the lease is the parent's
