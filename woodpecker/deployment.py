@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from woodpecker.errors import ConfigError, ObjectNotFoundError
+from woodpecker.meta.records import now_ms
 
 if TYPE_CHECKING:
     from woodpecker.config import Config
@@ -86,7 +86,7 @@ class Claim:
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
-            {"id": self.id, "etcd": self.etcd, "storage": self.storage, "created_ms": _now_ms()}
+            {"id": self.id, "etcd": self.etcd, "storage": self.storage, "created_ms": now_ms()}
         )
 
     @classmethod
@@ -99,10 +99,6 @@ class Claim:
                 f"the deployment claim at {where} is not readable ({e}); it was not written "
                 "by Woodpecker: remove it only if you are sure no deployment owns this place"
             ) from None
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def verify_deployment(
