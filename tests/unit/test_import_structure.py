@@ -145,6 +145,33 @@ def test_no_private_name_crosses_a_module_boundary() -> None:
     assert private_imports(ROOT) == {}
 
 
+ETCD_CLIENTS = {"pyetcd", "grpc"}
+
+
+def etcd_client_users(root: Path) -> set[str]:
+    """Modules that import an etcd client library, at any depth of their code."""
+    found = set()
+    for name, path in modules(root).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                tops = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            if tops & ETCD_CLIENTS:
+                found.add(name)
+    return found
+
+
+def test_only_woodpecker_meta_reaches_etcd() -> None:
+    """Every etcd operation is a named method in ``woodpecker.meta``; nothing else holds
+    an etcd client to build its own calls with."""
+    users = etcd_client_users(ROOT)
+    assert "woodpecker.meta.connection" in users
+    assert {u for u in users if not u.startswith("woodpecker.meta.")} == set()
+
+
 def test_the_walk_sees_function_level_imports_and_skips_type_checking(tmp_path: Path) -> None:
     """Control: a cycle closed only inside a function, and a daemon import, are both found."""
     files = {
@@ -168,6 +195,8 @@ def test_the_walk_sees_function_level_imports_and_skips_type_checking(tmp_path: 
     assert graph["woodpecker.c"] == set()
     (tmp_path / "woodpecker/e.py").write_text("from woodpecker.a import _hidden, __all__, shown\n")
     assert private_imports(tmp_path) == {"woodpecker.e": ["_hidden"]}
+    (tmp_path / "workers/f.py").write_text("def late():\n    from pyetcd import utils\n")
+    assert etcd_client_users(tmp_path) == {"workers.f"}
 
 
 def convention_breaks(root: Path) -> list[str]:
