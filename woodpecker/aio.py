@@ -158,10 +158,8 @@ class AsyncLogWriter:
 
     def __init__(self, writer: LogWriter) -> None:
         self._writer = writer
-        self._queue = writer._queue
         self._relay = relay_for_running_loop()
-        self._limit = writer._link.arena.size // 2
-        self._timeout = writer._link.config.writer.append_timeout
+        self._timeout = writer.append_timeout
         self._last: AppendFuture[LogMessageId] | None = None  # acks of one writer resolve in order
         self.name = writer.name
         self.log_id = writer.log_id
@@ -189,7 +187,7 @@ class AsyncLogWriter:
         """Append entries as consecutive ids; returns once all of them are durable."""
         items = list(payloads)
         await self._room(sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in items))
-        future = self._writer._submit_batch(items)
+        future = self._writer.submit_batch(items)
         if future is None:
             return []
         self._last = future
@@ -206,8 +204,7 @@ class AsyncLogWriter:
         """Await acks (never block the loop) while ``size`` more unsealed bytes would pass
         half the arena: the bound at which ``LogWriter.write_async`` blocks."""
         deadline = time.monotonic() + self._timeout
-        queue = self._queue
-        while queue.pending_bytes and queue.pending_bytes + size > self._limit and self._last:
+        while self._last and self._writer.would_block(size):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BackpressureTimeout(
@@ -225,10 +222,7 @@ class AsyncLogWriter:
                 raise TimeoutError(
                     f"flush: appends of {self.name!r} not acknowledged in {timeout}s"
                 )
-        link = self._writer._link
-        with link.mutex:  # held briefly by the ack thread only
-            unresolved = bool(self._queue.pending or link._inflight_of(self._queue))
-        if unresolved:  # a failure resolved out of order: wait off the loop
+        if not self._writer.settled():  # a failure resolved out of order: wait off the loop
             await _off_loop(self._writer.flush, timeout)
 
     async def close(self) -> None:

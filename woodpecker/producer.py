@@ -431,8 +431,7 @@ class ProducerLink:
         deadline = time.monotonic() + timeout
         cap = self.config.writer.max_batch_bytes
         with self.mutex:
-            # backpressure: unsealed bytes are bounded by the arena, as sealed ones are
-            while queue.pending_bytes and queue.pending_bytes + size > self.arena.size // 2:
+            while self.would_block(queue, size):
                 self._check_queue(queue)
                 self._seal_ready()
                 left = deadline - time.monotonic()
@@ -569,6 +568,16 @@ class ProducerLink:
                         f"{self._inflight_of(queue)} batches not acknowledged in {timeout}s"
                     )
                 self.lock.wait(0.05 if left is None else min(left, 0.05))
+
+    def would_block(self, queue: WriterQueue, size: int) -> bool:
+        """Whether ``size`` more bytes of ``queue`` would wait for room (backpressure):
+        unsealed bytes are bounded by half the arena, as sealed ones are by the arena."""
+        return bool(queue.pending_bytes) and queue.pending_bytes + size > self.arena.size // 2
+
+    def settled(self, queue: WriterQueue) -> bool:
+        """Nothing of ``queue`` is unsealed or awaiting its ack."""
+        with self.mutex:  # held briefly by the ack thread only
+            return not queue.pending and not self._inflight_of(queue)
 
     def _inflight_of(self, queue: WriterQueue) -> int:
         """Batches of ``queue`` sent and not yet answered (lock held)."""

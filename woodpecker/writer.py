@@ -97,31 +97,8 @@ class LogWriter:
         between them, and either every entry becomes readable or none does. It
         must fit in ``writer.arena_size`` (``EntryTooLargeError`` otherwise).
         """
-        future = self._submit_batch(payloads)
+        future = self.submit_batch(payloads)
         return [] if future is None else future.result(timeout)
-
-    def _submit_batch(self, payloads: Iterable[Buffer]) -> AppendFuture[list[LogMessageId]] | None:
-        """Check every payload, then queue them as one batch without waiting (None if empty)."""
-        items = list(payloads)
-        if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed
-            sizes = list(map(len, items))
-            if sizes and max(sizes) > self._max:
-                self._payload(items[sizes.index(max(sizes))])  # raises EntryTooLargeError
-        else:
-            checked = [self._payload(p) for p in items]  # all checked before anything is queued
-            items = [p for p, _ in checked]
-            sizes = [n for _, n in checked]
-        self._check_open()
-        total_size = sum(sizes)
-        if total_size > self._link.arena.size:
-            raise EntryTooLargeError(
-                f"a write_batch of {total_size} bytes does not fit the shared-memory arena "
-                f"(writer.arena_size={self._link.arena.size}); nothing of it was written"
-            )
-        if not items:
-            return None
-        # one batch message, hence one block, one commit: consecutive ids, all or nothing
-        return self._link.submit(self._queue, items, total_size, many=True)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything written so far is acknowledged (or failed)."""
@@ -148,6 +125,44 @@ class LogWriter:
                 link.close_log(self.log_id, timeout=left)
         link.unregister(self._queue)
         self._left = True
+
+    # ---- package seams: woodpecker.aio drives a writer from an event loop with these ----
+
+    def submit_batch(self, payloads: Iterable[Buffer]) -> AppendFuture[list[LogMessageId]] | None:
+        """Check every payload, then queue them as one batch without waiting (None if empty)."""
+        items = list(payloads)
+        if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed
+            sizes = list(map(len, items))
+            if sizes and max(sizes) > self._max:
+                self._payload(items[sizes.index(max(sizes))])  # raises EntryTooLargeError
+        else:
+            checked = [self._payload(p) for p in items]  # all checked before anything is queued
+            items = [p for p, _ in checked]
+            sizes = [n for _, n in checked]
+        self._check_open()
+        total_size = sum(sizes)
+        if total_size > self._link.arena.size:
+            raise EntryTooLargeError(
+                f"a write_batch of {total_size} bytes does not fit the shared-memory arena "
+                f"(writer.arena_size={self._link.arena.size}); nothing of it was written"
+            )
+        if not items:
+            return None
+        # one batch message, hence one block, one commit: consecutive ids, all or nothing
+        return self._link.submit(self._queue, items, total_size, many=True)
+
+    def would_block(self, size: int) -> bool:
+        """Whether appending ``size`` bytes now would wait for room (backpressure)."""
+        return self._link.would_block(self._queue, size)
+
+    def settled(self) -> bool:
+        """Nothing written through this writer is unsealed or awaiting its ack."""
+        return self._link.settled(self._queue)
+
+    @property
+    def append_timeout(self) -> float:
+        """How long an append waits for room before ``BackpressureTimeout``."""
+        return self._link.config.writer.append_timeout
 
     def __enter__(self) -> LogWriter:
         return self
