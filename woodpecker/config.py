@@ -86,6 +86,14 @@ class S3Config:
     prefix: str = _opt("", "Key prefix inside the bucket.")
     ca_file: str = _opt("", "CA bundle for TLS to the S3 endpoint.", kind="path")
     timeout: float = _opt(10.0, "Seconds before one S3 request times out.", minimum=0.1)
+    payload_checksum: str = _opt(
+        "sha256",
+        "How a PUT proves its body to the store: sha256 signs it into SigV4 (over TLS the "
+        "body is sent unsigned); crc32c or crc32 send UNSIGNED-PAYLOAD with an "
+        "x-amz-checksum-* header the store verifies, at a fraction of the CPU. "
+        "docs/security.md says what each protects against.",
+        choices=("sha256", "crc32c", "crc32"),
+    )
 
 
 @dataclass

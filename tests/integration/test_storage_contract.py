@@ -7,18 +7,23 @@ the readers depend on belongs here, so that both backends are held to it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import mmap
 import os
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 
+import crc32c
 import pytest
 
 from woodpecker.config import Config
 from woodpecker.errors import ObjectNotFoundError, StorageUnavailableError
 from woodpecker.storage import ObjectStore, PartInfo, open_store
+from woodpecker.storage.s3 import PayloadChecksum
 
 MiB = 1024 * 1024
 
@@ -385,3 +390,82 @@ def test_s3_failed_put_does_not_pin_the_callers_shared_memory(
                 view.release()
     assert kept.value.__traceback__ is not None
     arena.close()  # BufferError if a view made by the store were still alive
+
+
+# ---------------------------------------------------------------- s3.payload_checksum
+
+
+def _spy_put_headers(store: ObjectStore) -> list[dict[str, str]]:
+    """Record the headers of every PUT the store sends (its HTTP pool's ``urlopen``)."""
+    sent: list[dict[str, str]] = []
+    http = store._http  # type: ignore[attr-defined]
+    urlopen = http.urlopen
+
+    def spy(method: str, url: str, **kwargs: object) -> object:
+        if method == "PUT":
+            sent.append({k.lower(): v for k, v in kwargs["headers"].items()})  # type: ignore[union-attr]
+        return urlopen(method, url, **kwargs)
+
+    http.urlopen = spy
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("option", "header", "expected"),
+    [
+        # the CRCs of b"hello, world" split in two views, base64 of the big-endian value
+        ("crc32c", "x-amz-checksum-crc32c", base64.b64encode(
+            crc32c.crc32c(b"hello, world").to_bytes(4, "big")).decode()),
+        ("crc32", "x-amz-checksum-crc32", base64.b64encode(
+            zlib.crc32(b"hello, world").to_bytes(4, "big")).decode()),
+    ],
+)  # fmt: skip
+def test_s3_crc_payload_checksum_replaces_the_signed_sha256(
+    make_config: Callable[..., Config], option: str, header: str, expected: str
+) -> None:
+    with open_store(make_config("s3", s3_payload_checksum=option)) as store:
+        sent = _spy_put_headers(store)
+        store.put("k", [memoryview(b"hello, "), memoryview(b"world")])
+        assert store.get("k") == b"hello, world"
+        assert sent[-1]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert sent[-1][header] == expected
+        assert header in sent[-1]["authorization"]  # the checksum header itself is signed
+        store.delete_many(["k"])
+
+
+def test_s3_sha256_default_signs_the_payload_and_sends_no_crc(
+    make_config: Callable[..., Config],
+) -> None:
+    with open_store(make_config("s3")) as store:
+        sent = _spy_put_headers(store)
+        store.put("k", b"hello, world")
+        assert sent[-1]["x-amz-content-sha256"] == hashlib.sha256(b"hello, world").hexdigest()
+        assert not any(k.startswith("x-amz-checksum-") for k in sent[-1])
+        store.delete_many(["k"])
+
+
+def test_s3_store_refuses_a_body_that_does_not_match_its_crc(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRC is checked by the store: a body changed after the checksum was taken
+    (as on a faulty network path) is refused, and nothing is stored."""
+    honest = PayloadChecksum.of
+    monkeypatch.setattr(PayloadChecksum, "of", lambda self, views: honest(self, [b"other"]))
+    with open_store(make_config("s3", s3_payload_checksum="crc32c")) as store:
+        with pytest.raises(StorageUnavailableError, match="BadDigest"):
+            store.put("k", b"hello, world")
+        assert keys(store) == []
+
+
+def test_s3_multipart_parts_stay_sha256_signed_with_a_crc_option(
+    make_config: Callable[..., Config],
+) -> None:
+    with open_store(make_config("s3", s3_payload_checksum="crc32c")) as store:
+        sent = _spy_put_headers(store)
+        upload = store.create_multipart("big")
+        part = store.upload_part("big", upload, 1, b"p" * 10)
+        store.complete_multipart("big", upload, [part])
+        assert store.get("big") == b"p" * 10
+        assert sent[-1]["x-amz-content-sha256"] == hashlib.sha256(b"p" * 10).hexdigest()
+        assert not any(k.startswith("x-amz-checksum-") for k in sent[-1])
+        store.delete_many(["big"])

@@ -356,6 +356,14 @@ def test_choices() -> None:
         assert msg == f"storage.type: invalid value {bad!r}; allowed: local, s3"
 
 
+def test_s3_payload_checksum_is_validated() -> None:
+    assert Config(env={}).s3.payload_checksum == "sha256"
+    env = {"WOODPECKER_S3_PAYLOAD_CHECKSUM": "crc32c"}
+    assert Config(env=env).s3.payload_checksum == "crc32c"
+    msg = config_error(s3_payload_checksum="md5")
+    assert msg == "s3.payload_checksum: invalid value 'md5'; allowed: sha256, crc32c, crc32"
+
+
 def test_str_fields_accept_scalars_from_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, "s3:\n  region: 12\n  bucket: logs\n")
     c = Config(config_file=path, env={})
@@ -529,7 +537,12 @@ def _string_keys() -> list[str]:
     out = []
     for s, kv in Config(env={}).as_dict().items():
         for k, v in kv.items():
-            if isinstance(v, str) and (s, k) not in (("storage", "type"), ("logging", "format")):
+            choice = (s, k) in (
+                ("storage", "type"),
+                ("logging", "format"),
+                ("s3", "payload_checksum"),
+            )
+            if isinstance(v, str) and not choice:
                 out.append(f"{s}_{k}")
     return out
 
