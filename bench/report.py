@@ -78,6 +78,7 @@ def render(results: dict[str, Any]) -> str:
     md = [f"# Woodpecker benchmark report ({run['mode']} run, {run['started']})", ""]
     md += _header(run)
     md += _targets(results)
+    md += _goals(results)
     md += _ceilings(results.get("ceilings", {}))
     md += _seed(results)
     md += _writes(results.get("write", []))
@@ -164,6 +165,27 @@ def _targets(results: dict[str, Any]) -> list[str]:
         ),
     ]
     return md
+
+
+def _goals(results: dict[str, Any]) -> list[str]:
+    """The read and cost targets, each beside the same-run floor it was derived from."""
+    judged = [
+        v
+        for section in ("read", "cost")
+        for cell in results.get(section, [])
+        for v in cell.get("verdicts", [])
+    ]
+    if not judged:
+        return []
+    rows = [
+        [v["target"], _f(v["value"], 2), _f(v["goal"], 2), v["floor"], v["status"], v["by"]]
+        for v in judged
+    ]
+    return [
+        "## Read and cost targets",
+        "",
+        *_table(["target", "value", "goal", "same-run floor", "status", "by"], rows),
+    ]
 
 
 def _ceilings(ceilings: dict[str, Any]) -> list[str]:
@@ -495,7 +517,7 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
         rows.append(
             [
                 _f(c["target_mb_s"]),
-                _f(c.get("linger_ms", 0.0)),
+                _f(c.get("linger_ms", 0.0)) + (" (S3 default)" if c.get("default") else ""),
                 _f(c["achieved_mb_s"]),
                 f"{_f(c.get('ack_p50_ms'))} / {_f(c.get('ack_p99_ms'))}",
                 approx_size(c["mean_block_bytes"]),
@@ -522,7 +544,8 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
     md += [
         "Prices: PUT $0.005 per 1,000, GET $0.0004 per 1,000 (S3 Standard list prices); "
         "16 KiB entries written with `write_async` at the paced rate, read back once; "
-        "`uploader.linger_ms` lets a block that is not full wait for more entries. "
+        "`uploader.linger_ms` lets a block that is not full wait for more entries "
+        "(S3 default: lingers; 0: each block goes out as soon as an upload slot is free). "
         "Storage GB-months and etcd are not included.",
         "",
     ]

@@ -100,6 +100,9 @@ def make_config(services: dict[str, str], tmp_path: Path, unique: str) -> Config
             # AF_UNIX paths are limited to 108 bytes: keep the socket out of deep tmp paths
             "logstore_socket": f"/tmp/wp-test-{unique}/logstore.sock",
             "logstore_idle_exit": 1.0,
+            # acks as soon as the block is stored, on S3 too (its default lingers for fewer
+            # PUTs, proven in test_write_pipeline): keeps the suite's sync writes fast
+            "uploader_linger_ms": 0.0,
         }
         settings.update(overrides)
         return Config(env={}, **settings)

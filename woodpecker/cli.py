@@ -164,7 +164,11 @@ def _cmd_config(args: argparse.Namespace, config: Config) -> int:
         print(config_table())
     else:
         # "resolved": what the settings amount to (where etcd and the logstore are reached)
-        resolved = {"etcd": etcd_access(config), "logstore_socket": str(config.logstore_socket)}
+        resolved = {
+            "etcd": etcd_access(config),
+            "logstore_socket": str(config.logstore_socket),
+            "uploads": config.upload_policy(),
+        }
         shown = {**config.as_dict(), "resolved": resolved}
         print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     return 0

@@ -16,7 +16,7 @@ import pytest
 from chaos.faultproxy import FaultProxy
 
 import woodpecker as wp
-from woodpecker.config import Config
+from woodpecker.config import S3_LINGER_MS, Config
 from woodpecker.meta import SegmentState
 
 
@@ -234,6 +234,35 @@ def test_linger_gathers_small_appends_into_few_blocks(make_config, backend, uniq
     assert blocks[0.0] >= 6, blocks  # each sync write is a block of its own
     assert sync_ack[500.0] >= 0.45, "a lone block did not linger"
     assert blocks[500.0] <= 6, blocks
+
+
+def test_s3_default_linger_gathers_paced_appends_into_few_blocks(make_config, unique):
+    """On S3 the default uploader.linger_ms lets blocks fill (fewer billed PUTs); the local
+    backend and an explicit 0 send each block as soon as an upload slot is free."""
+    blocks = {}
+    for setting in ("s3 default", "0"):
+        built = make_config("s3", logstore_socket=f"/tmp/wp-test-{unique}/{setting[0]}.sock")
+        overrides = built.overrides()
+        if setting == "s3 default":
+            del overrides["uploader_linger_ms"]  # the fixture's latency-first 0
+        config = Config(env={}, **overrides)
+        expected = S3_LINGER_MS if setting == "s3 default" else 0.0
+        assert config.uploader.linger_ms == expected
+        with wp.Client(config) as client:
+            log = client.create_log(f"paced-{setting[0]}")
+            with log.open_writer() as w:
+                w.write(b"first")  # launches the logstore
+                futures = []
+                for i in range(30):  # 50 appends per second for 0.6 s
+                    futures.append(w.write_async(f"entry {i}".encode()))
+                    time.sleep(0.02)
+                for f in futures:
+                    f.result(30)
+            blocks[setting] = sum(s.block_count for s in log.segments())
+    print(f"blocks for 31 paced entries on S3: {blocks}")
+    assert blocks["s3 default"] <= 5, blocks  # ~0.6 s / 0.25 s, the first write and the flush
+    assert blocks["0"] >= 10, blocks  # about one block per append
+    assert Config(env={}).uploader.linger_ms == 0.0  # local keeps its low-latency default
 
 
 def test_new_logstore_fences_old_one(make_config, backend, tmp_path: Path, unique: str):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from woodpecker import cli
-from woodpecker.config import Config, config_table
+from woodpecker.config import S3_LINGER_MS, Config, config_table
 from woodpecker.errors import ConfigError, WoodpeckerError
 
 KiB = 1024
@@ -638,6 +638,29 @@ def test_cli_config_says_how_etcd_is_reached(
         "etcd1:2379,etcd2:2379: TLS (CA /etc/wp/ca.pem), client certificate /etc/wp/client.pem, "
         "user 'wal'"
     )
+
+
+def test_uploader_linger_default_depends_on_the_backend(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """S3 lingers by default (a PUT is billed), local does not; a set value always wins."""
+    import orjson
+
+    assert Config(env={}).uploader.linger_ms == 0.0
+    assert Config(env={}, storage_type="s3").uploader.linger_ms == S3_LINGER_MS > 0
+    env = {"WOODPECKER_STORAGE_TYPE": "s3", "WOODPECKER_UPLOADER_LINGER_MS": "0"}
+    assert Config(env=env).uploader.linger_ms == 0.0
+    path = write(tmp_path, "storage:\n  type: s3\nuploader:\n  linger_ms: 5\n")
+    assert Config(config_file=path, env={}).uploader.linger_ms == 5.0
+    s3 = Config(env={}, storage_type="s3")
+    assert Config(env={}, **s3.overrides()) == s3
+    row = next(line for line in config_table().splitlines() if "`uploader.linger_ms`" in line)
+    assert f"| `0.0`; s3: `{S3_LINGER_MS}` |" in row
+
+    assert cli.main(["--config", str(write(tmp_path, "storage:\n  type: s3\n")), "config"]) == 0
+    uploads = orjson.loads(capsys.readouterr().out)["resolved"]["uploads"]
+    assert uploads.startswith(f"uploader.linger_ms={S3_LINGER_MS:g} (s3): a block that is not")
+    assert "QuorumBuffer mode (buffer.mode: quorum)" in uploads
 
 
 # --------------------------------------------------------------------------- overrides / equality
