@@ -18,6 +18,7 @@ import pyarrow as pa
 from woodpecker.client import Client
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
 from woodpecker.meta import SegmentRecord, live_readers
+from woodpecker.meta.nodes import registered_nodes
 from woodpecker.storage import open_store
 
 
@@ -50,6 +51,24 @@ def segment_row(seg: SegmentRecord) -> dict[str, Any]:
         "sealed": _when(seg.sealed_ms),
         "compacted": _when(seg.compacted_ms),
     }
+
+
+def nodes(client: Client) -> list[dict[str, Any]]:
+    """The registered quorum nodes: where they listen, their state, what they hold."""
+    return [
+        {
+            "node_id": n.node_id,
+            "address": n.address,
+            "state": n.state,
+            "durability": n.durability,
+            "incarnation": n.incarnation,
+            "buffered_bytes": n.buffered_bytes,
+            "segments": [f"{log_id}/{segment_id}" for log_id, segment_id, *_ in n.segments],
+            "started": _when(n.started_ms),
+            "pid": n.pid,
+        }
+        for n in registered_nodes(client.meta_store())
+    ]
 
 
 def list_logs(client: Client, prefix: str) -> list[dict[str, Any]]:

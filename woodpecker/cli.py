@@ -62,6 +62,24 @@ def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:
     return serve(config, embedded=False)
 
 
+def _cmd_node(args: argparse.Namespace, config: Config) -> int:
+    from workers.node import serve
+
+    flags = {"node_listen": args.listen, "node_data_dir": args.data_dir, "node_id": args.node_id}
+    chosen = {key: value for key, value in flags.items() if value is not None}
+    if chosen:
+        config = Config(env={}, **{**config.overrides(), **chosen})
+    return serve(config)
+
+
+def _cmd_nodes(args: argparse.Namespace, config: Config) -> int:
+    from woodpecker import admin
+
+    with Client(config) as client:
+        _emit(args, admin.nodes(client))
+    return 0
+
+
 def _emit(args: argparse.Namespace, data: Any) -> None:
     """``--json`` prints the data; otherwise a table (lists) or key/value lines (dicts)."""
     from woodpecker.admin import print_table
@@ -280,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logstore.set_defaults(func=_cmd_logstore)
 
+    node = sub.add_parser("node", help="run a quorum node (QuorumBuffer mode, docs/quorum.md)")
+    node.add_argument("--listen", metavar="HOST:PORT", help="overrides node.listen")
+    node.add_argument("--data-dir", metavar="DIR", help="overrides node.data_dir")
+    node.add_argument("--node-id", metavar="ID", help="overrides node.id")
+    node.set_defaults(func=_cmd_node)
+
     def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -294,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         logs_sub.add_parser("delete", help="delete a log (objects go in the background)")
     ).add_argument("log")
     logs.set_defaults(func=_cmd_logs)
+
+    nodes = with_json(sub.add_parser("nodes", help="the registered quorum nodes"))
+    nodes.set_defaults(func=_cmd_nodes)
 
     seg = with_json(sub.add_parser("segments", help="the segments of a log"))
     seg.add_argument("log")

@@ -273,6 +273,67 @@ class MetricsConfig:
     host: str = _opt("127.0.0.1", "Address the metrics endpoint listens on.")
 
 
+@dataclass
+class BufferConfig:
+    mode: str = _opt(
+        "memory",
+        "Where an append waits before its ack, for logs created from now on: memory (acked "
+        "once its block is in object storage) or quorum (acked once quorum.ack nodes hold "
+        "it; docs/quorum.md).",
+        choices=("memory", "quorum"),
+    )
+
+
+@dataclass
+class QuorumConfig:
+    replicas: int = _opt(3, "Nodes in each segment's ensemble; each holds every entry.", minimum=1)
+    ack: int = _opt(2, "Nodes that must hold an entry before it is acked (<= replicas).", minimum=1)
+    durability: str = _opt(
+        "memory",
+        "How a node holds what it acked: memory (no local disk; a restarted node refuses the "
+        "segments it lost) or disk (a bounded local file, fdatasync'd before each answer).",
+        choices=("memory", "disk"),
+    )
+    node_timeout: float = _opt(
+        2.0, "Seconds a node may take to answer before it leaves the ensemble.", minimum=0.01
+    )
+    flush_bytes: int = _opt(
+        8 * _MiB,
+        "Nodes flush a range to object storage once it holds this much.",
+        kind="size",
+        minimum=_KiB,
+    )
+    flush_interval: float = _opt(
+        5.0, "Seconds after which nodes flush what they hold, however little.", minimum=0.01
+    )
+
+
+@dataclass
+class NodeConfig:
+    listen: str = _opt("127.0.0.1:7870", "host:port a quorum node (woodpecker node) listens on.")
+    data_dir: str = _opt(
+        "",
+        "Directory of a disk-durability node's segment files and incarnation; empty means "
+        "<storage.root>/node-<node id>.",
+        kind="path",
+    )
+    id: str = _opt(
+        "", "The node's name in etcd, unique in the deployment; empty means <host>-<port>."
+    )
+    max_request_bytes: int = _opt(
+        64 * _MiB,
+        "Largest request frame a node reads; a larger one drops its connection.",
+        kind="size",
+        minimum=_MiB,
+    )
+    max_buffer_bytes: int = _opt(
+        1024 * _MiB,
+        "Bytes of batches a node holds before it answers BUSY (memory, or its local files).",
+        kind="size",
+        minimum=_MiB,
+    )
+
+
 _SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "s3": S3Config,
@@ -287,6 +348,9 @@ _SECTIONS: dict[str, type] = {
     "reader": ReaderConfig,
     "logging": LoggingConfig,
     "metrics": MetricsConfig,
+    "buffer": BufferConfig,
+    "quorum": QuorumConfig,
+    "node": NodeConfig,
 }
 
 
@@ -312,6 +376,17 @@ def grpc_target(endpoint: str) -> str:
             "1 to 65535) or unix:///path"
         )
     return f"{host}:{port}"
+
+
+def node_address(address: str, key: str = "node.listen") -> tuple[str, int]:
+    """``host:port`` of a quorum node as (host, port), or ConfigError naming ``key``."""
+    host, _, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{key}: invalid value {address!r}; expected host:port (a port from 1 to 65535)"
+        )
+    return host, int(port)
 
 
 def _shown(f: dataclasses.Field, raw: Any) -> str:
@@ -443,6 +518,9 @@ class Config:
     reader: ReaderConfig
     logging: LoggingConfig
     metrics: MetricsConfig
+    buffer: BufferConfig
+    quorum: QuorumConfig
+    node: NodeConfig
 
     def __init__(
         self,
@@ -475,6 +553,22 @@ class Config:
                 if per_backend and key not in values and self.storage.type in per_backend:
                     values[key] = per_backend[self.storage.type]
             setattr(self, name, cls(**values))
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        """Settings whose valid values depend on another setting."""
+        if self.quorum.ack > self.quorum.replicas:
+            raise ConfigError(
+                f"quorum.ack: invalid value {self.quorum.ack}; must be <= quorum.replicas "
+                f"({self.quorum.replicas}): an entry cannot be held by more nodes than it is "
+                "sent to"
+            )
+        node_address(self.node.listen)
+
+    @property
+    def node_listen(self) -> tuple[str, int]:
+        """The (host, port) ``node.listen`` names."""
+        return node_address(self.node.listen)
 
     @property
     def logstore_socket(self) -> Path:

@@ -27,7 +27,8 @@ call, unchanged, may succeed once a transient cause is gone.
     │   └── CommitNotAttemptedError (a MetadataUnavailableError)  retryable
     ├── OutcomeUnknownError               the append may or may not become readable
     │   ├── CommitOutcomeUnknownError (a MetadataUnavailableError)  retryable
-    │   └── LogstoreUnavailableError
+    │   ├── LogstoreUnavailableError
+    │   └── QuorumUnavailableError                          retryable
     ├── StorageUnavailableError                             retryable
     ├── MetadataUnavailableError                            retryable
     ├── ConfigError
@@ -141,6 +142,16 @@ class LogstoreUnavailableError(OutcomeUnknownError):
 
     Raised by ``open_writer`` too when no logstore can be reached (no append is then
     at stake). The writer's link is gone: reopen the writer."""
+
+
+class QuorumUnavailableError(OutcomeUnknownError):
+    """Fewer than ``quorum.ack`` nodes of a quorum segment answered before the deadline.
+
+    The append may have reached some nodes, and recovery keeps the longest run a quorum
+    of them reports (docs/quorum.md), so it may still become readable. Retry once the
+    nodes are back."""
+
+    retryable = True
 
 
 class CorruptedDataError(WoodpeckerError):

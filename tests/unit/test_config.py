@@ -541,6 +541,9 @@ def _string_keys() -> list[str]:
                 ("storage", "type"),
                 ("logging", "format"),
                 ("s3", "payload_checksum"),
+                ("buffer", "mode"),
+                ("quorum", "durability"),
+                ("node", "listen"),  # host:port, checked
             )
             if isinstance(v, str) and not choice:
                 out.append(f"{s}_{k}")
@@ -856,3 +859,24 @@ def test_overlong_logstore_socket_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"storage\.root.*logstore\.socket"):
         _ = Config(env={}, storage_root=deep).logstore_socket
     assert Config(env={}, storage_root=deep, logstore_socket="/tmp/ls.sock").logstore_socket
+
+
+def test_quorum_ack_above_replicas_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(env={}, quorum_replicas=3, quorum_ack=4)
+    assert str(info.value).startswith("quorum.ack: invalid value 4; must be <= quorum.replicas (3)")
+    assert Config(env={}, quorum_replicas=5, quorum_ack=5).quorum.ack == 5  # control
+
+
+def test_buffer_mode_comes_from_the_environment() -> None:
+    assert Config(env={}).buffer.mode == "memory"
+    assert Config(env={"WOODPECKER_BUFFER_MODE": "quorum"}).buffer.mode == "quorum"
+    with pytest.raises(ConfigError, match=r"^buffer.mode: invalid value 'disk'; allowed"):
+        Config(env={"WOODPECKER_BUFFER_MODE": "disk"})
+
+
+@pytest.mark.parametrize("listen", ["7870", "host:", "host:0", "host:70000", ":7870"])
+def test_node_listen_must_be_host_and_port(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"^node.listen: invalid value"):
+        Config(env={}, node_listen=listen)
+    assert Config(env={}, node_listen="[::1]:7870").node_listen == ("::1", 7870)

@@ -35,6 +35,7 @@ APPEND_OUTCOMES: dict[type[wp.WoodpeckerError], type[wp.WoodpeckerError]] = {
     wp.CommitNotAttemptedError: wp.NotWrittenError,
     wp.CommitOutcomeUnknownError: wp.OutcomeUnknownError,
     wp.LogstoreUnavailableError: wp.OutcomeUnknownError,
+    wp.QuorumUnavailableError: wp.OutcomeUnknownError,
 }
 BRANCHES = (wp.NotWrittenError, wp.OutcomeUnknownError)
 
@@ -87,6 +88,7 @@ def test_retryable_follows_the_cause() -> None:
         "NotDurableError",
         "CommitNotAttemptedError",
         "CommitOutcomeUnknownError",
+        "QuorumUnavailableError",
     }
 
 

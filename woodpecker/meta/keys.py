@@ -79,6 +79,14 @@ class Keys:
         """A live reader's registration (lease-bound): where it is, so GC keeps that data."""
         return f"{self.readers_prefix(log_id)}{reader_id}"
 
+    @property
+    def nodes_prefix(self) -> str:
+        return f"{self.root}/nodes/"
+
+    def node(self, node_id: str) -> str:
+        """A quorum node's registration, bound to its lease (docs/quorum.md)."""
+        return f"{self.nodes_prefix}{node_id}"
+
     def gc_prefix(self, log_id: int | None = None) -> str:
         """Pending object deletions, of every log or of one log.
 

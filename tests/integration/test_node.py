@@ -1,0 +1,229 @@
+"""``woodpecker node`` as a real process against the real etcd, spoken to over TCP."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import xxhash
+
+from tests.conftest import ConfigFactory
+from woodpecker.config import Config
+from woodpecker.deployment import Deployment
+from woodpecker.format import decode_messages, encode_batch_message, iter_payloads
+from woodpecker.meta import MetaStore
+from woodpecker.meta.nodes import NodeRecord, registered_nodes
+from woodpecker.quorum import wire
+from woodpecker.quorum.wire import Batch, Reply, Status
+
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], config: Config, env: dict[str, str], port: int
+    ) -> None:
+        self.proc, self.config, self.env, self.port = proc, config, env, port
+        self.meta = MetaStore(config)
+
+    def registered(self) -> list[NodeRecord]:
+        return registered_nodes(self.meta)
+
+    def wait_registered(self) -> NodeRecord:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"node exited with {self.proc.returncode}: {self.stderr()}")
+            found = [n for n in self.registered() if n.address == f"127.0.0.1:{self.port}"]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        pytest.fail("node did not register")
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+
+@pytest.fixture
+def start_node(
+    make_config: ConfigFactory, config_env: Callable[[Config], dict[str, str]], tmp_path: Path
+) -> Iterator[Callable[..., NodeProcess]]:
+    started: list[NodeProcess] = []
+
+    def start(node_id: str = "n1", **overrides: object) -> NodeProcess:
+        port = free_port()
+        config = make_config(node_listen=f"127.0.0.1:{port}", node_id=node_id, **overrides)
+        env = config_env(config)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "woodpecker", "node"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        node = NodeProcess(proc, config, env, port)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+        node.proc.wait()
+        node.meta.close()
+
+
+class Connection:
+    """A writer's side of one connection, blocking, with a deadline on every call."""
+
+    def __init__(self, port: int, config: Config) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+        self.send(wire.hello(Deployment.of(config)))
+        kind, self.welcome = wire.decode_control(self.recv())
+        assert kind == wire.WELCOME, self.welcome
+        self.request_id = 0
+
+    def send(self, *parts: bytes | memoryview) -> None:
+        self.sock.sendall(b"".join(wire.frame(*parts)))
+
+    def recv(self) -> bytes:
+        (size,) = wire.LENGTH.unpack(self._exactly(wire.LENGTH.size))
+        return self._exactly(size)
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed by the node")
+            data += chunk
+        return data
+
+    def call(self, kind: int, seg: int, epoch: int, body: bytes = b"") -> Reply:
+        self.request_id += 1
+        self.send(wire.request(kind, self.request_id, 1, seg, epoch) + body)
+        reply = wire.decode_reply(self.recv())
+        assert reply.request_id == self.request_id
+        return reply
+
+    def append(self, seg: int, epoch: int, first: int, payloads: list[bytes], lac: int) -> Reply:
+        data = encode_batch_message(payloads)
+        self.request_id += 1
+        digest = xxhash.xxh3_64_intdigest(data)
+        batch = Batch(first, len(payloads), data)
+        self.sock.sendall(b"".join(wire.append(self.request_id, 1, seg, epoch, batch, lac, digest)))
+        return wire.decode_reply(self.recv())
+
+    def read(self, seg: int, epoch: int, start: int) -> list[bytes]:
+        reply = self.call(wire.READ, seg, epoch, wire.READ_BODY.pack(start, 1 << 20))
+        assert reply.status == Status.OK
+        return [p for b in reply.batches for p in iter_payloads(decode_messages(b.data))]
+
+    def closed_by_peer(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def test_a_node_registers_with_its_lease_and_sigterm_deregisters_it(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    node = start_node()
+    record = node.wait_registered()
+    assert (record.node_id, record.state, record.durability) == ("n1", "serving", "memory")
+    assert Connection(node.port, node.config).welcome["incarnation"] == record.incarnation
+    listed = subprocess.run(
+        [sys.executable, "-m", "woodpecker", "nodes", "--json"],
+        env=node.env,
+        capture_output=True,
+        check=True,
+    )
+    assert [n["address"] for n in orjson.loads(listed.stdout)] == [record.address]
+
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=10) == 0
+    # revoked, not expired: gone at once, well before the 10 s lease would lapse
+    assert node.registered() == []
+
+
+def test_a_second_node_with_the_same_id_is_refused(start_node: Callable[..., NodeProcess]) -> None:
+    first = start_node("same")
+    first.wait_registered()
+    second = start_node("same")
+    assert second.proc.wait(timeout=START_TIMEOUT) == 1
+    assert "node.id: 'same' is registered already" in second.stderr()
+    assert [n.address for n in first.registered()] == [f"127.0.0.1:{first.port}"]
+
+
+def test_append_fence_read_and_lac_over_the_wire(start_node: Callable[..., NodeProcess]) -> None:
+    node = start_node()
+    node.wait_registered()
+    conn = Connection(node.port, node.config)
+    assert conn.append(0, 1, 0, [b"a", b"b"], lac=-1).status == Status.OK
+    reply = conn.append(0, 1, 2, [b"c"], lac=1)
+    assert (reply.status, reply.last, reply.lac) == (Status.OK, 2, 1)
+    assert conn.read(0, 1, 0) == [b"a", b"b"]  # up to the LAC
+    assert conn.call(wire.LAC, 0, 1, wire.LAC_BODY.pack(2)).lac == 2
+    assert conn.read(0, 1, 0) == [b"a", b"b", b"c"]
+
+    recovery = Connection(node.port, node.config)
+    fenced = recovery.call(wire.FENCE, 0, 2)
+    assert (fenced.status, fenced.last, fenced.fence_epoch) == (Status.OK, 2, 2)
+    stale = conn.append(0, 1, 3, [b"d"], lac=2)
+    assert (stale.status, stale.fence_epoch) == (Status.FENCED, 2)
+    assert recovery.call(wire.FENCE, 9, 2).status == Status.UNKNOWN  # never "empty"
+
+
+def test_a_malformed_or_oversized_request_drops_only_its_connection(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    node = start_node(node_max_request_bytes="1MiB")
+    node.wait_registered()
+    good = Connection(node.port, node.config)
+    assert good.append(0, 1, 0, [b"x"], lac=-1).status == Status.OK
+
+    bad_type = Connection(node.port, node.config)
+    bad_type.send(b"\x63" + bytes(40))
+    assert bad_type.closed_by_peer()
+
+    short = Connection(node.port, node.config)
+    short.send(wire.request(wire.FENCE, 1, 1, 0, 1) + b"extra")
+    assert short.closed_by_peer()
+
+    oversized = Connection(node.port, node.config)
+    oversized.sock.sendall(wire.LENGTH.pack((1 << 20) + 1) + bytes(64))
+    assert oversized.closed_by_peer()
+
+    no_hello = socket.create_connection(("127.0.0.1", node.port), timeout=5.0)
+    no_hello.sendall(wire.LENGTH.pack(3) + b"{}x")
+    assert no_hello.recv(1) == b""
+
+    assert good.append(0, 1, 1, [b"y"], lac=0).status == Status.OK  # still served
+    assert node.proc.poll() is None
+
+
+def test_a_writer_of_another_deployment_is_refused(
+    start_node: Callable[..., NodeProcess], make_config: ConfigFactory
+) -> None:
+    node = start_node()
+    node.wait_registered()
+    other = make_config(etcd_prefix="/wp-test-other-deployment")
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=5.0)
+    sock.sendall(b"".join(wire.frame(wire.hello(Deployment.of(other)))))
+    data = sock.recv(1 << 16)
+    kind, body = wire.decode_control(data[wire.LENGTH.size :])
+    assert (kind, body["error"]) == (wire.REFUSED, "ConfigError")
+    assert "/wp-test-other-deployment" in body["message"]

@@ -1,0 +1,1 @@
+"""QuorumBuffer mode: the contract between a writer and the quorum nodes (docs/quorum.md)."""

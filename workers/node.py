@@ -1,0 +1,225 @@
+"""``woodpecker node``: a quorum node, serving append, fence, read and LAC over TCP.
+
+One asyncio event loop serves every connection: a writer's handshake, then its requests,
+answered in order by ``NodeState`` (which fdatasyncs in ``disk`` durability before the
+answer). A frame that does not parse, or one over ``node.max_request_bytes``, drops that
+connection only. The node registers in etcd (``woodpecker.meta.nodes``) once it listens,
+and on SIGTERM or SIGINT it stops accepting, says it is draining, finishes the requests
+it is answering, deregisters and exits. The protocol: docs/quorum.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+
+from woodpecker.config import Config
+from woodpecker.deployment import Deployment, verify_deployment
+from woodpecker.meta import MetaStore
+from woodpecker.meta.embedded import EmbeddedEtcd
+from woodpecker.meta.nodes import NodeRecord, NodeRegistration
+from woodpecker.meta.records import now_ms
+from woodpecker.quorum import wire
+from woodpecker.storage import open_store
+from workers.node_state import NodeState
+
+log = logging.getLogger("woodpecker.node")
+
+HELLO_MAX_BYTES = 64 * 1024
+"""A handshake frame larger than this is not a HELLO."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a new connection has to send its HELLO."""
+
+REPLY_BUFFER_BYTES = 8 * 1024 * 1024
+"""Replies queued to one writer before the node waits for it to read them."""
+
+SUMMARY_INTERVAL = 1.0
+"""Seconds between refreshes of what the registration says the node holds."""
+
+
+class Node:
+    """The daemon: one state, one listening socket, one registration."""
+
+    def __init__(self, config: Config, meta: MetaStore, state: NodeState, node_id: str) -> None:
+        self.config = config
+        self.meta = meta
+        self.state = state
+        self.node_id = node_id
+        self.deployment = Deployment.of(config)
+        self.host, self.port = config.node_listen
+        self.registration: NodeRegistration | None = None
+        self.started_ms = now_ms()
+        self.draining = False
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        """Where writers reach this node (a wildcard listen is reached by host name)."""
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
+
+    def record(self) -> NodeRecord:
+        return NodeRecord(
+            node_id=self.node_id,
+            address=self.address,
+            incarnation=self.state.incarnation,
+            durability=self.config.quorum.durability,
+            state="draining" if self.draining else "serving",
+            started_ms=self.started_ms,
+            pid=os.getpid(),
+            buffered_bytes=self.state.buffered_bytes,
+            segments=[list(s) for s in self.state.segments()],
+        )
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        server = await asyncio.start_server(
+            self._connection,
+            self.host,
+            self.port,
+            limit=self.config.node.max_request_bytes,
+            reuse_address=True,
+        )
+        self.registration = await asyncio.to_thread(NodeRegistration, self.meta, self.record())
+        log.info(
+            "node %s (incarnation %d, %s durability) serves %s",
+            self.node_id,
+            self.state.incarnation,
+            self.config.quorum.durability,
+            self.address,
+        )
+        summary = asyncio.create_task(self._summarize())
+        await stop.wait()
+        log.info("node %s: draining", self.node_id)
+        self.draining = True
+        server.close()
+        summary.cancel()
+        self.registration.update(self.record())
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.registration.write_now)
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await server.wait_closed()
+        await asyncio.to_thread(self.registration.close)
+        log.info("node %s: deregistered, exiting", self.node_id)
+
+    async def _summarize(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL)
+            assert self.registration is not None
+            self.registration.update(self.record())
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            if await self._handshake(reader, writer, peer):
+                await self._serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass  # the writer went away (or never said HELLO): nothing to answer
+        except (wire.MalformedFrame, struct.error, ValueError) as e:
+            log.warning("node %s: dropping connection from %s: %s", self.node_id, peer, e)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
+    ) -> bool:
+        """Answer a HELLO: WELCOME, or REFUSED naming what differs (then the caller closes)."""
+        data = await asyncio.wait_for(wire.read_frame(reader, HELLO_MAX_BYTES), HANDSHAKE_TIMEOUT)
+        kind, body = wire.decode_control(data)
+        if kind != wire.HELLO:
+            raise wire.MalformedFrame(f"expected HELLO, got a frame of type {kind}")
+        refusal = None
+        if body.get("protocol") != wire.VERSION:
+            refusal = (
+                "QuorumUnavailableError",
+                f"node {self.node_id} at {self.address} speaks quorum protocol {wire.VERSION}, "
+                f"the writer {body.get('protocol')}: run the same Woodpecker version on both",
+            )
+        elif body.get("deployment") != self.deployment.fingerprint:
+            refusal = (
+                "ConfigError",
+                f"node {self.node_id} at {self.address} serves {self.deployment}, not "
+                f"{body.get('describes')!s}: check etcd.prefix and the storage settings",
+            )
+        if refusal is not None:
+            log.warning("node %s: refused %s: %s", self.node_id, peer, refusal[1])
+            reply = wire.encode_control(wire.REFUSED, {"error": refusal[0], "message": refusal[1]})
+            writer.writelines(wire.frame(reply))
+            await writer.drain()
+            return False
+        welcome = {
+            "protocol": wire.VERSION,
+            "deployment": self.deployment.fingerprint,
+            "node_id": self.node_id,
+            "incarnation": self.state.incarnation,
+        }
+        writer.writelines(wire.frame(wire.encode_control(wire.WELCOME, welcome)))
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limit = self.config.node.max_request_bytes
+        while True:
+            data = await wire.read_frame(reader, limit)
+            request, body = wire.decode_request(data)
+            writer.writelines(wire.encode_reply(self.state.handle(request, body)))
+            if writer.transport.get_write_buffer_size() > REPLY_BUFFER_BYTES:
+                await writer.drain()
+
+
+def _node_id(config: Config) -> str:
+    if config.node.id:
+        return config.node.id
+    return f"{socket.gethostname()}-{config.node_listen[1]}"
+
+
+def serve(config: Config) -> int:
+    """Run a node until SIGTERM/SIGINT; the exit status of ``woodpecker node``."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    node_id = _node_id(config)
+    embedded = None
+    endpoints = list(config.etcd.endpoints)
+    if not endpoints:
+        embedded = EmbeddedEtcd(config.storage.root)
+        endpoints = embedded.acquire()
+    meta = MetaStore(config, endpoints=endpoints)
+    state: NodeState | None = None
+    try:
+        store = open_store(config)
+        try:
+            verify_deployment(config, meta, store)  # before anything is written
+        finally:
+            store.close()
+        if config.quorum.durability == "disk":
+            data_dir = Path(config.node.data_dir or Path(config.storage.root) / f"node-{node_id}")
+            state = NodeState.on_disk(data_dir, config.node.max_buffer_bytes)
+        else:
+            state = NodeState.in_memory(config.node.max_buffer_bytes)
+        asyncio.run(Node(config, meta, state, node_id).run())
+        return 0
+    finally:
+        if state is not None:
+            state.close()
+        meta.close()
+        if embedded is not None:
+            embedded.release()
