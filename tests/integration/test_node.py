@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import signal
 import socket
 import subprocess
@@ -17,10 +19,12 @@ import xxhash
 from tests.conftest import ConfigFactory
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment
+from woodpecker.errors import QuorumUnavailableError
 from woodpecker.format import decode_messages, encode_batch_message, iter_payloads
 from woodpecker.meta import MetaStore
 from woodpecker.meta.nodes import NodeRecord, registered_nodes
 from woodpecker.quorum import wire
+from woodpecker.quorum.client import EnsembleMember, SegmentReplicator
 from woodpecker.quorum.wire import Batch, Reply, Status
 
 START_TIMEOUT = 30.0
@@ -227,3 +231,103 @@ def test_a_writer_of_another_deployment_is_refused(
     kind, body = wire.decode_control(data[wire.LENGTH.size :])
     assert (kind, body["error"]) == (wire.REFUSED, "ConfigError")
     assert "/wp-test-other-deployment" in body["message"]
+
+
+# ---- the library's replicator against three real nodes -----------------------------------
+
+
+def start_ensemble(
+    start_node: Callable[..., NodeProcess], n: int = 3
+) -> tuple[list[NodeProcess], list[EnsembleMember]]:
+    nodes = [start_node(f"q{i}") for i in range(n)]
+    members = []
+    for node in nodes:
+        record = node.wait_registered()
+        members.append(EnsembleMember(record.node_id, record.address, record.incarnation))
+    return nodes, members
+
+
+def held(node: NodeProcess, seg: int) -> int:
+    """The last entry a node holds of a segment of log 1 (a LAC request that only asks)."""
+    return Connection(node.port, node.config).call(wire.LAC, seg, 1, wire.LAC_BODY.pack(-1)).last
+
+
+def replicate(
+    nodes: list[NodeProcess],
+    members: list[EnsembleMember],
+    batches: int,
+    *,
+    ack: int,
+    timeout: float,
+    seg: int = 0,
+    fault: Callable[[], None] | None = None,
+) -> tuple[list[int | BaseException], float]:
+    """Append ``batches`` batches of 2 entries at once; each one's LAC or error, and the time.
+
+    ``fault`` runs once every link is open (a node stopped or killed mid-segment).
+    """
+
+    async def run() -> tuple[list[int | BaseException], float]:
+        replicator = await SegmentReplicator.open(
+            members,
+            Deployment.of(nodes[0].config),
+            log_id=1,
+            segment_id=seg,
+            epoch=1,
+            ack=ack,
+            node_timeout=0.5,
+        )
+        if fault is not None:
+            fault()
+        started = time.monotonic()
+        futures = [
+            replicator.append(
+                encode_batch_message([b"%d" % (2 * i), b"%d" % (2 * i + 1)]), 2, timeout
+            )
+            for i in range(batches)
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        elapsed = time.monotonic() - started
+        await replicator.close()
+        return results, elapsed
+
+    return asyncio.run(asyncio.wait_for(run(), 60))  # a test that cannot hang
+
+
+def test_batches_are_acked_in_order_once_two_of_three_nodes_hold_them(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    nodes, members = start_ensemble(start_node)
+    try:
+        stop = functools.partial(nodes[2].proc.send_signal, signal.SIGSTOP)
+        results, _ = replicate(nodes, members, 40, ack=2, timeout=10.0, fault=stop)
+        assert results == [2 * i + 1 for i in range(40)]  # every LAC, in order
+        nodes[2].proc.send_signal(signal.SIGCONT)
+        for node in nodes[:2]:
+            assert held(node, 0) == 79
+        # control: the same stopped replica with ack=3 acks nothing, and fails at the deadline
+        results, elapsed = replicate(nodes, members, 3, ack=3, timeout=1.0, seg=1, fault=stop)
+        assert all(isinstance(r, QuorumUnavailableError) for r in results), results
+        assert 1.0 <= elapsed < 5.0
+    finally:
+        nodes[2].proc.send_signal(signal.SIGCONT)
+
+
+def test_two_nodes_killed_give_quorum_unavailable_within_the_deadline(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    nodes, members = start_ensemble(start_node)
+    acked, _ = replicate(nodes, members, 2, ack=2, timeout=10.0)
+    assert acked == [1, 3]
+
+    def kill_two() -> None:
+        for node in nodes[:2]:
+            node.proc.kill()
+            node.proc.wait()
+
+    results, elapsed = replicate(nodes, members, 2, ack=2, timeout=1.0, seg=1, fault=kill_two)
+    assert all(isinstance(r, QuorumUnavailableError) for r in results), results
+    assert 1.0 <= elapsed < 5.0
+    with pytest.raises(QuorumUnavailableError, match="1 of 3 nodes answer, 2 needed"):
+        replicate(nodes, members, 1, ack=2, timeout=1.0, seg=2)  # a new segment cannot open
+    assert held(nodes[2], 0) == 3  # what was acked before is still held

@@ -1,0 +1,436 @@
+"""The writer's side of the quorum: one pipelined connection per node, acks by quorum.
+
+``NodeLink`` is one connection to one node: a handshake, then requests written without
+waiting for earlier replies (up to a bounded window) and replies matched in order, every
+call bounded by a deadline. ``SegmentReplicator`` sends each batch of one segment to
+every live node of its ensemble, each through its own link and queue so that a slow node
+never holds the others back, and acknowledges batches in entry order once ``quorum.ack``
+nodes hold them (``AckQuorum``). It runs on an asyncio loop; the protocol it follows is
+docs/quorum.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+from woodpecker.deployment import Deployment
+from woodpecker.errors import (
+    OutcomeUnknownError,
+    QuorumUnavailableError,
+    WoodpeckerError,
+    from_wire,
+)
+from woodpecker.quorum import wire
+from woodpecker.quorum.wire import Batch, Reply, Status
+
+log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+"""A reply frame larger than this is a broken node, not an answer."""
+
+WINDOW = 64
+"""Requests in flight to one node; a node that lets it fill stops being sent more."""
+
+
+class NodeFailed(Exception):
+    """A node did not answer in time, closed the connection, or answered nonsense."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleMember:
+    """A node as the segment record lists it: who, where, and which incarnation."""
+
+    node_id: str
+    address: str
+    incarnation: int
+
+
+class NodeLink:
+    """One connection to one node; ``call`` pipelines up to ``window`` requests."""
+
+    def __init__(
+        self,
+        member: EnsembleMember,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        window: int,
+    ) -> None:
+        self.member = member
+        self._reader = reader
+        self._writer = writer
+        self._slots = asyncio.Semaphore(window)
+        self._waiting: deque[tuple[int, asyncio.Future[Reply]]] = deque()
+        self._next_id = 0
+        self._failure: NodeFailed | None = None
+        self._replies = asyncio.create_task(self._read_replies())
+
+    @classmethod
+    async def connect(
+        cls, member: EnsembleMember, deployment: Deployment, timeout: float, window: int
+    ) -> NodeLink:
+        """Connect and shake hands within ``timeout``; NodeFailed, or the node's refusal."""
+        host, _, port = member.address.rpartition(":")
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host.strip("[]"), int(port), limit=MAX_REPLY_BYTES
+                )
+                writer.writelines(wire.frame(wire.hello(deployment)))
+                kind, body = wire.decode_control(await wire.read_frame(reader, 1 << 16))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, wire.MalformedFrame) as e:
+            raise NodeFailed(f"node {member.node_id} at {member.address}: {e!r}") from None
+        if kind == wire.REFUSED:
+            writer.close()
+            raise from_wire(body)
+        if kind != wire.WELCOME:
+            writer.close()
+            raise NodeFailed(f"node {member.node_id}: a handshake answer of type {kind}")
+        if body.get("incarnation") != member.incarnation:
+            writer.close()
+            raise NodeFailed(
+                f"node {member.node_id} at {member.address} is incarnation "
+                f"{body.get('incarnation')}, the ensemble lists {member.incarnation}: it restarted"
+            )
+        return cls(member, reader, writer, window)
+
+    async def send(
+        self, parts: Callable[[int], Sequence[bytes | memoryview]], timeout: float
+    ) -> asyncio.Future[Reply]:
+        """Write the request ``parts(request_id)`` once a window slot is free; its reply's future.
+
+        Requests are written in the order of the calls. A node that frees no slot within
+        ``timeout`` has stopped answering: the link fails (NodeFailed).
+        """
+        if self._failure is not None:
+            raise self._failure
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._fail(NodeFailed(f"node {self.member.node_id}: no answer within {timeout:g}s"))
+            raise self._failure from None
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        self._next_id += 1
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._slots.release())
+        self._waiting.append((self._next_id, future))
+        self._writer.writelines(parts(self._next_id))
+        return future
+
+    async def reply(self, future: asyncio.Future[Reply], timeout: float) -> Reply:
+        """The reply of a sent request, or NodeFailed if it does not come within ``timeout``."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._fail(NodeFailed(f"node {self.member.node_id}: no answer within {timeout:g}s"))
+            raise self._failure from None
+
+    async def call(
+        self, parts: Callable[[int], Sequence[bytes | memoryview]], timeout: float
+    ) -> Reply:
+        """``send`` then ``reply``: one request, every wait bounded by ``timeout``."""
+        return await self.reply(await self.send(parts, timeout), timeout)
+
+    async def _read_replies(self) -> None:
+        try:
+            while True:
+                reply = wire.decode_reply(await wire.read_frame(self._reader, MAX_REPLY_BYTES))
+                if not self._waiting or self._waiting[0][0] != reply.request_id:
+                    raise wire.MalformedFrame(f"an answer to request {reply.request_id}, unasked")
+                _, future = self._waiting.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (OSError, asyncio.IncompleteReadError, wire.MalformedFrame) as e:
+            self._fail(NodeFailed(f"node {self.member.node_id}: connection lost ({e!r})"))
+
+    def _fail(self, failure: NodeFailed) -> None:
+        if self._failure is None:
+            self._failure = failure
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(self._failure)
+                future.exception()  # a reply nobody waits for any more is no error to log
+        self._writer.close()
+
+    async def close(self) -> None:
+        self._fail(NodeFailed(f"node {self.member.node_id}: link closed"))
+        self._replies.cancel()
+        with contextlib.suppress(BaseException):
+            await self._replies
+
+
+class AckQuorum:
+    """Which batches are acknowledged: the longest prefix held by ``ack`` nodes each.
+
+    Pure bookkeeping: ``held`` records a node's last entry, ``advance`` says how many
+    pending batches are now acknowledged, in entry order, never one whose predecessor
+    is not.
+    """
+
+    def __init__(self, ack: int) -> None:
+        self.ack = ack
+        self.lac = -1
+        self._last: dict[str, int] = {}
+
+    def held(self, node_id: str, last: int) -> None:
+        self._last[node_id] = max(self._last.get(node_id, -1), last)
+
+    def forget(self, node_id: str) -> None:
+        """A failed node: what it held no longer counts for batches not yet acked."""
+        self._last.pop(node_id, None)
+
+    def holders(self, entry: int) -> int:
+        return sum(1 for last in self._last.values() if last >= entry)
+
+    def advance(self, ends: Sequence[int]) -> int:
+        """How many of the pending batches (their last entries, in order) are now acked."""
+        n = 0
+        for end in ends:
+            if self.holders(end) < self.ack:
+                break
+            self.lac = end
+            n += 1
+        return n
+
+
+@dataclass
+class _Pending:
+    batch: Batch
+    checksum: int
+    deadline: float
+    future: asyncio.Future[int]
+
+    @property
+    def end(self) -> int:
+        return self.batch.first + self.batch.count - 1
+
+
+class SegmentReplicator:
+    """Replicates one segment's batches to its ensemble and acks them by quorum.
+
+    ``append`` returns a future resolved with the segment's LAC once ``ack`` nodes hold
+    the batch and every earlier one, or failed with ``QuorumUnavailableError`` at the
+    batch's deadline (and every later batch with it: the LAC never skips one).
+    """
+
+    def __init__(
+        self,
+        links: Sequence[NodeLink],
+        *,
+        log_id: int,
+        segment_id: int,
+        epoch: int,
+        ack: int,
+        node_timeout: float,
+    ) -> None:
+        self.log_id, self.segment_id, self.epoch = log_id, segment_id, epoch
+        self.node_timeout = node_timeout
+        self.quorum = AckQuorum(ack)
+        self.live: dict[str, NodeLink] = {link.member.node_id: link for link in links}
+        self._queues: dict[str, asyncio.Queue[_Pending]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._replies: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._pending: deque[_Pending] = deque()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._next_entry = 0
+        self._failure: WoodpeckerError | None = None
+        for node_id, link in self.live.items():
+            queue: asyncio.Queue[_Pending] = asyncio.Queue()
+            self._queues[node_id] = queue
+            self._senders[node_id] = asyncio.create_task(self._send_loop(link, queue))
+
+    @classmethod
+    async def open(
+        cls,
+        ensemble: Sequence[EnsembleMember],
+        deployment: Deployment,
+        *,
+        log_id: int,
+        segment_id: int,
+        epoch: int,
+        ack: int,
+        node_timeout: float,
+    ) -> SegmentReplicator:
+        """Connect to every member at once; QuorumUnavailableError if fewer than ``ack`` answer.
+
+        A refusal (another deployment or protocol version) is raised as the node's error.
+        """
+        results = await asyncio.gather(
+            *(NodeLink.connect(m, deployment, node_timeout, WINDOW) for m in ensemble),
+            return_exceptions=True,
+        )
+        links = [r for r in results if isinstance(r, NodeLink)]
+        refusal = next((r for r in results if isinstance(r, WoodpeckerError)), None)
+        failures = [str(r) for r in results if isinstance(r, BaseException)]
+        if len(links) < ack:
+            await asyncio.gather(*(link.close() for link in links))
+            if refusal is not None:
+                raise refusal
+            raise QuorumUnavailableError(
+                f"segment {log_id}/{segment_id}: {len(links)} of {len(ensemble)} nodes answer, "
+                f"{ack} needed ({'; '.join(failures)})"
+            )
+        for failure in failures:
+            log.warning("segment %d/%d: %s", log_id, segment_id, failure)
+        return cls(
+            links,
+            log_id=log_id,
+            segment_id=segment_id,
+            epoch=epoch,
+            ack=ack,
+            node_timeout=node_timeout,
+        )
+
+    @property
+    def lac(self) -> int:
+        return self.quorum.lac
+
+    def append(
+        self, payload_message: bytes | memoryview, count: int, timeout: float
+    ) -> asyncio.Future[int]:
+        """Send one Arrow batch message of ``count`` entries; its entry ids follow the last."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._failure is not None:
+            future.set_exception(self._failure)
+            return future
+        batch = Batch(self._next_entry, count, payload_message)
+        self._next_entry += count
+        deadline = asyncio.get_running_loop().time() + timeout
+        item = _Pending(batch, xxhash.xxh3_64_intdigest(payload_message), deadline, future)
+        self._pending.append(item)
+        if len(self._pending) == 1:
+            self._arm_deadline()
+        for node_id in self.live:
+            self._queues[node_id].put_nowait(item)
+        return future
+
+    async def _send_loop(self, link: NodeLink, queue: asyncio.Queue[_Pending]) -> None:
+        """Feed one node in entry order, its window bounding what is in flight."""
+        while True:
+            item = await queue.get()
+
+            def parts(request_id: int, item: _Pending = item) -> Sequence[bytes | memoryview]:
+                return wire.append(
+                    request_id,
+                    self.log_id,
+                    self.segment_id,
+                    self.epoch,
+                    item.batch,
+                    self.quorum.lac,
+                    item.checksum,
+                )
+
+            try:
+                future = await link.send(parts, self.node_timeout)
+            except NodeFailed as e:
+                self._drop(link, str(e))
+                return
+            self._replies.add(asyncio.create_task(self._await_reply(link, future)))
+
+    async def _await_reply(self, link: NodeLink, future: asyncio.Future[Reply]) -> None:
+        node_id = link.member.node_id
+        try:
+            reply = await link.reply(future, self.node_timeout)
+        except NodeFailed as e:
+            self._drop(link, str(e))
+            return
+        finally:
+            self._replies.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if node_id not in self.live:
+            return
+        if reply.status == Status.OK and reply.incarnation == link.member.incarnation:
+            self.quorum.held(node_id, reply.last)
+            self._settle()
+        elif reply.status == Status.FENCED:
+            self._fail_all(
+                OutcomeUnknownError(
+                    f"segment {self.log_id}/{self.segment_id}: epoch {self.epoch} was fenced by "
+                    f"epoch {reply.fence_epoch} (node {node_id}); recovery may keep these entries"
+                )
+            )
+        else:
+            self._drop(link, f"answered {wire.status_name(reply.status)}")
+
+    def _drop(self, link: NodeLink, why: str) -> None:
+        node_id = link.member.node_id
+        if self.live.pop(node_id, None) is None:
+            return
+        log.warning(
+            "segment %d/%d: node %s leaves the ensemble (%s); %d live of %d needed",
+            self.log_id,
+            self.segment_id,
+            node_id,
+            why,
+            len(self.live),
+            self.quorum.ack,
+        )
+        self.quorum.forget(node_id)
+        self._senders.pop(node_id).cancel()
+        self._closing.add(asyncio.get_running_loop().create_task(link.close()))
+
+    def _settle(self) -> None:
+        n = self.quorum.advance([p.end for p in self._pending])
+        for _ in range(n):
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_result(self.quorum.lac)
+        if n:
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """One timer, at the deadline of the oldest pending batch."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._pending:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_at(self._pending[0].deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self._pending:
+            return
+        head = self._pending[0]
+        if asyncio.get_running_loop().time() < head.deadline:
+            self._arm_deadline()
+            return
+        self._fail_all(
+            QuorumUnavailableError(
+                f"segment {self.log_id}/{self.segment_id}: entries {head.batch.first}..{head.end} "
+                f"are held by {self.quorum.holders(head.end)} node(s) of {self.quorum.ack} needed "
+                f"after the append deadline; {len(self.live)} node(s) of the ensemble answer"
+            )
+        )
+
+    def _fail_all(self, error: WoodpeckerError) -> None:
+        """Fail every pending batch, and every later append: the segment takes no more."""
+        self._failure = error
+        for queue in self._queues.values():
+            while not queue.empty():
+                queue.get_nowait()
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    async def close(self) -> None:
+        """Stop sending and close every link; pending batches are left as they are."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        tasks = [*self._senders.values(), *self._replies]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._closing, return_exceptions=True)
+        await asyncio.gather(*(link.close() for link in self.live.values()))
+        self.live.clear()
