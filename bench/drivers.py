@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
+
 from woodpecker import EARLIEST, Client, Config, LogWriter
 
 WARM_UP = b"warm-up"
@@ -47,7 +49,13 @@ class WriteJob:
 
 @dataclass
 class ReadJob:
-    """What one reader process does: read ``log`` from the start until END or ``expect``."""
+    """What one reader process does: read ``log`` from the start until END or ``expect``.
+
+    ``api``: ``read_next`` (each call timed), ``iterate`` (``for message in reader``,
+    untimed per entry: what a consumer loop costs), ``read_batch`` (10,000 at a time)
+    or ``read_table`` (``read_until``: everything committed, as ``log.read_table()``).
+    The two Arrow APIs read a sealed log only (``expect`` entries after the warm-up).
+    """
 
     overrides: dict[str, Any]
     log: str
@@ -55,6 +63,7 @@ class ReadJob:
     expect: int = 0  # stop after this many entries (0: stop at the END entry)
     stamped: bool = False  # entries carry (index, submit time): record when each arrived
     count_requests: bool = False
+    api: str = "read_next"
 
 
 @dataclass
@@ -260,8 +269,14 @@ def read(job: ReadJob, barrier: Any, results: Any) -> None:
     except BaseException as e:
         _fail(e, barrier, results)
         return
+    loop = {
+        "read_next": _read_loop,
+        "iterate": _iterate_loop,
+        "read_batch": _arrow_loop,
+        "read_table": _arrow_loop,
+    }[job.api]
     try:
-        _run(lambda: _read_loop(reader, job, counts), barrier, results)
+        _run(lambda: loop(reader, job, counts), barrier, results)
     finally:
         reader.close()
         client.close()
@@ -293,4 +308,42 @@ def _read_loop(reader: Any, job: ReadJob, counts: dict[str, int]) -> Outcome:
         if job.expect and out.entries >= job.expect:
             break
     out.ended = time.monotonic()
+    return out
+
+
+def _iterate_loop(reader: Any, job: ReadJob, counts: dict[str, int]) -> Outcome:
+    """``for message in reader`` over a sealed log: entries and payload bytes, nothing timed
+    per entry (the time limit is checked every 4,096 entries)."""
+    out = Outcome(started=time.monotonic(), requests=counts)
+    end = out.started + job.duration
+    entries = nbytes = 0
+    for message in reader:
+        entries += 1
+        nbytes += len(message.payload)
+        if entries > job.expect:  # the warm-up entry comes first
+            break
+        if not entries & 4095 and time.monotonic() > end:
+            raise TimeoutError(f"iterated {entries} entries in {job.duration:.0f}s")
+    out.ended = time.monotonic()
+    out.entries, out.bytes = entries - 1, nbytes - len(WARM_UP)
+    return out
+
+
+def _arrow_loop(reader: Any, job: ReadJob, counts: dict[str, int]) -> Outcome:
+    """``read_batch`` (10,000 entries a call) or one ``read_until`` over a sealed log; bytes are
+    the payload lengths summed by Arrow (no copy of the payloads is made)."""
+    out = Outcome(started=time.monotonic(), requests=counts)
+    end = out.started + job.duration
+    entries = nbytes = 0
+    while entries <= job.expect:  # the warm-up entry comes first
+        if job.api == "read_table":
+            got = reader.read_until(None)
+        else:
+            got = reader.read_batch(10_000, timeout=max(0.0, end - time.monotonic()))
+        if got is None or not got.num_rows:
+            raise TimeoutError(f"read {entries} of {job.expect + 1} entries in {job.duration}s")
+        entries += got.num_rows
+        nbytes += pc.sum(pc.binary_length(got.column("payload"))).as_py()
+    out.ended = time.monotonic()
+    out.entries, out.bytes = entries - 1, nbytes - len(WARM_UP)
     return out

@@ -15,7 +15,12 @@ How it works:
   segment is planned as soon as a sealed one is fully planned;
 - when nothing more is committed the reader blocks on a ``CommitWatch`` (an
   etcd watch on the log's segment records, the commit point), not a sleep loop;
-- a ``ReaderRegistration`` tells garbage collection where the reader is.
+- a ``ReaderRegistration`` tells garbage collection where the reader is;
+- entries are served from a *serving iterator* over the current block: a
+  C-level ``map`` that builds each ``LogMessage`` as it is asked for, from the
+  block's payloads (copied to ``bytes`` in one pass when the block is first
+  served). ``read_next`` and iteration cost one ``next()`` per entry, and the
+  position is derived from how far the payload iterator has gone (``_settle``).
 
 The user's view (positions, tailing, errors) is ``docs/reading.md``.
 """
@@ -29,6 +34,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import count, repeat
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,6 +69,7 @@ MAX_GET_BYTES = 32 * 1024 * 1024  # contiguous blocks fetched by one ranged GET
 """``read_batch`` stops joining further blocks into one batch past this many bytes."""
 
 _ONE = pa.scalar(1, pa.int64())
+_new_tuple = tuple.__new__  # builds LogMessageId / LogMessage tuples without a Python __new__
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -116,10 +123,21 @@ class _Loaded:
     def holds(self, pos: LogMessageId) -> bool:
         return pos.segment_id == self.segment_id and self.first <= pos.entry_id <= self.last
 
-    def payload(self, entry_id: int) -> bytes:
+    def serve_from(self, entry_id: int) -> tuple[Iterator[LogMessage], Iterator[bytes]]:
+        """The messages from ``entry_id`` to ``last``, made one by one as they are asked for
+        without a Python-level call per entry, and the payload iterator that drives them
+        (whose length hint says how far the serving went, see ``served``)."""
         if self._list is None:
-            self._list = self.payloads.to_pylist()
-        return self._list[entry_id - self.first]
+            self._list = self.payloads.slice(0, self.last - self.first + 1).to_pylist()
+        payloads = iter(self._list)
+        payloads.__setstate__(entry_id - self.first)  # type: ignore[attr-defined]
+        ids = map(_new_tuple, repeat(LogMessageId), zip(repeat(self.segment_id), count(entry_id)))
+        return map(_new_tuple, repeat(LogMessage), zip(ids, payloads, strict=False)), payloads
+
+    def served(self, payloads: Iterator[bytes]) -> LogMessageId:
+        """The position after the last message served from ``payloads`` (of ``serve_from``)."""
+        left = payloads.__length_hint__()  # type: ignore[attr-defined]
+        return LogMessageId(self.segment_id, self.last + 1 - left)
 
     def slice(self, entry_id: int, limit: int) -> pa.RecordBatch:
         """Up to ``limit`` entries from ``entry_id`` within one chunk: no copy of payloads."""
@@ -166,7 +184,10 @@ class LogReader:
         self._planned: deque[_Planned] = deque()
         self._fetches: deque[tuple[_Planned, Future[pa.ChunkedArray]]] = deque()
         self._current: _Loaded | None = None
+        self._serving: Iterator[LogMessage] | None = None  # over _current, from the position
+        self._serving_payloads: Iterator[bytes] | None = None  # what drives _serving
         self._window = max(1, meta.config.reader.read_ahead)
+        self._ahead_seen: int | None = None  # watch version of the last fruitless plan-ahead
         self._watch = CommitWatch(meta, log_id)
         self._registration = ReaderRegistration(meta, log_id, reader_name or "", self._pos)
         self.reader_name = self._registration.name
@@ -184,7 +205,18 @@ class LogReader:
     @property
     def position(self) -> LogMessageId:
         """The id of the next entry to return; ``open_reader(position)`` resumes here."""
+        self._settle()
         return self._pos
+
+    def _settle(self) -> None:
+        """Fold what the serving iterator gave out into the position, and stop serving.
+
+        Also ends an iteration suspended in the block (the iterator is left exhausted),
+        so ``close()`` from another thread stops it at the next entry."""
+        payloads, self._serving, self._serving_payloads = self._serving_payloads, None, None
+        if payloads is not None and self._current is not None:
+            self._move(self._current.served(payloads))
+            payloads.__setstate__(sys.maxsize)  # type: ignore[attr-defined]
 
     def _resolve(self, start: Position) -> LogMessageId:
         if isinstance(start, LogMessageId):
@@ -215,13 +247,25 @@ class LogReader:
 
         ``timeout=None`` waits as long as it takes.
         """
+        serving = self._serving
+        if (
+            serving is not None
+            and self._closed is None
+            and not self._deleted
+            and not self._watch.deleted
+        ):
+            message = next(serving, None)
+            if message is not None:
+                return message
         if not self._ready(_deadline(timeout), wait=True):
             return None
+        return next(self._serve())
+
+    def _serve(self) -> Iterator[LogMessage]:
+        """The serving iterator over the current block from the position (after ``_ready``)."""
         assert self._current is not None
-        pos = self._pos
-        message = LogMessage(pos, self._current.payload(pos.entry_id))
-        self._move(LogMessageId(pos.segment_id, pos.entry_id + 1))
-        return message
+        self._serving, self._serving_payloads = self._current.serve_from(self._pos.entry_id)
+        return self._serving
 
     def read_batch(
         self, max_entries: int = 1000, timeout: float | None = None
@@ -234,6 +278,7 @@ class LogReader:
         """
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries!r}")
+        self._settle()
         if not self._ready(_deadline(timeout), wait=True):
             return None
         parts: list[pa.RecordBatch] = []
@@ -263,6 +308,7 @@ class LogReader:
             raise TypeError(f"end must be a LogMessageId or None, not {end!r}")
         else:
             end.checked()
+        self._settle()
         batches = []
         # _ready may move the position into a later segment: compare again after it
         while self._pos < end and self._ready(None, wait=False) and self._pos < end:
@@ -270,7 +316,11 @@ class LogReader:
         return pa.Table.from_batches(batches, schema=READ_SCHEMA)
 
     def __iter__(self) -> Iterator[LogMessage]:
-        """Every entry from the position on, waiting for new ones until ``close()``."""
+        """Every entry from the position on, waiting for new ones until ``close()``.
+
+        Within a block, entries come straight from the serving iterator; the checks
+        (closed, deleted) run between blocks, and ``close()`` / a deletion through the
+        Client end the serving iterator early."""
         while True:
             try:
                 message = self.read_next(timeout=None)
@@ -278,6 +328,9 @@ class LogReader:
                 return
             if message is not None:
                 yield message
+                serving = self._serving
+                if serving is not None:
+                    yield from serving
 
     def _move(self, pos: LogMessageId) -> None:
         self._pos = pos
@@ -304,6 +357,7 @@ class LogReader:
 
         ``wait=False`` returns False as soon as nothing more is committed.
         """
+        self._settle()
         self._check_usable()
         if wait:  # a waiting reader is pushed commits and the deletion of the log
             self._watch.ensure_armed()
@@ -329,6 +383,7 @@ class LogReader:
 
     def _ready_now(self) -> bool:
         """Whether the next entry is at hand without waiting (a failed fetch is left for later)."""
+        self._settle()
         if self._current is not None and self._current.holds(self._pos):
             return True
         if not self._fetches:
@@ -425,12 +480,21 @@ class LogReader:
     def _plan_ahead(self) -> bool:
         """Plan the next segment before the reader gets there (one attempt per request).
 
-        Best effort: an error here surfaces when the reader itself gets there.
+        Best effort: an error here surfaces when the reader itself gets there. An attempt
+        that found nothing is not repeated until the watch reports a change (its etcd
+        round trips would otherwise follow every block of the last segment); the
+        reader's own ``_plan`` looks again when it gets there.
         """
-        try:
-            return self._plan(time.monotonic())
-        except Exception:
+        seen = self._watch.version
+        if seen == self._ahead_seen:
             return False
+        try:
+            found = self._plan(time.monotonic())
+        except Exception:
+            found = False
+        if not found:
+            self._ahead_seen = seen
+        return found
 
     def _reset(self) -> None:
         """Forget every plan and fetch; planning restarts at the position."""
@@ -438,6 +502,7 @@ class LogReader:
             future.cancel()
         self._fetches.clear()
         self._planned.clear()
+        self._settle()
         self._current = None
         self._cursor = _Cursor(*self._pos)
 
@@ -564,6 +629,7 @@ class LogReader:
         if self._closed is not None:
             return
         self._closed = error
+        self._settle()
         self._watch.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._registration.close()
@@ -571,6 +637,7 @@ class LogReader:
     def log_deleted(self) -> None:
         """The log was deleted through this reader's Client: the next read says so."""
         self._deleted = True
+        self._settle()
 
     def __enter__(self) -> LogReader:
         return self
@@ -581,9 +648,10 @@ class LogReader:
     def _forked(self, error: ForkedClientError) -> None:
         # the watch, pool and lease threads stayed in the parent; the lease is the parent's
         self._closed = error
+        self._settle()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed is not None else f"at {self._pos}"
+        state = "closed" if self._closed is not None else f"at {self.position}"
         return f"LogReader(log={self.name!r}, reader={self.reader_name!r}, {state})"
 
 

@@ -445,3 +445,100 @@ def test_read_your_writes_across_processes(make_config):
         finally:
             told.put(None)
             reader.join(30)
+
+
+def _eager(table: pa.Table) -> list[wp.LogMessage]:
+    """The messages of a ``read_table`` result, built one by one the plain way."""
+    columns = [table.column(c).to_pylist() for c in ("segment_id", "entry_id", "payload")]
+    rows = zip(*columns, strict=True)
+    return [wp.LogMessage(wp.LogMessageId(s, e), p) for s, e, p in rows]
+
+
+def test_served_messages_are_exactly_the_plain_ones(make_config):
+    """read_next and iteration serve each block's messages from an iterator built in C; what
+    they return (types, values, equality, hash, repr) and the position after each one are
+    those of messages built one by one, across blocks and segments, mixed with read_batch."""
+    config = make_config("local", **ROLLING)
+    with wp.Client(config) as client:
+        log = client.create_log("served")
+        with log.open_writer() as w:
+            for first in range(0, 120, 10):  # a block each, a segment every few
+                w.write_batch([bytes([i % 251]) * (200 + i) for i in range(first, first + 10)])
+        expected = _eager(log.read_table())
+        assert len({m.id.segment_id for m in expected}) >= 3
+        with log.open_reader(wp.EARLIEST) as reader:
+            got, positions = [], []
+            for message in reader:  # iteration, then read_next and read_batch in turns
+                got.append(message)
+                positions.append(reader.position)
+                if len(got) == 40:
+                    break
+            while len(got) < 80:
+                got.append(reader.read_next(timeout=5))
+                positions.append(reader.position)
+            batch = reader.read_batch(7, timeout=5)
+            got += _eager(pa.Table.from_batches([batch]))
+            positions.append(reader.position)
+            for message in reader:
+                got.append(message)
+                if message.id == expected[-1].id:
+                    break
+    assert got == expected
+    for message, plain in zip(got, expected, strict=True):
+        assert type(message) is wp.LogMessage and type(message.id) is wp.LogMessageId
+        assert type(message.payload) is bytes
+        assert (message.id, message.payload) == tuple(plain) and hash(message) == hash(plain)
+        assert repr(message) == repr(plain)
+    after = [wp.LogMessageId(m.id.segment_id, m.id.entry_id + 1) for m in got[:80]]
+    assert positions[:80] == after
+    assert positions[80] == wp.LogMessageId(got[86].id.segment_id, got[86].id.entry_id + 1)
+
+
+def test_close_or_delete_stops_an_iteration_inside_a_block(make_config):
+    """close() (or deleting the log through the Client) ends an iteration at the next entry,
+    not at the end of the block it is serving."""
+    config = make_config("local")
+    with wp.Client(config) as client:
+        log = client.create_log("stop-inside")
+        with log.open_writer() as w:
+            ids = w.write_batch([b"e%d" % i for i in range(100)])  # one block
+        reader = log.open_reader(wp.EARLIEST)
+        got = []
+        for message in reader:
+            got.append(message)
+            if len(got) == 3:
+                reader.close()
+        assert [m.id for m in got] == ids[:3]
+        assert reader.position == ids[3]
+        with log.open_reader(wp.EARLIEST) as reader:
+            got = []
+            with pytest.raises(wp.LogNotFoundError, match="deleted"):
+                for message in reader:
+                    got.append(message)
+                    if len(got) == 3:
+                        client.delete_log("stop-inside")
+            assert len(got) == 3
+
+
+def test_reading_a_sealed_log_does_not_look_for_a_next_segment_after_every_block(
+    make_config, monkeypatch
+):
+    """Planning the next segment ahead is one etcd round trip when there is none; it is not
+    repeated for each of the last ``read_ahead`` blocks until the watch reports a change."""
+    config = make_config("local", uploader_max_block_bytes="2KiB", reader_read_ahead=8)
+    looked: list[int] = []
+    lookup = MetaStore.next_segment_id
+
+    def counted(self, log_id, after, **kwargs):  # type: ignore[no-untyped-def]
+        looked.append(after)
+        return lookup(self, log_id, after, **kwargs)
+
+    with wp.Client(config) as client:
+        log = client.create_log("one-segment")
+        with log.open_writer() as w:
+            for i in range(40):
+                w.write(bytes(1000) + b"%d" % i)  # a block each
+        assert sum(s.block_count for s in log.segments()) >= 30
+        monkeypatch.setattr(MetaStore, "next_segment_id", counted)
+        assert log.read_table().num_rows == 40
+    assert len(looked) <= 2, f"{len(looked)} next-segment look-ups for one segment"
