@@ -175,6 +175,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
         for cell in results.get(section, [])
         for v in cell.get("verdicts", [])
     ]
+    judged += results.get("checksum", {}).get("verdicts", [])
     if not judged:
         return []
     rows = [
@@ -182,7 +183,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
         for v in judged
     ]
     return [
-        "## Read and cost targets",
+        "## Read, S3 checksum and cost targets",
         "",
         *_table(["target", "value", "goal", "same-run floor", "status", "by"], rows),
     ]

@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
 import report  # noqa: E402
 import services  # noqa: E402
 import suite_ceilings  # noqa: E402
+import suite_checksum  # noqa: E402
 import suite_cost  # noqa: E402
 import suite_nats  # noqa: E402
 import suite_read  # noqa: E402
@@ -43,7 +44,12 @@ from woodpecker.config import Config  # noqa: E402
 from woodpecker.progress import Progress  # noqa: E402
 
 PER_BACKEND = {"ceilings": suite_ceilings, "write": suite_write, "read": suite_read}
-ONCE = {"targets": suite_targets, "nats": suite_nats, "cost": suite_cost}
+ONCE = {
+    "targets": suite_targets,
+    "checksum": suite_checksum,
+    "nats": suite_nats,
+    "cost": suite_cost,
+}
 SUITES = (*PER_BACKEND, *ONCE)
 
 
@@ -198,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"].append({"step": "etcd status", "error": f"{type(e).__name__}: {e}"})
         report.add_ratios(results)
         results["targets"] = suite_targets.judge(results.get("target_rounds", []))
+        if "checksum_rounds" in results:
+            results["checksum"] = suite_checksum.judge(results["checksum_rounds"])
         try:
             import plots  # matplotlib: the bench extra
 

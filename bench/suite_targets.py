@@ -80,10 +80,16 @@ TARGETS = [
 
 
 def ceiling(
-    backend: str, parent: Path, duration: float, quick: bool, step: Callable[[str], None]
+    backend: str,
+    parent: Path,
+    duration: float,
+    quick: bool,
+    step: Callable[[str], None],
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """The raw write ceiling now: the best of the block-sized shapes (one shape when quick)."""
-    with scratch(backend, parent) as space:
+    """The raw write ceiling now: the best of the block-sized shapes (one shape when quick),
+    written through a store configured with ``overrides``."""
+    with scratch(backend, parent, **overrides) as space:
         up = space.config.uploader
         sizes = sorted({space.config.writer.max_batch_bytes, up.max_block_bytes})
         wide = max(1, up.max_inflight // up.processes)

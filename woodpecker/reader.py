@@ -31,7 +31,7 @@ import bisect
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import count, repeat
@@ -374,7 +374,10 @@ class LogReader:
                 continue
             seen = self._watch.version  # before reading: a commit after the read wakes us
             if self._plan(deadline):
-                self._schedule()
+                if not self._fetches and len(self._planned) == 1:
+                    self._load_inline()  # a tail reader's new block: no thread hand-offs
+                else:
+                    self._schedule()
                 continue
             remaining = _remaining(deadline)
             if not wait or remaining == 0.0:
@@ -399,8 +402,23 @@ class LogReader:
     def _load_head(self) -> None:
         """Make the oldest fetch the current block, waiting for it (a committed block)."""
         item, future = self._fetches[0]
+        self._load(item, future.result, queued=True)
+
+    def _load_inline(self) -> None:
+        """Fetch the one planned block on the caller's thread and make it the current block.
+
+        What a tail reader does for each new commit: a pool hand-off there and back
+        costs more than the fetch of a small block, twice a scheduling delay under load.
+        """
+        item = self._planned.popleft()
+        self._load(item, lambda: self._fetch([item.record])[0], queued=False)
+
+    def _load(
+        self, item: _Planned, fetched: Callable[[], pa.ChunkedArray], *, queued: bool
+    ) -> None:
+        """Make ``item`` the current block from ``fetched()`` (``queued``: the oldest fetch)."""
         try:
-            payloads = future.result()
+            payloads = fetched()
         except CancelledError:
             self._check_usable()  # cancelled by close()
             raise
@@ -416,7 +434,8 @@ class LogReader:
         except BaseException:
             self._reset()  # the next read plans and fetches again from the position
             raise
-        self._fetches.popleft()
+        if queued:
+            self._fetches.popleft()
         self._current = _Loaded(item, payloads)
         self._move(LogMessageId(item.record.segment_id, item.start))
         self._schedule()

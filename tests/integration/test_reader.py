@@ -542,3 +542,28 @@ def test_reading_a_sealed_log_does_not_look_for_a_next_segment_after_every_block
         monkeypatch.setattr(MetaStore, "next_segment_id", counted)
         assert log.read_table().num_rows == 40
     assert len(looked) <= 2, f"{len(looked)} next-segment look-ups for one segment"
+
+
+def test_a_tail_reader_fetches_a_new_block_on_its_own_thread(make_config, monkeypatch):
+    """A waiting reader woken by one new commit fetches that block itself (no pool hand-off);
+    a sealed log read from the start still fetches ahead on the pool."""
+    threads: list[str] = []
+    fetch = wp.LogReader._fetch
+
+    def spied(self, records):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return fetch(self, records)
+
+    monkeypatch.setattr(wp.LogReader, "_fetch", spied)
+    with wp.Client(make_config("local", uploader_max_block_bytes="2KiB")) as client:
+        log = client.create_log("inline")
+        with log.open_writer() as w, log.open_reader(wp.LATEST) as reader:
+            for i in range(3):
+                acked = w.write(b"tail %d" % i)
+                assert reader.read_next(timeout=5) == wp.LogMessage(acked, b"tail %d" % i)
+            assert threads == [threading.current_thread().name] * 3
+            for i in range(10):
+                w.write(bytes(1500) + b"%d" % i)  # a block each
+        threads.clear()
+        assert log.read_table().num_rows == 13
+        assert threads and all(name.startswith("wp-read-") for name in threads), threads
