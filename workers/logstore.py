@@ -95,7 +95,7 @@ class Logstore:
         self._etcd: EmbeddedEtcd | None = None
         endpoints = list(config.etcd.endpoints)
         if not endpoints:
-            self._etcd = EmbeddedEtcd(config.storage.root)
+            self._etcd = EmbeddedEtcd(config.storage.root, config.etcd.binary)
             endpoints = self._etcd.acquire()
         self.etcd_endpoints = endpoints
         self.meta = MetaStore(config, endpoints=endpoints)

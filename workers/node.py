@@ -200,7 +200,7 @@ def serve(config: Config) -> int:
     embedded = None
     endpoints = list(config.etcd.endpoints)
     if not endpoints:
-        embedded = EmbeddedEtcd(config.storage.root)
+        embedded = EmbeddedEtcd(config.storage.root, config.etcd.binary)
         endpoints = embedded.acquire()
     meta = MetaStore(config, endpoints=endpoints)
     state: NodeState | None = None

@@ -26,12 +26,18 @@ from pathlib import Path
 import minio
 
 from chaos.certs import Certificates
-from woodpecker.meta.embedded import etcd_binary
+from woodpecker.meta.etcd_release import etcd_binary
 
 START_TIMEOUT = 60.0
 S3_ACCESS_KEY = "chaos-access"
 S3_SECRET_KEY = "chaos-secret-key"
 S3_BUCKET = "chaos"
+
+
+def etcd_for_tests() -> str:
+    """The etcd the private members run: scripts/services chose it (a release that keeps
+    acknowledged writes when killed) and passes it on as WOODPECKER_ETCD_BINARY."""
+    return etcd_binary(os.environ.get("WOODPECKER_ETCD_BINARY", ""))
 
 
 def free_port() -> int:
@@ -161,7 +167,7 @@ class EtcdCluster:
             }
         with open(self._log(m), "ab") as log:
             m.proc = subprocess.Popen(
-                [etcd_binary(), *(f"{flag}={value}" for flag, value in flags.items())],
+                [etcd_for_tests(), *(f"{flag}={value}" for flag, value in flags.items())],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -194,7 +200,10 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, user: str = "") -> str:
         """Run etcdctl against the cluster (as ``user:password`` if given); its output."""
-        command = [str(Path(etcd_binary()).with_name("etcdctl")), f"--endpoints={self.endpoints}"]
+        command = [
+            str(Path(etcd_for_tests()).with_name("etcdctl")),
+            f"--endpoints={self.endpoints}",
+        ]
         if user:
             command.append(f"--user={user}")
         if self.tls is not None:

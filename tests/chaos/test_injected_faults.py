@@ -22,10 +22,11 @@ from chaos.faultproxy import FaultProxy
 from chaos.history import History, assert_valid, check, first_error, longest_stall, read_back
 from chaos.processes import wait_until
 from chaos.scale import pick
-from chaos.services import EtcdCluster, Seaweed
+from chaos.services import EtcdCluster, Seaweed, etcd_for_tests
 from chaos.workload import Fleet, Plan, settle
 from woodpecker.config import Config
 from woodpecker.meta import MetaStore
+from woodpecker.meta.etcd_release import binary_version, unsafe_reason
 from woodpecker.meta.records import SegmentState
 from woodpecker.producer import AppendFuture
 
@@ -33,6 +34,8 @@ RECOVERY = 30.0  # every producer acked again this long after a fault ended
 DEADLINE = 3.0  # retry.deadline of these tests
 TIMEOUT = 1.0  # s3.timeout / etcd.timeout of these tests
 LEASE = 30  # etcd.lease_ttl of the outage-shorter-than-the-lease test
+# why the etcd release the tests run may itself undo acknowledged commits (None: it does not)
+ETCD_UNSAFE = unsafe_reason(binary_version(etcd_for_tests()))
 
 
 @dataclass
@@ -88,7 +91,12 @@ def finish(fleet: Fleet, config: Config, log_name: str, title: str, figures: lis
     """Stop the producers, read the whole log back and check the history."""
     fleet.stop()
     with wp.Client(config) as client:
-        report = check(fleet.ops(), read_back(client.open_log(log_name)))
+        log = client.open_log(log_name)
+        report = check(fleet.ops(), read_back(log))
+        if not report.valid:  # the metadata a reader followed, as evidence
+            print("\n".join(f"  segment {s}" for s in log.segments()))
+            if config.logstore_log.exists():
+                print(config.logstore_log.read_text(errors="replace")[-20000:])
     print(f"\n{title}: {report.summary()}\n  " + "\n  ".join(figures))
     assert_valid(report)
     assert report.ok > 0
@@ -189,10 +197,9 @@ def test_etcd_restarted_mid_stream(make_config, fleet_factory, private_etcd: Etc
 
 
 @pytest.mark.xfail(
+    ETCD_UNSAFE is not None,
     strict=False,
-    reason="open bug M (docs/reliability.md): in about 1 run of 3 to 5 a segment stays ACTIVE "
-    "below entries that were acknowledged in it, so a reader stops there and those entries "
-    "and every later segment are unreadable",
+    reason=f"the test etcd can lose acknowledged writes of killed members: {ETCD_UNSAFE}",
 )
 @pytest.mark.parametrize("backend", ["local"])
 def test_etcd_cluster_loses_a_member_then_its_leader(

@@ -35,7 +35,7 @@ from chaos.processes import (
 )
 from chaos.services import EtcdCluster, Seaweed
 from woodpecker.config import Config
-from woodpecker.meta.embedded import etcd_binary
+from woodpecker.meta.etcd_release import etcd_binary
 from woodpecker.producer import logstore_running
 
 ERROR_BOUND = 15.0  # seconds within which a misconfigured client must fail

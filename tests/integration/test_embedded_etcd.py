@@ -23,7 +23,8 @@ import pytest
 from woodpecker.config import Config
 from woodpecker.errors import MetadataUnavailableError
 from woodpecker.meta.connection import EtcdConnection
-from woodpecker.meta.embedded import EmbeddedEtcd, _healthy, etcd_binary
+from woodpecker.meta.embedded import EmbeddedEtcd, _healthy
+from woodpecker.meta.etcd_release import etcd_binary
 
 
 def etcd_processes(root: Path) -> list[psutil.Process]:

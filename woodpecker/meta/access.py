@@ -16,7 +16,7 @@ def etcd_access(config: Config) -> str:
     """Where etcd is and what protects the way there (file paths and user names, no secrets)."""
     etcd = config.etcd
     if not etcd.endpoints:
-        endpoint = EmbeddedEtcd(config.storage.root).endpoint
+        endpoint = EmbeddedEtcd(config.storage.root, config.etcd.binary).endpoint
         return (
             f"embedded etcd at {endpoint}: Unix sockets only (client and peer) "
             "in an owner-only directory, no TCP listener"

