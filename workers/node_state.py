@@ -2,8 +2,9 @@
 
 ``NodeState`` is the node's state machine, free of sockets: per log the fence epoch, per
 segment a contiguous run of batches and the LAC it was told. In ``disk`` durability a
-``Journal`` makes every stored batch and every raised fence durable (fdatasync) before
-the state changes and the request is answered, and replays them after a restart; in
+``Journal`` writes every stored batch and every raised fence before the state changes,
+``sync`` makes all of them durable with one fdatasync per file touched (a group commit:
+the daemon calls it before any reply leaves), and they are replayed after a restart; in
 ``memory`` durability a restarted node has a new incarnation and knows nothing, so it
 refuses the segments it lost instead of answering as if they were empty.
 """
@@ -96,7 +97,11 @@ class NodeState:
         return cls(journal.incarnation, max_buffer_bytes, journal)
 
     def handle(self, request: Request, body: memoryview) -> Reply:
-        """Answer one decoded request (``body``: the bytes after its head)."""
+        """Answer one decoded request (``body``: the bytes after its head).
+
+        The answer may be sent only after ``sync``: until then what it reports may not be
+        durable.
+        """
         key = (request.log_id, request.segment_id)
         if request.kind == APPEND:
             first, count, lac, checksum = APPEND_BODY.unpack_from(body)
@@ -205,6 +210,11 @@ class NodeState:
         replica.lac = max(replica.lac, min(lac, replica.last))
         return self._reply(request, Status.OK, key)
 
+    def sync(self) -> None:
+        """Make everything handled so far durable (disk durability; nothing to do in memory)."""
+        if self.journal is not None:
+            self.journal.sync()
+
     def segments(self) -> list[SegmentSummary]:
         """Every segment held, in id order."""
         return [
@@ -222,7 +232,7 @@ class Journal:
 
     ``<dir>/incarnation`` (decimal), ``<dir>/fences.wal`` and one
     ``<dir>/segments/<log_id>-<segment_id>.wal`` per segment; each ``.wal`` is a run of
-    records (length, xxh3, body) written and fdatasync'd before the request is answered.
+    records (length, xxh3, body), fdatasync'd by ``sync`` before the request is answered.
     A record cut by a crash was never answered: replay stops at it and truncates it off.
     """
 
@@ -240,6 +250,7 @@ class Journal:
         self.incarnation = int(path.read_text())
         self._fds: dict[tuple[int, int], int] = {}
         self._fence_fd = -1
+        self._unsynced: set[int] = set()
 
     def _open(self, path: Path) -> int:
         created = not path.exists()
@@ -254,7 +265,12 @@ class Journal:
         for m in more:
             hasher.update(m)
         os.writev(fd, [RECORD_HEAD.pack(size, hasher.intdigest()), body, *more])
-        os.fdatasync(fd)
+        self._unsynced.add(fd)
+
+    def sync(self) -> None:
+        """One fdatasync per file written since the last sync."""
+        while self._unsynced:
+            os.fdatasync(self._unsynced.pop())
 
     def store(self, key: tuple[int, int], batch: Batch, checksum: int) -> None:
         fd = self._fds.get(key)
@@ -289,6 +305,7 @@ class Journal:
         return fences, replicas
 
     def close(self) -> None:
+        self.sync()
         for fd in [*self._fds.values(), self._fence_fd]:
             if fd >= 0:
                 os.close(fd)

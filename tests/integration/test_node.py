@@ -191,6 +191,33 @@ def test_append_fence_read_and_lac_over_the_wire(start_node: Callable[..., NodeP
     assert recovery.call(wire.FENCE, 9, 2).status == Status.UNKNOWN  # never "empty"
 
 
+@pytest.mark.parametrize("durability", ["disk", "memory"])
+def test_a_node_killed_after_answering_keeps_its_answers_or_refuses_the_segment(
+    start_node: Callable[..., NodeProcess], tmp_path: Path, durability: str
+) -> None:
+    data_dir = str(tmp_path / "node-data")
+    node = start_node("before", quorum_durability=durability, node_data_dir=data_dir)
+    record = node.wait_registered()
+    conn = Connection(node.port, node.config)
+    assert conn.append(0, 1, 0, [b"a", b"b"], lac=-1).status == Status.OK
+    assert conn.call(wire.FENCE, 0, 2).status == Status.OK
+    assert conn.append(0, 2, 2, [b"c"], lac=1).status == Status.OK
+    node.proc.kill()  # no drain, no flush: only what was durable before each answer survives
+    node.proc.wait()
+
+    # the dead node's registration lives until its lease expires: restart under a new id
+    again = start_node("after", quorum_durability=durability, node_data_dir=data_dir)
+    restarted = again.wait_registered()
+    conn = Connection(again.port, again.config)
+    reply = conn.call(wire.FENCE, 0, 2)
+    if durability == "disk":
+        assert (reply.status, reply.last, reply.incarnation) == (Status.OK, 2, record.incarnation)
+        assert conn.append(0, 1, 3, [b"d"], lac=2).status == Status.FENCED  # the fence survived
+    else:  # nothing survived, and the node says so rather than answering "empty"
+        assert (reply.status, reply.last) == (Status.UNKNOWN, -1)
+        assert restarted.incarnation != record.incarnation
+
+
 def test_a_malformed_or_oversized_request_drops_only_its_connection(
     start_node: Callable[..., NodeProcess],
 ) -> None:

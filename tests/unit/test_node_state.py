@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import xxhash
 
 from woodpecker.format import decode_messages, encode_batch_message, iter_payloads
@@ -184,3 +186,21 @@ def test_a_torn_journal_record_was_never_answered_and_is_cut_off(tmp_path: Path)
     assert wal.stat().st_size == whole
     assert append(again, 4, 1, epoch=2).status == Status.OK  # continues after the cut
     again.close()
+
+
+def test_one_sync_makes_every_request_handled_since_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = NodeState.on_disk(tmp_path, MiB)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    for first in range(0, 10, 2):
+        append(node, first, 2)
+    fence(node, 2)
+    assert synced == []  # nothing is answered before the sync, so nothing waited for it
+    node.sync()
+    assert len(synced) == 2  # a group commit: the segment's file and the fence file, once each
+    node.sync()
+    assert len(synced) == 2
+    monkeypatch.undo()
+    node.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -53,27 +54,37 @@ class EnsembleMember:
 
 
 class NodeLink:
-    """One connection to one node; ``call`` pipelines up to ``window`` requests."""
+    """One connection to one node; up to ``window`` requests in flight, answered in order.
+
+    Every request must be answered within ``timeout`` of being written (one timer, on the
+    oldest unanswered request, since replies come in order); otherwise the link fails
+    and every waiting request with it (NodeFailed).
+    """
 
     def __init__(
         self,
         member: EnsembleMember,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        *,
         window: int,
+        timeout: float,
     ) -> None:
         self.member = member
+        self.timeout = timeout
         self._reader = reader
         self._writer = writer
+        self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(window)
-        self._waiting: deque[tuple[int, asyncio.Future[Reply]]] = deque()
+        self._waiting: deque[tuple[int, asyncio.Future[Reply], float]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._next_id = 0
         self._failure: NodeFailed | None = None
         self._replies = asyncio.create_task(self._read_replies())
 
     @classmethod
     async def connect(
-        cls, member: EnsembleMember, deployment: Deployment, timeout: float, window: int
+        cls, member: EnsembleMember, deployment: Deployment, *, timeout: float, window: int
     ) -> NodeLink:
         """Connect and shake hands within ``timeout``; NodeFailed, or the node's refusal."""
         host, _, port = member.address.rpartition(":")
@@ -98,47 +109,54 @@ class NodeLink:
                 f"node {member.node_id} at {member.address} is incarnation "
                 f"{body.get('incarnation')}, the ensemble lists {member.incarnation}: it restarted"
             )
-        return cls(member, reader, writer, window)
+        return cls(member, reader, writer, window=window, timeout=timeout)
 
     async def send(
-        self, parts: Callable[[int], Sequence[bytes | memoryview]], timeout: float
+        self, parts: Callable[[int], Sequence[bytes | memoryview]]
     ) -> asyncio.Future[Reply]:
         """Write the request ``parts(request_id)`` once a window slot is free; its reply's future.
 
-        Requests are written in the order of the calls. A node that frees no slot within
-        ``timeout`` has stopped answering: the link fails (NodeFailed).
+        Requests are written in the order of the calls. A full window that does not open
+        within the timeout means the node stopped answering: the link fails (NodeFailed).
         """
         if self._failure is not None:
             raise self._failure
-        try:
-            async with asyncio.timeout(timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            self._fail(NodeFailed(f"node {self.member.node_id}: no answer within {timeout:g}s"))
-            raise self._failure from None
-        if self._failure is not None:
-            self._slots.release()
-            raise self._failure
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self._fail(f"no answer within {self.timeout:g}s")
+                raise self._failure from None  # type: ignore[misc]
+            if self._failure is not None:
+                self._slots.release()
+                raise self._failure
+        else:
+            await self._slots.acquire()  # free: returns at once
         self._next_id += 1
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = self._loop.create_future()
         future.add_done_callback(lambda _: self._slots.release())
-        self._waiting.append((self._next_id, future))
+        self._waiting.append((self._next_id, future, self._loop.time() + self.timeout))
+        if self._watchdog is None:
+            self._arm_watchdog()
         self._writer.writelines(parts(self._next_id))
         return future
 
-    async def reply(self, future: asyncio.Future[Reply], timeout: float) -> Reply:
-        """The reply of a sent request, or NodeFailed if it does not come within ``timeout``."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            self._fail(NodeFailed(f"node {self.member.node_id}: no answer within {timeout:g}s"))
-            raise self._failure from None
+    async def call(self, parts: Callable[[int], Sequence[bytes | memoryview]]) -> Reply:
+        """One request and its reply, or NodeFailed; every wait bounded by the timeout."""
+        return await (await self.send(parts))
 
-    async def call(
-        self, parts: Callable[[int], Sequence[bytes | memoryview]], timeout: float
-    ) -> Reply:
-        """``send`` then ``reply``: one request, every wait bounded by ``timeout``."""
-        return await self.reply(await self.send(parts, timeout), timeout)
+    def _arm_watchdog(self) -> None:
+        self._watchdog = None
+        if self._waiting:
+            self._watchdog = self._loop.call_at(self._waiting[0][2], self._check_oldest)
+
+    def _check_oldest(self) -> None:
+        self._watchdog = None
+        if self._waiting and self._loop.time() >= self._waiting[0][2]:
+            self._fail(f"no answer within {self.timeout:g}s")
+        else:
+            self._arm_watchdog()
 
     async def _read_replies(self) -> None:
         try:
@@ -146,24 +164,29 @@ class NodeLink:
                 reply = wire.decode_reply(await wire.read_frame(self._reader, MAX_REPLY_BYTES))
                 if not self._waiting or self._waiting[0][0] != reply.request_id:
                     raise wire.MalformedFrame(f"an answer to request {reply.request_id}, unasked")
-                _, future = self._waiting.popleft()
+                _, future, _ = self._waiting.popleft()
                 if not future.done():
                     future.set_result(reply)
         except (OSError, asyncio.IncompleteReadError, wire.MalformedFrame) as e:
-            self._fail(NodeFailed(f"node {self.member.node_id}: connection lost ({e!r})"))
+            self._fail(f"connection lost ({e!r})")
 
-    def _fail(self, failure: NodeFailed) -> None:
+    def _fail(self, why: str) -> None:
         if self._failure is None:
-            self._failure = failure
+            self._failure = NodeFailed(
+                f"node {self.member.node_id} at {self.member.address}: {why}"
+            )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._waiting:
-            _, future = self._waiting.popleft()
+            _, future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(self._failure)
                 future.exception()  # a reply nobody waits for any more is no error to log
         self._writer.close()
 
     async def close(self) -> None:
-        self._fail(NodeFailed(f"node {self.member.node_id}: link closed"))
+        self._fail("link closed")
         self._replies.cancel()
         with contextlib.suppress(BaseException):
             await self._replies
@@ -220,7 +243,9 @@ class SegmentReplicator:
 
     ``append`` returns a future resolved with the segment's LAC once ``ack`` nodes hold
     the batch and every earlier one, or failed with ``QuorumUnavailableError`` at the
-    batch's deadline (and every later batch with it: the LAC never skips one).
+    batch's deadline (and every later batch with it: the LAC never skips one). A node
+    that does not answer within its link's timeout, or answers anything but OK from the
+    incarnation the ensemble lists, leaves the live set for the rest of the segment.
     """
 
     def __init__(
@@ -231,15 +256,12 @@ class SegmentReplicator:
         segment_id: int,
         epoch: int,
         ack: int,
-        node_timeout: float,
     ) -> None:
         self.log_id, self.segment_id, self.epoch = log_id, segment_id, epoch
-        self.node_timeout = node_timeout
         self.quorum = AckQuorum(ack)
         self.live: dict[str, NodeLink] = {link.member.node_id: link for link in links}
         self._queues: dict[str, asyncio.Queue[_Pending]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
-        self._replies: set[asyncio.Task[None]] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._pending: deque[_Pending] = deque()
         self._deadline: asyncio.TimerHandle | None = None
@@ -267,7 +289,10 @@ class SegmentReplicator:
         A refusal (another deployment or protocol version) is raised as the node's error.
         """
         results = await asyncio.gather(
-            *(NodeLink.connect(m, deployment, node_timeout, WINDOW) for m in ensemble),
+            *(
+                NodeLink.connect(m, deployment, timeout=node_timeout, window=WINDOW)
+                for m in ensemble
+            ),
             return_exceptions=True,
         )
         links = [r for r in results if isinstance(r, NodeLink)]
@@ -283,14 +308,7 @@ class SegmentReplicator:
             )
         for failure in failures:
             log.warning("segment %d/%d: %s", log_id, segment_id, failure)
-        return cls(
-            links,
-            log_id=log_id,
-            segment_id=segment_id,
-            epoch=epoch,
-            ack=ack,
-            node_timeout=node_timeout,
-        )
+        return cls(links, log_id=log_id, segment_id=segment_id, epoch=epoch, ack=ack)
 
     @property
     def lac(self) -> int:
@@ -332,23 +350,21 @@ class SegmentReplicator:
                 )
 
             try:
-                future = await link.send(parts, self.node_timeout)
+                future = await link.send(parts)
             except NodeFailed as e:
                 self._drop(link, str(e))
                 return
-            self._replies.add(asyncio.create_task(self._await_reply(link, future)))
+            future.add_done_callback(functools.partial(self._on_reply, link))
 
-    async def _await_reply(self, link: NodeLink, future: asyncio.Future[Reply]) -> None:
+    def _on_reply(self, link: NodeLink, future: asyncio.Future[Reply]) -> None:
         node_id = link.member.node_id
-        try:
-            reply = await link.reply(future, self.node_timeout)
-        except NodeFailed as e:
-            self._drop(link, str(e))
-            return
-        finally:
-            self._replies.discard(asyncio.current_task())  # type: ignore[arg-type]
         if node_id not in self.live:
             return
+        error = future.exception()
+        if error is not None:
+            self._drop(link, str(error))
+            return
+        reply = future.result()
         if reply.status == Status.OK and reply.incarnation == link.member.incarnation:
             self.quorum.held(node_id, reply.last)
             self._settle()
@@ -428,9 +444,10 @@ class SegmentReplicator:
         """Stop sending and close every link; pending batches are left as they are."""
         if self._deadline is not None:
             self._deadline.cancel()
-        tasks = [*self._senders.values(), *self._replies]
+        tasks = list(self._senders.values())
         for task in tasks:
             task.cancel()
+        links = list(self.live.values())
+        self.live.clear()  # replies failed by the closing links are no node failures
         await asyncio.gather(*tasks, *self._closing, return_exceptions=True)
-        await asyncio.gather(*(link.close() for link in self.live.values()))
-        self.live.clear()
+        await asyncio.gather(*(link.close() for link in links))
