@@ -38,7 +38,11 @@ from woodpecker.deployment import Deployment  # noqa: E402
 from woodpecker.format import encode_batch_message  # noqa: E402
 from woodpecker.meta import MetaStore  # noqa: E402
 from woodpecker.meta.nodes import registered_nodes  # noqa: E402
-from woodpecker.quorum.client import EnsembleMember, SegmentReplicator  # noqa: E402
+from woodpecker.quorum.client import (  # noqa: E402
+    EnsembleMember,
+    QuorumSegment,
+    SegmentReplicator,
+)
 
 
 def _free_port() -> int:
@@ -85,13 +89,7 @@ async def _measure(
     config: Config, members: list[EnsembleMember], args: argparse.Namespace, segment: int
 ) -> tuple[list[float], float]:
     replicator = await SegmentReplicator.open(
-        members,
-        Deployment.of(config),
-        log_id=1,
-        segment_id=segment,
-        epoch=1,
-        ack=2,
-        node_timeout=5.0,
+        members, Deployment.of(config), QuorumSegment(1, segment, epoch=1, ack=2, node_timeout=5.0)
     )
     message = encode_batch_message([os.urandom(1024)])
     for _ in range(200):  # warm up

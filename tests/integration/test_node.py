@@ -24,7 +24,8 @@ from woodpecker.format import decode_messages, encode_batch_message, iter_payloa
 from woodpecker.meta import MetaStore
 from woodpecker.meta.nodes import NodeRecord, registered_nodes
 from woodpecker.quorum import wire
-from woodpecker.quorum.client import EnsembleMember, SegmentReplicator
+from woodpecker.quorum.client import EnsembleMember, QuorumSegment, SegmentReplicator
+from woodpecker.quorum.recovery import Recovered, recover_segment
 from woodpecker.quorum.wire import Batch, Reply, Status
 
 START_TIMEOUT = 30.0
@@ -67,8 +68,8 @@ def start_node(
 ) -> Iterator[Callable[..., NodeProcess]]:
     started: list[NodeProcess] = []
 
-    def start(node_id: str = "n1", **overrides: object) -> NodeProcess:
-        port = free_port()
+    def start(node_id: str = "n1", port: int = 0, **overrides: object) -> NodeProcess:
+        port = port or free_port()
         config = make_config(node_listen=f"127.0.0.1:{port}", node_id=node_id, **overrides)
         env = config_env(config)
         proc = subprocess.Popen(
@@ -298,11 +299,7 @@ def replicate(
         replicator = await SegmentReplicator.open(
             members,
             Deployment.of(nodes[0].config),
-            log_id=1,
-            segment_id=seg,
-            epoch=1,
-            ack=ack,
-            node_timeout=0.5,
+            QuorumSegment(1, seg, epoch=1, ack=ack, node_timeout=0.5),
         )
         if fault is not None:
             fault()
@@ -358,3 +355,60 @@ def test_two_nodes_killed_give_quorum_unavailable_within_the_deadline(
     with pytest.raises(QuorumUnavailableError, match="1 of 3 nodes answer, 2 needed"):
         replicate(nodes, members, 1, ack=2, timeout=1.0, seg=2)  # a new segment cannot open
     assert held(nodes[2], 0) == 3  # what was acked before is still held
+
+
+# ---- recovery of an unsealed segment by a new writer ------------------------------------
+
+
+def recover(nodes: list[NodeProcess], members: list[EnsembleMember], epoch: int) -> Recovered:
+    coroutine = recover_segment(
+        members,
+        Deployment.of(nodes[0].config),
+        QuorumSegment(1, 0, epoch=epoch, ack=2, node_timeout=1.0),
+    )
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def test_recovery_keeps_acked_entries_that_a_minimum_rule_would_lose(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    nodes, members = start_ensemble(start_node)
+    a, b, c = (Connection(node.port, node.config) for node in nodes)
+    for conn in (a, b, c):
+        assert conn.append(0, 1, 0, [b"0", b"1"], lac=-1).status == Status.OK
+        assert conn.append(0, 1, 2, [b"2", b"3"], lac=1).status == Status.OK
+    for conn in (b, c):  # entries 4-5: acked, held by b and c only
+        assert conn.append(0, 1, 4, [b"4", b"5"], lac=3).status == Status.OK
+    nodes[2].proc.send_signal(signal.SIGSTOP)  # c, holding the most, is unreachable
+    try:
+        recovered = recover(nodes, members, epoch=2)
+    finally:
+        nodes[2].proc.send_signal(signal.SIGCONT)
+    assert recovered.replies == {"q0": 3, "q1": 5}
+    assert min(recovered.replies.values()) == 3  # where the reference system would seal
+    assert (recovered.last_entry, recovered.lowest_lac, recovered.copied) == (5, 1, 1)
+    assert held(nodes[0], 0) == 5  # a now holds 4-5 too: two nodes hold every entry
+    assert Connection(nodes[0].port, nodes[0].config).read(0, 2, 0) == [b"%d" % i for i in range(6)]
+    assert a.append(0, 1, 6, [b"6"], lac=5).status == Status.FENCED  # the old writer is out
+
+
+def test_recovery_counts_no_reply_from_a_restarted_memory_node(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    nodes, members = start_ensemble(start_node)
+    for node in nodes:
+        assert Connection(node.port, node.config).append(0, 1, 0, [b"x"], lac=-1).status == (
+            Status.OK
+        )
+    nodes[1].proc.kill()
+    nodes[1].proc.wait()
+    restarted = start_node("q1-again", port=nodes[1].port)  # same address, memory lost
+    restarted.wait_registered()
+    nodes[2].proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(QuorumUnavailableError, match="1 valid fence replies of 3 nodes, 2"):
+            recover(nodes, members, epoch=2)
+    finally:
+        nodes[2].proc.send_signal(signal.SIGCONT)
+    # control: with the paused node back, two valid replies recover the segment
+    assert recover(nodes, members, epoch=3).last_entry == 0

@@ -45,6 +45,20 @@ class NodeFailed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class QuorumSegment:
+    """A segment as its writer of ``epoch`` sees it, with the quorum rules it writes by."""
+
+    log_id: int
+    segment_id: int
+    epoch: int
+    ack: int
+    node_timeout: float  # seconds a node may take to answer before it counts as failed
+
+    def __str__(self) -> str:
+        return f"segment {self.log_id}/{self.segment_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class EnsembleMember:
     """A node as the segment record lists it: who, where, and which incarnation."""
 
@@ -192,6 +206,29 @@ class NodeLink:
             await self._replies
 
 
+async def connect_ensemble(
+    ensemble: Sequence[EnsembleMember], deployment: Deployment, timeout: float
+) -> tuple[list[NodeLink], list[str]]:
+    """Connect to every member at once: the links, and why the others could not be reached.
+
+    A refusal (another deployment or protocol version) is raised as the node's error,
+    the other links closed: it is a configuration to fix, not a node to count as failed.
+    """
+    results = await asyncio.gather(
+        *(NodeLink.connect(m, deployment, timeout=timeout, window=WINDOW) for m in ensemble),
+        return_exceptions=True,
+    )
+    links = [r for r in results if isinstance(r, NodeLink)]
+    refusal = next((r for r in results if isinstance(r, WoodpeckerError)), None)
+    if refusal is not None:
+        await asyncio.gather(*(link.close() for link in links))
+        raise refusal
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, NodeFailed):
+            raise result
+    return links, [str(r) for r in results if isinstance(r, NodeFailed)]
+
+
 class AckQuorum:
     """Which batches are acknowledged: the longest prefix held by ``ack`` nodes each.
 
@@ -251,14 +288,11 @@ class SegmentReplicator:
     def __init__(
         self,
         links: Sequence[NodeLink],
-        *,
-        log_id: int,
-        segment_id: int,
-        epoch: int,
-        ack: int,
+        segment: QuorumSegment,
     ) -> None:
-        self.log_id, self.segment_id, self.epoch = log_id, segment_id, epoch
-        self.quorum = AckQuorum(ack)
+        self.segment = segment
+        self.log_id, self.segment_id, self.epoch = segment.log_id, segment.segment_id, segment.epoch
+        self.quorum = AckQuorum(segment.ack)
         self.live: dict[str, NodeLink] = {link.member.node_id: link for link in links}
         self._queues: dict[str, asyncio.Queue[_Pending]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
@@ -277,38 +311,19 @@ class SegmentReplicator:
         cls,
         ensemble: Sequence[EnsembleMember],
         deployment: Deployment,
-        *,
-        log_id: int,
-        segment_id: int,
-        epoch: int,
-        ack: int,
-        node_timeout: float,
+        segment: QuorumSegment,
     ) -> SegmentReplicator:
-        """Connect to every member at once; QuorumUnavailableError if fewer than ``ack`` answer.
-
-        A refusal (another deployment or protocol version) is raised as the node's error.
-        """
-        results = await asyncio.gather(
-            *(
-                NodeLink.connect(m, deployment, timeout=node_timeout, window=WINDOW)
-                for m in ensemble
-            ),
-            return_exceptions=True,
-        )
-        links = [r for r in results if isinstance(r, NodeLink)]
-        refusal = next((r for r in results if isinstance(r, WoodpeckerError)), None)
-        failures = [str(r) for r in results if isinstance(r, BaseException)]
-        if len(links) < ack:
+        """Connect to every member at once; QuorumUnavailableError if fewer than ``ack`` answer."""
+        links, failures = await connect_ensemble(ensemble, deployment, segment.node_timeout)
+        if len(links) < segment.ack:
             await asyncio.gather(*(link.close() for link in links))
-            if refusal is not None:
-                raise refusal
             raise QuorumUnavailableError(
-                f"segment {log_id}/{segment_id}: {len(links)} of {len(ensemble)} nodes answer, "
-                f"{ack} needed ({'; '.join(failures)})"
+                f"{segment}: {len(links)} of {len(ensemble)} nodes answer, "
+                f"{segment.ack} needed ({'; '.join(failures)})"
             )
         for failure in failures:
-            log.warning("segment %d/%d: %s", log_id, segment_id, failure)
-        return cls(links, log_id=log_id, segment_id=segment_id, epoch=epoch, ack=ack)
+            log.warning("%s: %s", segment, failure)
+        return cls(links, segment)
 
     @property
     def lac(self) -> int:
