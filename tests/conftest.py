@@ -8,11 +8,14 @@ answer, the fixture fails the test with the command that fixes it. Every test un
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from chaos.nodes import NodeProcess, free_port
 
 from woodpecker.config import Config
 
@@ -133,3 +136,32 @@ def config_env() -> Callable[[Config], dict[str, str]]:
         return env
 
     return build
+
+
+@pytest.fixture
+def start_node(
+    make_config: ConfigFactory, config_env: Callable[[Config], dict[str, str]], tmp_path: Path
+) -> Iterator[Callable[..., NodeProcess]]:
+    """Start ``woodpecker node`` processes on this test's config; killed at the end."""
+    started: list[NodeProcess] = []
+
+    def start(node_id: str = "n1", port: int = 0, **overrides: object) -> NodeProcess:
+        port = port or free_port()
+        config = make_config(node_listen=f"127.0.0.1:{port}", node_id=node_id, **overrides)
+        env = config_env(config)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "woodpecker", "node"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        node = NodeProcess(proc, config, env, port)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+        node.proc.wait()
+        node.meta.close()
