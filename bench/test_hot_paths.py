@@ -4,25 +4,34 @@
   write the Arrow batch message into the memfd arena, free it when acked;
 - descriptor round trip: a BATCH descriptor to the logstore and its ACK back, over a
   Unix socket, framed and parsed as the pipeline does (no payload crosses it);
-- commit txn: one fenced etcd transaction committing a block and the LAC (real etcd).
+- commit txn: one fenced etcd transaction committing a block and the LAC (real etcd);
+- producer append path: ``write_async`` / ``write_batch`` through a real ``ProducerLink``
+  (arena, batching, descriptors, acks, futures) against a stub logstore that ACKs every
+  batch at once: the producer's own work per entry, without storage or etcd.
 
 ``extra_info`` carries the rates derived from the mean time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from shm import Arena, FrameReader, RingAllocator, send_msg
+from shm import Arena, FrameReader, RingAllocator, recv_msg, send_msg
 from woodpecker import wire
 from woodpecker.config import Config
+from woodpecker.deployment import Deployment
 from woodpecker.format import batch_message_size, write_batch_message
 from woodpecker.meta import BlockRecord, MetaStore
+from woodpecker.producer import ProducerLink
+from woodpecker.writer import LogWriter
 
 BATCH_BYTES = 4 * 1024 * 1024
 
@@ -128,3 +137,81 @@ def test_commit_txn(benchmark: BenchmarkFixture, etcd_config: Config) -> None:
         finally:
             session.release()
     rate(benchmark, commits=1)
+
+
+class StubLogstore:
+    """Speaks the logstore's side of the wire with no storage: a WELCOME, an ok REPLY to
+    every control request, and an ACK with consecutive entry ids for every BATCH as soon
+    as it arrives. It runs on a thread of the benchmark's process (a fixed cost per batch)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(config.logstore_socket))
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, name="stub-logstore", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn, contextlib.suppress(EOFError, OSError):
+            _, fds = recv_msg(conn)
+            for fd in fds:
+                os.close(fd)
+            deployment = Deployment.of(self.config)
+            welcome = {"producer_id": 1, "protocol": wire.VERSION, "pid": os.getpid()}
+            welcome |= {"deployment": deployment.fingerprint, "serves": str(deployment)}
+            send_msg(conn, wire.encode(wire.WELCOME, welcome))
+            reader, entry = FrameReader(), 0
+            while True:
+                for frame, _ in reader.feed_from(conn):
+                    if frame[0] == wire.BATCH:
+                        _, _, seq, _, _, count = wire.BATCH_FMT.unpack(frame)
+                        send_msg(conn, wire.ACK_FMT.pack(wire.ACK, seq, 0, entry))
+                        entry += count
+                    else:
+                        _, body = wire.decode(frame)
+                        send_msg(conn, wire.encode(wire.REPLY, {"req": body["req"], "ok": True}))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def stub_writer(tmp_path: Path) -> Iterator[LogWriter]:
+    """A LogWriter on a real ProducerLink whose logstore is a ``StubLogstore``."""
+    config = Config(env={}, storage_root=str(tmp_path), logstore_socket=str(tmp_path / "ls"))
+    stub = StubLogstore(config)
+    link = ProducerLink(config)
+    try:
+        yield LogWriter(link, "bench", 1)
+    finally:
+        link.close()
+        stub.close()
+
+
+APPENDS = 20_000
+
+
+def test_write_async_path(benchmark: BenchmarkFixture, stub_writer: LogWriter) -> None:
+    payload = os.urandom(1024)
+    submit = stub_writer.write_async
+
+    def appends() -> int:
+        futures = [submit(payload) for _ in range(APPENDS)]
+        stub_writer.flush(30)
+        return futures[-1].result(30).entry_id - futures[0].result(30).entry_id + 1
+
+    assert benchmark.pedantic(appends, rounds=20, warmup_rounds=2) == APPENDS
+    rate(benchmark, entries=APPENDS)
+
+
+def test_write_batch_path(benchmark: BenchmarkFixture, stub_writer: LogWriter) -> None:
+    batch = [os.urandom(100)] * 10_000
+
+    def write_batch() -> int:
+        ids = stub_writer.write_batch(batch, timeout=30)
+        return ids[-1].entry_id - ids[0].entry_id + 1
+
+    assert benchmark.pedantic(write_batch, rounds=50, warmup_rounds=3) == len(batch)
+    rate(benchmark, entries=len(batch))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -183,7 +183,7 @@ class AsyncLogWriter:
 
     async def write_batch(
         self, payloads: Iterable[bytes | bytearray | memoryview]
-    ) -> list[LogMessageId]:
+    ) -> Sequence[LogMessageId]:
         """Append entries as consecutive ids; returns once all of them are durable."""
         items = list(payloads)
         await self._room(sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in items))

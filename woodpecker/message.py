@@ -1,9 +1,13 @@
-"""Entry identity and positions: ``LogMessageId``, ``LogMessage``, ``EARLIEST``, ``LATEST``."""
+"""Entry identity and positions: ``LogMessageId``, ``LogMessageIds``, ``LogMessage``,
+``EARLIEST``, ``LATEST``."""
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, overload
 
 from woodpecker.errors import InvalidPositionError
 
@@ -41,6 +45,82 @@ class LogMessageId(NamedTuple):
                 f"from 0 to {MAX_ID}"
             )
         return self
+
+
+class LogMessageIds(Sequence[LogMessageId]):
+    """The ids of one ``write_batch``: consecutive entries of one segment.
+
+    Behaves as a read-only list of ``LogMessageId`` (``len``, indexing, negative
+    indices, slicing, iteration, ``in``, ``index``, ``count``; equal to the list
+    of the same ids) but holds only ``(segment_id, range of entry ids)``: an id
+    is built when it is read, so a batch of many small entries is acknowledged
+    without building one object per entry.
+    """
+
+    __slots__ = ("entry_ids", "segment_id")
+
+    def __init__(self, segment_id: int, entry_ids: range) -> None:
+        self.segment_id = segment_id
+        self.entry_ids = entry_ids
+
+    def __len__(self) -> int:
+        return len(self.entry_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> LogMessageId: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LogMessageIds: ...
+
+    def __getitem__(self, index: int | slice) -> LogMessageId | LogMessageIds:
+        if isinstance(index, slice):
+            return LogMessageIds(self.segment_id, self.entry_ids[index])
+        return LogMessageId(self.segment_id, self.entry_ids[index])
+
+    def __iter__(self) -> Iterator[LogMessageId]:
+        # tuple.__new__ through map builds the ids at C speed (no Python __new__ per id)
+        pairs = zip(itertools.repeat(self.segment_id), self.entry_ids)
+        return map(tuple.__new__, itertools.repeat(LogMessageId), pairs)
+
+    def __reversed__(self) -> Iterator[LogMessageId]:
+        return iter(self[::-1])
+
+    def __contains__(self, value: object) -> bool:
+        return (
+            isinstance(value, tuple)
+            and len(value) == 2
+            and value[0] == self.segment_id
+            and value[1] in self.entry_ids
+        )
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        """The position of ``value`` (``ValueError`` if absent), as ``list.index``."""
+        window = range(len(self))[start:stop]
+        if value in self:
+            at = self.entry_ids.index(value[1])
+            if at in window:
+                return at
+        raise ValueError(f"{value!r} is not in the ids")
+
+    def count(self, value: Any) -> int:
+        return 1 if value in self else 0
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LogMessageIds):
+            return self.entry_ids == other.entry_ids and (
+                not self.entry_ids or self.segment_id == other.segment_id
+            )
+        if isinstance(other, list):
+            return len(other) == len(self) and all(map(operator.eq, self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        return f"LogMessageIds({self.segment_id}, {self.entry_ids!r})"
+
+    def __reduce__(self) -> tuple[type[LogMessageIds], tuple[int, range]]:
+        return LogMessageIds, (self.segment_id, self.entry_ids)
 
 
 class LogMessage(NamedTuple):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import itertools
+import logging
 import os
 import select
 import socket
@@ -45,7 +47,7 @@ from woodpecker.errors import (
     to_wire,
 )
 from woodpecker.format import batch_message_size, write_batch_message
-from woodpecker.message import LogMessageId
+from woodpecker.message import LogMessageId, LogMessageIds
 from woodpecker.private_files import make_private_dirs, private_opener
 
 CONNECT_TIMEOUT = 30.0
@@ -53,16 +55,52 @@ CONNECT_TIMEOUT = 30.0
 
 _PENDING, _FINISHED = "PENDING", "FINISHED"  # the states concurrent.futures.wait reads
 
+LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class PendingBatch:
+    """Appends of one writer sealed together into one batch message, and their one outcome.
+
+    A writer's appends join its open batch until that would pass
+    ``writer.max_batch_bytes``; the batch is sealed (encoded into the arena and
+    sent) as one, and the logstore answers for it as one. So the ack thread
+    resolves every append of a batch with one store under the link's lock
+    (``done``), and each ``AppendFuture`` reads its id(s) from here when asked.
+    """
+
+    __slots__ = (
+        "done",
+        "error",
+        "first",
+        "link",
+        "offset",
+        "payloads",
+        "queue",
+        "segment_id",
+        "size",
+        "watchers",
+    )
+
+    def __init__(self, link: ProducerLink, queue: WriterQueue, payloads: list[Any], size: int):
+        self.link = link
+        self.queue = queue
+        self.payloads: list[Any] | None = payloads  # dropped once encoded into the arena
+        self.size = size
+        self.offset = -1
+        self.done = False
+        self.error: WoodpeckerError | None = None
+        self.segment_id = self.first = -1
+        self.watchers: list[AppendFuture[Any]] | None = None  # futures with callbacks or waiters
 
 
 class AppendFuture(concurrent.futures.Future[T]):
     """The pending id(s) of an append; the future ``write_async`` returns.
 
-    ``AppendFuture[LogMessageId]`` for one entry (``write_async``), ``AppendFuture[
-    list[LogMessageId]]`` for a batch; it resolves once the entries are durable
-    and committed, or with the append's error.
+    ``AppendFuture[LogMessageId]`` for one entry (``write_async``),
+    ``AppendFuture[LogMessageIds]`` for a batch; it resolves once the entries
+    are durable and committed, or with the append's error.
 
     Which thread resolves it: the link's ack thread (``woodpecker-acks``) for
     every outcome the logstore reports, success or error; a failure found
@@ -71,27 +109,28 @@ class AppendFuture(concurrent.futures.Future[T]):
     must be short and must not wait for other appends.
 
     Much cheaper than a plain ``concurrent.futures.Future`` (which builds a lock
-    and a condition per instance, the top cost of small appends): waiters block
-    on the link's one condition, which is notified after every batch of acks. It
-    is still a ``concurrent.futures.Future`` (``wait``, ``as_completed``,
+    and a condition per instance): it holds no outcome of its own, only where
+    its entries are in their ``PendingBatch``, whose one outcome all the futures
+    of the batch share; the id is built when read. Waiters block on the link's
+    one condition, notified after every pass of acks. It is still a
+    ``concurrent.futures.Future`` (``wait``, ``as_completed``,
     ``asyncio.wrap_future`` accept it) and it can be awaited in asyncio: the
     acks of a batch reach an event loop in one wakeup (``woodpecker.aio``). An
     append cannot be cancelled once submitted: ``cancel()`` returns False.
     """
 
-    __slots__ = ("_callbacks", "_cond", "_error", "_listeners", "_mutex", "_state", "_value")
+    __slots__ = ("_at", "_batch", "_callbacks", "_count", "_listeners", "_raised")
 
-    def __init__(self, mutex: Any, cond: threading.Condition) -> None:  # no lock per future
-        self._mutex = mutex  # ``with`` takes it, never the Condition (see ProducerLink)
-        self._cond = cond
-        self._state = _PENDING
-        self._error = False
-        self._value: Any = None
+    def __init__(self, batch: PendingBatch, at: int, count: int) -> None:  # no lock per future
+        self._batch = batch
+        self._at = at  # the first entry's position in the batch
+        self._count = count  # entries of a write_batch; -1 for one entry (a LogMessageId)
+        self._raised: BaseException | None = None
         self._callbacks: list[Callable[[AppendFuture[T]], None]] | None = None
         self._listeners: list[Any] | None = None
 
     def done(self) -> bool:
-        return self._state != _PENDING
+        return self._batch.done
 
     def cancel(self) -> bool:
         return False
@@ -100,37 +139,62 @@ class AppendFuture(concurrent.futures.Future[T]):
         return False
 
     def running(self) -> bool:
-        return self._state == _PENDING
+        return not self._batch.done
+
+    @property
+    def _state(self) -> str:  # what concurrent.futures.wait reads
+        return _FINISHED if self._batch.done else _PENDING
 
     @property
     def _condition(self) -> threading.Condition:  # what concurrent.futures.wait locks
-        return self._cond
+        return self._batch.link.lock
 
     @property
     def _waiters(self) -> list[Any]:  # concurrent.futures.wait registers its waiters here
         if self._listeners is None:
+            self._watch()
             self._listeners = []
         return self._listeners
 
+    def _watch(self) -> None:
+        """Have the batch tell this future when it resolves (lock held)."""
+        if self._callbacks is None and self._listeners is None:
+            batch = self._batch
+            if batch.watchers is None:
+                batch.watchers = []
+            batch.watchers.append(self)
+
     def __await__(self) -> Generator[Any, None, T]:
         """``await future`` in a coroutine: the ack thread wakes the loop once per batch."""
-        if self._state == _PENDING:
+        if not self._batch.done:
             yield from relay_for_running_loop().watch(self).__await__()
         return self.result()
 
     def result(self, timeout: float | None = None) -> T:
-        """The LogMessageId (or list of them); raises the append's error, or TimeoutError."""
-        if self._state == _PENDING:
+        """The LogMessageId (or LogMessageIds); raises the append's error, or TimeoutError."""
+        batch = self._batch
+        if not batch.done:
+            link = batch.link
             deadline = None if timeout is None else time.monotonic() + timeout
-            with self._mutex:
-                while self._state == _PENDING:
+            with link.mutex:
+                while not batch.done:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise TimeoutError(f"append not acknowledged within {timeout}s")
-                    self._cond.wait(left)
-        if self._error:
-            raise self._value
-        return self._value
+                    link.lock.wait(left)
+        if batch.error is not None:
+            raise self._own_error(batch.error)
+        entry = batch.first + self._at
+        if self._count < 0:
+            return LogMessageId(batch.segment_id, entry)  # type: ignore[return-value]
+        return LogMessageIds(batch.segment_id, range(entry, entry + self._count))  # type: ignore[return-value]
+
+    def _own_error(self, error: WoodpeckerError) -> BaseException:
+        """This append's instance of its batch's error (a caller may add to its traceback)."""
+        with self._batch.link.mutex:
+            if self._raised is None:
+                self._raised = type(error)(str(error))
+            return self._raised
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
@@ -143,60 +207,54 @@ class AppendFuture(concurrent.futures.Future[T]):
 
     def add_done_callback(self, fn: Callable[[AppendFuture[T]], None]) -> None:
         """Call ``fn(self)`` when resolved (at once if it already is)."""
-        with self._mutex:
-            if self._state == _PENDING:
+        with self._batch.link.mutex:
+            if not self._batch.done:
+                self._watch()
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(fn)
                 return
         fn(self)
 
-    def _resolve(self, error: bool, value: Any) -> None:
-        with self._mutex:
-            if self._state != _PENDING:
-                return
-            self._value = value
-            self._error = error
-            self._state = _FINISHED
-            callbacks, self._callbacks = self._callbacks, None
-            for waiter in self._listeners or ():
-                waiter.add_exception(self) if error else waiter.add_result(self)
-        for fn in callbacks or ():
-            fn(self)
+    def set_result(self, result: Any) -> None:
+        raise RuntimeError("an append's outcome is set by its producer link only")
 
-    def set_result(self, value: T) -> None:
-        self._resolve(False, value)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._resolve(True, error)
-
-
-@dataclass
-class Append:
-    """One write / write_batch call: its payloads and the future that gets its id(s)."""
-
-    payloads: list[Any]
-    future: AppendFuture[Any]
-    many: bool
-    size: int
+    set_exception = set_result
 
 
 @dataclass
 class WriterQueue:
-    """A writer's appends not yet sealed into a batch, and its failure state."""
+    """A writer's appends not yet sealed (in batches of at most the cap), and its failure state."""
 
     log_id: int
-    pending: list[Append] = field(default_factory=list)
+    pending: list[PendingBatch] = field(default_factory=list)
     pending_bytes: int = 0
     oldest: float = 0.0
     failed: WoodpeckerError | None = None
 
 
-@dataclass
-class InflightBatch:
-    queue: WriterQueue
-    appends: list[Append]
-    offset: int
+def _settle(batch: PendingBatch, error: WoodpeckerError | None) -> list[Callable[[], None]]:
+    """Resolve every append of ``batch`` (lock held); returns the callbacks to run."""
+    if batch.done:
+        return []
+    batch.error = error
+    batch.done = True
+    batch.payloads = None
+    calls: list[Callable[[], None]] = []
+    for future in batch.watchers or ():
+        for waiter in future._listeners or ():
+            waiter.add_exception(future) if error else waiter.add_result(future)
+        for fn in future._callbacks or ():
+            calls.append(functools.partial(_call_back, fn, future))
+        future._callbacks = None
+    return calls
+
+
+def _call_back(fn: Callable[[AppendFuture[Any]], None], future: AppendFuture[Any]) -> None:
+    try:
+        fn(future)
+    except Exception:  # as concurrent.futures does: a caller's bug must not stop the acks
+        LOGGER.exception("exception calling callback for %r", future)
 
 
 def _connect(path: str) -> socket.socket:
@@ -285,13 +343,15 @@ class ProducerLink:
         # lock held for good; ``self.lock`` is only for wait / notify
         self.mutex = threading.RLock()
         self.lock = threading.Condition(self.mutex)
-        self.inflight: dict[int, InflightBatch] = {}
+        self.inflight: dict[int, PendingBatch] = {}
         self.queues: list[WriterQueue] = []
         self.replies: dict[int, Future] = {}
         self._seq = itertools.count(1)
         self._req = itertools.count(1)
         self._send_lock = threading.Lock()
         self.broken: WoodpeckerError | None = None
+        self._cap = config.writer.max_batch_bytes
+        self._max_inflight = config.writer.max_inflight_batches
         try:
             self.sock, welcome = self._attach()
         except BaseException:
@@ -310,12 +370,9 @@ class ProducerLink:
         self.mutex = threading.RLock()  # a parent thread may have held the old one
         self.lock = threading.Condition(self.mutex)
         self._send_lock = threading.Lock()
-        appends = [a for b in self.inflight.values() for a in b.appends]
-        appends += [a for q in self.queues for a in q.pending]
-        for a in appends:  # the child runs one thread now: no lock needed
-            a.future._mutex, a.future._cond = self.mutex, self.lock
-            future = a.future
-            future._state, future._error, future._value = _FINISHED, True, type(error)(str(error))
+        batches = [*self.inflight.values(), *(b for q in self.queues for b in q.pending)]
+        for batch in batches:  # the child runs one thread now: no lock, no callbacks
+            batch.error, batch.done, batch.payloads = type(error)(str(error)), True, None
         self.inflight.clear()
         for queue in self.queues:
             queue.pending.clear()
@@ -425,36 +482,47 @@ class ProducerLink:
     def submit(
         self, queue: WriterQueue, payloads: list[Any], size: int, many: bool
     ) -> AppendFuture[Any]:
-        """Queue an append; seal a batch now if the pipeline has room or the cap is reached."""
-        future: AppendFuture[Any] = AppendFuture(self.mutex, self.lock)
+        """Queue an append in the writer's open batch; seal a batch now if the pipeline has
+        room or the cap is reached."""
+        with self.mutex:
+            if self.would_block(queue, size):
+                self._wait_for_room(queue, size)
+            if self.broken is not None or queue.failed is not None:
+                self._check_queue(queue)
+            pending = queue.pending
+            batch = pending[-1] if pending else None
+            if batch is None or batch.size + size > self._cap:
+                if batch is None:
+                    queue.oldest = time.monotonic()
+                    queue.pending_bytes = 0  # repairs a count an interrupt left behind
+                at = 0
+                batch = PendingBatch(self, queue, payloads[:], size)
+                pending.append(batch)
+            else:
+                # an interrupt between these statements only skews the batching policy
+                at = len(batch.payloads)  # type: ignore[arg-type]
+                batch.payloads += payloads  # type: ignore[operator]
+                batch.size += size
+            queue.pending_bytes += size
+            if len(self.inflight) < self._max_inflight or queue.pending_bytes >= self._cap:
+                self._seal(queue)
+        return AppendFuture(batch, at, len(payloads) if many else -1)
+
+    def _wait_for_room(self, queue: WriterQueue, size: int) -> None:
+        """Backpressure (lock held): wait until ``size`` more unsealed bytes fit."""
         timeout = self.config.writer.append_timeout
         deadline = time.monotonic() + timeout
-        cap = self.config.writer.max_batch_bytes
-        with self.mutex:
-            while self.would_block(queue, size):
-                self._check_queue(queue)
-                self._seal_ready()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise errors.BackpressureTimeout(
-                        f"the shared-memory arena stayed full for {timeout}s "
-                        f"(writer.arena_size={self.arena.size}); the backend is slower than "
-                        "the producers"
-                    )
-                self.lock.wait(min(left, 0.05))
+        while self.would_block(queue, size):
             self._check_queue(queue)
-            if not queue.pending:
-                queue.oldest = time.monotonic()
-                queue.pending_bytes = 0  # repairs a count an interrupt left behind
-            # an interrupt between these two statements only skews the batching policy
-            queue.pending.append(Append(payloads, future, many, size))
-            queue.pending_bytes += size
-            if (
-                len(self.inflight) < self.config.writer.max_inflight_batches
-                or queue.pending_bytes >= cap
-            ):
-                self._seal(queue)
-        return future
+            self._seal_ready()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.BackpressureTimeout(
+                    f"the shared-memory arena stayed full for {timeout}s "
+                    f"(writer.arena_size={self.arena.size}); the backend is slower than "
+                    "the producers"
+                )
+            self.lock.wait(min(left, 0.05))
 
     def _check_queue(self, queue: WriterQueue) -> None:
         self._check()
@@ -462,33 +530,26 @@ class ProducerLink:
             raise type(queue.failed)(str(queue.failed))
 
     def _seal(self, queue: WriterQueue) -> bool:
-        """Encode pending appends into the arena and send the descriptor (lock held).
+        """Encode the oldest pending batch into the arena and send its descriptor (lock held).
 
         Interrupt-safe (``KeyboardInterrupt`` may land between any two statements
-        of the main thread): until the appends move from ``pending`` to
-        ``inflight``, an exception undoes the arena allocation and leaves them
+        of the main thread): until the batch moves from ``pending`` to
+        ``inflight``, an exception undoes the arena allocation and leaves it
         pending; the move is one statement; an exception while the frame is
         being sent breaks the link, since whether the logstore got it is unknown,
         and every append of the link then fails with a clear error.
         """
-        cap = self.config.writer.max_batch_bytes
-        take: list[Append] = []
-        total = 0
-        for append in queue.pending:
-            if take and total + append.size > cap:
-                break
-            take.append(append)
-            total += append.size
-        if not take:
+        if not queue.pending:
             return False
-        payloads = take[0].payloads if len(take) == 1 else [p for a in take for p in a.payloads]
+        batch = queue.pending[0]
+        payloads = batch.payloads
+        assert payloads is not None  # a pending batch is not encoded yet
         size = batch_message_size(payloads)
-        n = len(take)
         if size > self.arena.size:
-            del queue.pending[:n]
-            queue.pending_bytes -= total
-            self._fail_appends(
-                take,
+            del queue.pending[0]
+            queue.pending_bytes -= batch.size
+            self._fail(
+                batch,
                 errors.EntryTooLargeError(
                     f"a batch of {size} bytes does not fit the arena (writer.arena_size="
                     f"{self.arena.size})"
@@ -506,7 +567,7 @@ class ProducerLink:
             finally:
                 view.release()
             seq = next(self._seq)
-            batch = InflightBatch(queue, take, offset)
+            batch.offset = offset
             frame = wire.BATCH_FMT.pack(
                 wire.BATCH, queue.log_id, seq, offset, written, len(payloads)
             )
@@ -516,17 +577,18 @@ class ProducerLink:
         queue.oldest = time.monotonic()
         try:
             # the move: one statement, with no call between its stores
-            queue.pending[:n], queue.pending_bytes, self.inflight[seq] = (
+            queue.pending[:1], queue.pending_bytes, self.inflight[seq] = (
                 [],
-                queue.pending_bytes - total,
+                queue.pending_bytes - batch.size,
                 batch,
             )
+            batch.payloads = None  # in the arena now: the futures need not keep them alive
             with self._send_lock:
                 send_msg(self.sock, frame)
         except OSError as e:
             self._break_locked(LogstoreUnavailableError(f"lost the logstore connection: {e}"))
         except BaseException:
-            if seq not in self.inflight:  # not moved yet: the appends stay pending
+            if seq not in self.inflight:  # not moved yet: the batch stays pending
                 self.alloc.undo(allocations)
             else:
                 self._break_locked(
@@ -541,11 +603,11 @@ class ProducerLink:
     def _seal_ready(self) -> None:
         """Seal what the policy allows now (lock held): room in the pipeline, cap, linger."""
         linger = self.config.writer.linger_ms / 1000.0
-        cap = self.config.writer.max_batch_bytes
+        cap = self._cap
         now = time.monotonic()
         for queue in self.queues:
             while queue.pending and (
-                len(self.inflight) < self.config.writer.max_inflight_batches
+                len(self.inflight) < self._max_inflight
                 or queue.pending_bytes >= cap
                 or now - queue.oldest >= linger
             ):
@@ -601,6 +663,7 @@ class ProducerLink:
                 )
                 return
             done: list[Callable[[], None]] = []
+            # one lock round trip per pass: every batch acked in it is resolved inside
             with self.mutex:
                 for frame, _ in frames:
                     self._on_frame(frame, done)
@@ -608,13 +671,10 @@ class ProducerLink:
                 if frames:
                     self.lock.notify_all()
             with ack_pass():
-                for resolve in done:
-                    resolve()
+                for call in done:
+                    call()
             if done:
                 ack_pass_ended()
-            if frames:
-                with self.mutex:
-                    self.lock.notify_all()
 
     def _on_frame(self, frame: bytes, done: list[Callable[[], None]]) -> None:
         kind = frame[0]
@@ -624,7 +684,8 @@ class ProducerLink:
             if batch is None:
                 return
             self.alloc.free(batch.offset)
-            done.append(lambda: _resolve(batch.appends, segment_id, first))
+            batch.segment_id, batch.first = segment_id, first
+            done += _settle(batch, None)  # callbacks run after the lock is released
         elif kind == wire.NACK:
             seq, error = wire.decode_nack(frame)
             batch = self._inflight_batch(seq)
@@ -634,14 +695,14 @@ class ProducerLink:
             if isinstance(error, errors.WriterFencedError):
                 batch.queue.failed = error
                 self._fail_queue(batch.queue, error)
-            self._fail_appends(batch.appends, error)
+            self._fail(batch, error)
         elif kind == wire.REPLY:
             _, body = wire.decode(frame)
             future = self.replies.pop(body["req"], None)
             if future is not None:
                 done.append(lambda: future.set_result(body))
 
-    def _inflight_batch(self, seq: int) -> InflightBatch | None:
+    def _inflight_batch(self, seq: int) -> PendingBatch | None:
         """The batch an ack or nack is for; a reply for an unknown batch breaks the link
         (with a clear error for every waiter) instead of killing the ack thread."""
         batch = self.inflight.pop(seq, None)
@@ -655,15 +716,16 @@ class ProducerLink:
         return batch
 
     def _fail_queue(self, queue: WriterQueue, error: WoodpeckerError) -> None:
-        self._fail_appends(queue.pending, error)
+        for batch in queue.pending:
+            self._fail(batch, error)
         queue.pending.clear()
         queue.pending_bytes = 0
 
     @staticmethod
-    def _fail_appends(appends: list[Append], error: WoodpeckerError) -> None:
-        for a in appends:
-            if not a.future.done():
-                a.future.set_exception(type(error)(str(error)))
+    def _fail(batch: PendingBatch, error: WoodpeckerError) -> None:
+        """Fail every append of ``batch`` (lock held); its callbacks run now."""
+        for call in _settle(batch, error):
+            call()
 
     def _break(self, error: WoodpeckerError) -> None:
         with self.mutex:
@@ -676,7 +738,7 @@ class ProducerLink:
         self.broken = error
         sent = outcome_unknown(error)  # the logstore may still commit what it was sent
         for batch in self.inflight.values():
-            self._fail_appends(batch.appends, sent)
+            self._fail(batch, sent)
         self.inflight.clear()
         for queue in self.queues:
             self._fail_queue(queue, error)
@@ -705,16 +767,3 @@ class ProducerLink:
         self._thread.join(5)
         self.sock.close()
         self.arena.close()
-
-
-def _resolve(appends: list[Append], segment_id: int, first: int) -> None:
-    entry = first
-    for a in appends:
-        n = len(a.payloads)
-        if a.many:
-            # tuple.__new__ through map builds the ids at C speed (no Python __new__ per id)
-            pairs = zip(itertools.repeat(segment_id), range(entry, entry + n))
-            a.future.set_result(list(map(tuple.__new__, itertools.repeat(LogMessageId), pairs)))
-        else:
-            a.future.set_result(LogMessageId(segment_id, entry))
-        entry += n

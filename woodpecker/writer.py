@@ -9,7 +9,7 @@ durable in storage and committed in etcd under the session's fence.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from woodpecker.errors import (
@@ -78,8 +78,12 @@ class LogWriter:
 
     def write_async(self, payload: Buffer) -> AppendFuture[LogMessageId]:
         """Append one entry; the future resolves to its ``LogMessageId`` once durable."""
-        payload, size = self._payload(payload)
-        self._check_open()
+        if type(payload) is bytes and len(payload) <= self._max:  # the common case, inline
+            size = len(payload)
+        else:
+            payload, size = self._payload(payload)
+        if self._closed or self._link.broken is not None:
+            self._check_open()
         return self._link.submit(self._queue, [payload], size, many=False)
 
     def write(self, payload: Buffer, timeout: float | None = None) -> LogMessageId:
@@ -88,8 +92,11 @@ class LogWriter:
 
     def write_batch(
         self, payloads: Iterable[Buffer], timeout: float | None = None
-    ) -> list[LogMessageId]:
+    ) -> Sequence[LogMessageId]:
         """Append entries as consecutive ids; returns once all of them are durable.
+
+        The ids come back as a read-only sequence that builds each ``LogMessageId``
+        only when it is read (it compares equal to the list of the same ids).
 
         The batch is one Arrow batch message, uploaded in one block and committed
         by one etcd transaction: its ids are consecutive in one segment (a segment
@@ -128,7 +135,9 @@ class LogWriter:
 
     # ---- package seams: woodpecker.aio drives a writer from an event loop with these ----
 
-    def submit_batch(self, payloads: Iterable[Buffer]) -> AppendFuture[list[LogMessageId]] | None:
+    def submit_batch(
+        self, payloads: Iterable[Buffer]
+    ) -> AppendFuture[Sequence[LogMessageId]] | None:
         """Check every payload, then queue them as one batch without waiting (None if empty)."""
         items = list(payloads)
         if set(map(type, items)) <= {bytes}:  # the common case, checked at C speed

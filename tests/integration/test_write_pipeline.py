@@ -6,17 +6,23 @@ import array
 import contextlib
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
+import types
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from chaos.faultproxy import FaultProxy
 
 import woodpecker as wp
+from woodpecker import producer
 from woodpecker.config import S3_LINGER_MS, Config
+from woodpecker.message import LogMessageIds
 from woodpecker.meta import SegmentState
 
 
@@ -531,3 +537,96 @@ def test_payload_any_c_contiguous_buffer(make_config):
         assert got[:3] == [payloads[0].tobytes(), matrix.tobytes(), payloads[2].tobytes()]
         assert got[3] == b"first"
         assert got[4:] == [payloads[3].tobytes(), matrix.tobytes()]
+
+
+def test_write_batch_ids_are_one_range_until_read(make_config):
+    """A write_batch's ids come back as (segment, range): exact, in order, built when read."""
+    with wp.Client(make_config("local")) as client:
+        log = client.open_log("lazy-ids", create=True)
+        with log.open_writer() as w:
+            before = w.write(b"before")
+            ids = w.write_batch([b"entry %d" % i for i in range(1000)])
+            after = w.write(b"after")
+        assert isinstance(ids, LogMessageIds)
+        assert ids.segment_id == before.segment_id
+        assert ids.entry_ids == range(before.entry_id + 1, before.entry_id + 1001)
+        assert (after.segment_id, after.entry_id) > (ids[-1].segment_id, ids[-1].entry_id)
+        read = read_all(log, 1002)
+        assert [m.id for m in read[1:-1]] == ids
+        assert [m.payload for m in read[1:-1]] == [b"entry %d" % i for i in range(1000)]
+
+
+class CountingRLock:
+    """An RLock that counts its acquisitions per thread name (Condition-compatible)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.by_thread: Counter[str] = Counter()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self.by_thread[threading.current_thread().name] += 1
+        return got
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+        self.by_thread[threading.current_thread().name] += 1
+
+
+def test_ack_thread_resolves_each_pass_of_batches_in_one_lock_round_trip(make_config, monkeypatch):
+    """Thousands of write_async appends sealed in a few batches: the ack thread takes the
+    link's lock once per pass (however many appends the pass resolves), and every future
+    still gets its exact id, in order."""
+    lock = CountingRLock()
+    monkeypatch.setattr(producer, "threading", types.SimpleNamespace(**{
+        **vars(threading), "RLock": lambda: lock
+    }))  # fmt: skip
+    passes: Counter[str] = Counter()
+
+    def counted_select(*args: Any) -> Any:
+        passes[threading.current_thread().name] += 1
+        return select.select(*args)
+
+    monkeypatch.setattr(producer, "select", types.SimpleNamespace(select=counted_select))
+    sealed = []
+    encode = producer.write_batch_message
+    monkeypatch.setattr(
+        producer, "write_batch_message", lambda p, into: sealed.append(len(p)) or encode(p, into)
+    )
+    config = make_config("local", writer_max_inflight_batches=1)
+    with wp.Client(config) as client:
+        log = client.open_log("one-lock-per-batch", create=True)
+        with log.open_writer() as w:
+            first = w.write(b"warm-up")
+            acks = "woodpecker-acks"
+            locks_before, passes_before, sealed_before = (
+                lock.by_thread[acks],
+                passes[acks],
+                len(sealed),
+            )
+            futures = [w.write_async(b"x" * 100) for _ in range(3000)]
+            w.flush()
+            locks = lock.by_thread[acks] - locks_before
+            ack_passes = passes[acks] - passes_before
+            batches = len(sealed) - sealed_before
+        ids = [f.result() for f in futures]
+    assert sum(sealed[sealed_before:]) == 3000 and batches < 300, sealed
+    assert ids == [wp.LogMessageId(first.segment_id, first.entry_id + 1 + i) for i in range(3000)]
+    assert locks <= ack_passes, (
+        f"{locks} lock round trips in {ack_passes} passes ({batches} batches)"
+    )

@@ -1,5 +1,6 @@
 """A small typed program over the public API; the packaging test type-checks it with mypy."""
 
+from collections.abc import Sequence
 from typing import assert_type
 
 import woodpecker as wp
@@ -9,7 +10,7 @@ def append_and_read(client: wp.Client, payloads: list[bytes]) -> list[bytes]:
     log: wp.LogHandle = client.open_log("typed-example", create=True)
     with log.open_writer() as writer:
         first: wp.LogMessageId = writer.write(payloads[0])
-        rest: list[wp.LogMessageId] = writer.write_batch(payloads[1:])
+        rest: Sequence[wp.LogMessageId] = writer.write_batch(payloads[1:])
         assert first < rest[0] if rest else True
         # the future is typed by what it resolves to (Any would not pass assert_type)
         assert_type(writer.write_async(payloads[0]).result(), wp.LogMessageId)
@@ -30,7 +31,7 @@ async def append_async(payloads: list[bytes]) -> list[wp.LogMessageId]:
         log: wp.AsyncLogHandle = await client.open_log("typed-example", create=True)
         async with log.open_writer() as writer:
             first: wp.LogMessageId = await writer.write(payloads[0])
-            rest: list[wp.LogMessageId] = await writer.write_batch(payloads[1:])
+            rest: Sequence[wp.LogMessageId] = await writer.write_batch(payloads[1:])
             pending: wp.AppendFuture[wp.LogMessageId] = writer.write_async(payloads[0])
             last: wp.LogMessageId = await pending
         async with log.open_reader(wp.EARLIEST) as reader:
