@@ -121,6 +121,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
             t["target"],
             _f(t["value"], 2),
             ", ".join(_f(v, 1) for v in t["rounds"]) or "-",
+            t.get("floor", "-"),
             t["status"],
             t["by"],
         ]
@@ -129,7 +130,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
     md = [
         "## Write-pipeline targets",
         "",
-        *_table(["target", "median", "per round", "status", "by"], rows),
+        *_table(["target", "median", "per round", "same-run floor", "status", "by"], rows),
     ]
     rounds = [r for r in results.get("target_rounds", []) if "error" not in r]
     rows = []
@@ -165,6 +166,19 @@ def _targets(results: dict[str, Any]) -> list[str]:
         ),
     ]
     return md
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """Every judged target on one line each: met or missed, the value, the same-run floor."""
+    judged = [
+        *results.get("targets", []),
+        *(v for s in ("read", "cost") for c in results.get(s, []) for v in c.get("verdicts", [])),
+    ]
+    return [
+        f"{v['status'].upper():>12}  {v['target']}: {_f(v['value'], 2)} ({v['by'] or '-'}; "
+        f"{v.get('floor', '-')})"
+        for v in judged
+    ]
 
 
 def _goals(results: dict[str, Any]) -> list[str]:

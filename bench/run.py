@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"].append({"step": "plots", "error": f"{type(e).__name__}: {e}"})
         report.write_json(results, out / "report.json")
         (out / "report.md").write_text(report.render(results))
+        for line in report.verdict_lines(results):
+            print(line)
         print(f"report: {out / 'report.md'}")
     return 1 if results["errors"] else 0
 
