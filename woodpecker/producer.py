@@ -119,15 +119,17 @@ class AppendFuture(concurrent.futures.Future[T]):
     append cannot be cancelled once submitted: ``cancel()`` returns False.
     """
 
-    __slots__ = ("_at", "_batch", "_callbacks", "_count", "_listeners", "_raised")
+    __slots__ = ("_at", "_batch", "_count")
+    # set on the few futures that need them (in the instance dict Future's lack of
+    # __slots__ gives every instance), read from these class defaults by all the others
+    _raised: BaseException | None = None
+    _callbacks: list[Callable[[AppendFuture[Any]], None]] | None = None
+    _listeners: list[Any] | None = None
 
     def __init__(self, batch: PendingBatch, at: int, count: int) -> None:  # no lock per future
         self._batch = batch
         self._at = at  # the first entry's position in the batch
         self._count = count  # entries of a write_batch; -1 for one entry (a LogMessageId)
-        self._raised: BaseException | None = None
-        self._callbacks: list[Callable[[AppendFuture[T]], None]] | None = None
-        self._listeners: list[Any] | None = None
 
     def done(self) -> bool:
         return self._batch.done
@@ -352,6 +354,7 @@ class ProducerLink:
         self.broken: WoodpeckerError | None = None
         self._cap = config.writer.max_batch_bytes
         self._max_inflight = config.writer.max_inflight_batches
+        self._unsealed_bound = self.arena.size // 2
         try:
             self.sock, welcome = self._attach()
         except BaseException:
@@ -485,8 +488,8 @@ class ProducerLink:
         """Queue an append in the writer's open batch; seal a batch now if the pipeline has
         room or the cap is reached."""
         with self.mutex:
-            if self.would_block(queue, size):
-                self._wait_for_room(queue, size)
+            if queue.pending_bytes and queue.pending_bytes + size > self._unsealed_bound:
+                self._wait_for_room(queue, size)  # as would_block, inline: once per append
             if self.broken is not None or queue.failed is not None:
                 self._check_queue(queue)
             pending = queue.pending
@@ -634,7 +637,7 @@ class ProducerLink:
     def would_block(self, queue: WriterQueue, size: int) -> bool:
         """Whether ``size`` more bytes of ``queue`` would wait for room (backpressure):
         unsealed bytes are bounded by half the arena, as sealed ones are by the arena."""
-        return bool(queue.pending_bytes) and queue.pending_bytes + size > self.arena.size // 2
+        return bool(queue.pending_bytes) and queue.pending_bytes + size > self._unsealed_bound
 
     def settled(self, queue: WriterQueue) -> bool:
         """Nothing of ``queue`` is unsealed or awaiting its ack."""

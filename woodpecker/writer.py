@@ -84,7 +84,7 @@ class LogWriter:
             payload, size = self._payload(payload)
         if self._closed or self._link.broken is not None:
             self._check_open()
-        return self._link.submit(self._queue, [payload], size, many=False)
+        return self._link.submit(self._queue, [payload], size, False)
 
     def write(self, payload: Buffer, timeout: float | None = None) -> LogMessageId:
         """Append one entry and wait until it is durable and committed."""
