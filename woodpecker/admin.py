@@ -98,6 +98,7 @@ def show_log(client: Client, name: str) -> dict[str, Any]:
     return {
         "name": log.name,
         "log_id": log.log_id,
+        "buffer_mode": meta.get_log(log.name).buffer_mode,
         "segments": len(segments),
         "entries": sum(s.lac + 1 for s in segments),
         "bytes": sum(s.size for s in segments),

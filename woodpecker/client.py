@@ -21,6 +21,7 @@ from woodpecker.config import Config
 from woodpecker.deployment import verify_deployment
 from woodpecker.errors import (
     ClientClosedError,
+    ConfigError,
     ForkedClientError,
     LogExistsError,
     LogNotFoundError,
@@ -65,11 +66,22 @@ class Client:
             raise type(error)(str(error))
 
     def create_log(self, name: str) -> LogHandle:
-        """Create a log; ``LogExistsError`` if the name is taken."""
+        """Create a log in ``buffer.mode``; ``LogExistsError`` if the name is taken."""
         validate_log_name(name)
+        mode = self._buffer_mode()
         self.deployment_id()
-        record = self.meta_store().create_log(name)
+        record = self.meta_store().create_log(name, mode)
         return LogHandle(self, record.name, record.log_id)
+
+    def _buffer_mode(self) -> str:
+        """The mode new logs are created in, recorded in their metadata for good."""
+        mode = self.config.buffer.mode
+        if mode == "quorum":
+            raise ConfigError(
+                "buffer.mode: quorum is not available yet: the quorum nodes (woodpecker node) "
+                "exist, the logstore's writing to them does not (docs/quorum.md); use memory"
+            )
+        return mode
 
     def open_log(self, name: str, *, create: bool = False) -> LogHandle:
         """Open a log; ``LogNotFoundError`` unless it exists or ``create=True``."""
@@ -81,7 +93,7 @@ class Client:
                 record = meta.get_log(name)
             except LogNotFoundError:
                 try:
-                    record = meta.create_log(name)
+                    record = meta.create_log(name, self._buffer_mode())
                 except LogExistsError:
                     record = meta.get_log(name)
         else:

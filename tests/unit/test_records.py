@@ -187,3 +187,10 @@ def test_segment_index_is_dense_and_turns_into_block_records() -> None:
             SegmentIndex.from_bytes(data, "/k")
     with pytest.raises(ValueError, match="64 bits"):
         dataclasses.replace(index, chunks=[[0, 0, 3, 300, 200, 400, 2**64]])
+
+
+def test_a_log_record_written_before_buffer_modes_is_a_memory_log() -> None:
+    old = b'{"log_id": 3, "name": "a", "created_ms": 0, "uid": "u"}'
+    assert LogRecord.from_bytes(old, "/p/logs/a").buffer_mode == "memory"
+    new = LogRecord(log_id=3, name="a", created_ms=0, uid="u", buffer_mode="quorum")
+    assert LogRecord.from_bytes(new.to_bytes(), "/p/logs/a").buffer_mode == "quorum"

@@ -115,12 +115,15 @@ class LogRecord(Record):
 
     ``uid`` is random per create call: a create retried after a lost reply
     finds its own record by it (racers for the same name compute the same id).
+    ``buffer_mode`` is chosen when the log is created and never changes; records
+    written before it existed are MemoryBuffer logs.
     """
 
     log_id: int = at_least(1)
     name: str = field()
     created_ms: int = at_least(0)
     uid: str = field()
+    buffer_mode: str = "memory"
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,8 +99,8 @@ class MetaStore:
 
     # ---- logs ------------------------------------------------------------------------
 
-    def create_log(self, name: str) -> LogRecord:
-        """Create a log with a fresh id; LogExistsError if the name is taken.
+    def create_log(self, name: str, buffer_mode: str = "memory") -> LogRecord:
+        """Create a log with a fresh id, in ``buffer_mode``; LogExistsError if the name is taken.
 
         One transaction checks the name is free and advances the id counter by
         compare-and-swap, so concurrent creators get distinct ids and exactly one
@@ -116,7 +116,9 @@ class MetaStore:
             else:
                 last = decode_counter(counter[0], k.log_idgen)
                 guard = ops.mod(k.log_idgen) == counter[1].mod_revision
-            record = LogRecord(log_id=last + 1, name=name, created_ms=now_ms(), uid=uid)
+            record = LogRecord(
+                log_id=last + 1, name=name, created_ms=now_ms(), uid=uid, buffer_mode=buffer_mode
+            )
             ok, replies = self.etcd.txn(
                 "create_log",
                 compare=[ops.create(k.log(name)) == 0, guard],
