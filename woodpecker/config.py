@@ -30,6 +30,7 @@ _MiB = 1024 * 1024
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
 UNIX_SCHEME = "unix://"  # an endpoint ``unix:///path`` is a Unix socket (the embedded etcd's)
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{0,128}")
 _SIZE_UNITS = {None: 1, "b": 1, "k": _KiB, "kb": _KiB, "kib": _KiB}
 _SIZE_UNITS |= {"m": _MiB, "mb": _MiB, "mib": _MiB, "g": 1024 * _MiB, "gb": 1024 * _MiB}
 _SIZE_UNITS["gib"] = 1024 * _MiB
@@ -572,6 +573,11 @@ class Config:
                 "sent to"
             )
         node_address(self.node.listen)
+        if not _NODE_ID_RE.fullmatch(self.node.id):
+            raise ConfigError(
+                f"node.id: invalid value {self.node.id!r}; letters, digits, '.', '_' and '-' "
+                "only (it names keys in etcd and objects in storage)"
+            )
 
     @property
     def node_listen(self) -> tuple[str, int]:

@@ -6,8 +6,8 @@ every request it had read, after one sync (in ``disk`` durability, one fdatasync
 for all of them: a group commit). A frame that does not parse, or one over
 ``node.max_request_bytes``, drops that connection only. The node registers in etcd
 (``woodpecker.meta.nodes``) once it listens, and on SIGTERM or SIGINT it stops accepting,
-says it is draining, finishes the requests it is answering, deregisters and exits. The
-protocol: docs/quorum.md.
+says it is draining, finishes the requests it is answering, flushes what it holds at or
+below the LAC (``workers.node_flush``), deregisters and exits. The protocol: docs/quorum.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.meta.nodes import NodeRecord, NodeRegistration
 from woodpecker.meta.records import now_ms
 from woodpecker.quorum import wire
-from woodpecker.storage import open_store
+from woodpecker.storage import ObjectStore, open_store
+from workers.node_flush import Flusher
 from workers.node_state import NodeState
 
 log = logging.getLogger("woodpecker.node")
@@ -53,9 +54,12 @@ SUMMARY_INTERVAL = 1.0
 class Node:
     """The daemon: one state, one listening socket, one registration."""
 
-    def __init__(self, config: Config, meta: MetaStore, state: NodeState, node_id: str) -> None:
+    def __init__(
+        self, config: Config, meta: MetaStore, store: ObjectStore, state: NodeState, node_id: str
+    ) -> None:
         self.config = config
         self.meta = meta
+        self.store = store
         self.state = state
         self.node_id = node_id
         self.deployment = Deployment.of(config)
@@ -105,20 +109,38 @@ class Node:
             self.config.quorum.durability,
             self.address,
         )
-        summary = asyncio.create_task(self._summarize())
+        registration = self.registration
+        flusher = Flusher(
+            self.config,
+            self.node_id,
+            self.state,
+            self.meta,
+            self.store,
+            lambda: registration.lease_id,
+        )
+        background = [
+            asyncio.create_task(self._summarize()),
+            asyncio.create_task(flusher.run()),
+        ]
         await stop.wait()
         log.info("node %s: draining", self.node_id)
         self.draining = True
         server.close()
-        summary.cancel()
-        self.registration.update(self.record())
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        registration.update(self.record())
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.registration.write_now)
+            await asyncio.to_thread(registration.write_now)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
-        await asyncio.to_thread(self.registration.close)
+        try:  # what is at or below the LAC goes to object storage before the node leaves
+            await asyncio.wait_for(flusher.flush(force=True), self.config.retry.deadline)
+        except Exception as e:
+            log.warning("node %s: drain could not flush everything: %s", self.node_id, e)
+        await asyncio.to_thread(registration.close)
         log.info("node %s: deregistered, exiting", self.node_id)
 
     async def _summarize(self) -> None:
@@ -229,22 +251,22 @@ def serve(config: Config) -> int:
         endpoints = embedded.acquire()
     meta = MetaStore(config, endpoints=endpoints)
     state: NodeState | None = None
+    store = None
     try:
         store = open_store(config)
-        try:
-            verify_deployment(config, meta, store)  # before anything is written
-        finally:
-            store.close()
+        verify_deployment(config, meta, store)  # before anything is written
         if config.quorum.durability == "disk":
             data_dir = Path(config.node.data_dir or Path(config.storage.root) / f"node-{node_id}")
             state = NodeState.on_disk(data_dir, config.node.max_buffer_bytes)
         else:
             state = NodeState.in_memory(config.node.max_buffer_bytes)
-        asyncio.run(Node(config, meta, state, node_id).run())
+        asyncio.run(Node(config, meta, store, state, node_id).run())
         return 0
     finally:
         if state is not None:
             state.close()
+        if store is not None:
+            store.close()
         meta.close()
         if embedded is not None:
             embedded.release()

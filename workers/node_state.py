@@ -52,10 +52,13 @@ class Replica:
     batches: list[Batch] = field(default_factory=list)
     lac: int = -1
     size: int = 0
+    dropped_through: int = -1  # entries up to here were flushed and forgotten
 
     @property
     def last(self) -> int:
-        return self.batches[-1].first + self.batches[-1].count - 1 if self.batches else -1
+        if not self.batches:
+            return self.dropped_through
+        return self.batches[-1].first + self.batches[-1].count - 1
 
 
 class SegmentSummary(NamedTuple):
@@ -188,6 +191,8 @@ class NodeState:
         replica = self.replicas.get(key)
         if replica is None:
             return self._reply(request, Status.UNKNOWN, key)
+        if start <= replica.dropped_through:
+            return self._reply(request, Status.FLUSHED, key)
         recovering = request.epoch == self.fences.get(request.log_id, 0) != 0
         limit = replica.last if recovering else replica.lac
         found: list[Batch] = []
@@ -209,6 +214,54 @@ class NodeState:
             return self._reply(request, Status.UNKNOWN, key)
         replica.lac = max(replica.lac, min(lac, replica.last))
         return self._reply(request, Status.OK, key)
+
+    def flushable(self, key: tuple[int, int], start: int, max_bytes: int) -> list[Batch]:
+        """Whole batches from entry ``start`` on, all at or below the LAC: the next flush.
+
+        At most ``max_bytes`` (and at least one batch); empty when the node does not hold
+        entry ``start`` at the start of a batch or nothing there is below the LAC yet.
+        """
+        replica = self.replicas.get(key)
+        if replica is None:
+            return []
+        found: list[Batch] = []
+        size = 0
+        for batch in replica.batches:
+            end = batch.first + batch.count - 1
+            if end < start:
+                continue
+            if (not found and batch.first != start) or end > replica.lac:
+                break
+            if found and size + len(batch.data) > max_bytes:
+                break
+            found.append(batch)
+            size += len(batch.data)
+        return found
+
+    def flushable_bytes(self, key: tuple[int, int]) -> int:
+        """Bytes of the batches held that lie wholly at or below the LAC."""
+        replica = self.replicas.get(key)
+        if replica is None:
+            return 0
+        return sum(len(b.data) for b in replica.batches if b.first + b.count - 1 <= replica.lac)
+
+    def drop_through(self, key: tuple[int, int], entry: int) -> int:
+        """Forget the batches ending at or below ``entry`` (flushed and committed); bytes freed.
+
+        The segment stays known (its last entry and LAC still answer fences and reads).
+        """
+        replica = self.replicas.get(key)
+        if replica is None:
+            return 0
+        kept = [b for b in replica.batches if b.first + b.count - 1 > entry]
+        if len(kept) == len(replica.batches):
+            return 0
+        freed = sum(len(b.data) for b in replica.batches) - sum(len(b.data) for b in kept)
+        replica.dropped_through = max(replica.dropped_through, min(entry, replica.last))
+        replica.batches = kept
+        replica.size -= freed
+        self.buffered_bytes -= freed
+        return freed
 
     def sync(self) -> None:
         """Make everything handled so far durable (disk durability; nothing to do in memory)."""

@@ -544,6 +544,7 @@ def _string_keys() -> list[str]:
                 ("buffer", "mode"),
                 ("quorum", "durability"),
                 ("node", "listen"),  # host:port, checked
+                ("node", "id"),  # a name for keys and objects, checked
             )
             if isinstance(v, str) and not choice:
                 out.append(f"{s}_{k}")
@@ -880,3 +881,9 @@ def test_node_listen_must_be_host_and_port(listen: str) -> None:
     with pytest.raises(ConfigError, match=r"^node.listen: invalid value"):
         Config(env={}, node_listen=listen)
     assert Config(env={}, node_listen="[::1]:7870").node_listen == ("::1", 7870)
+
+
+def test_node_id_names_keys_and_objects_so_it_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^node.id: invalid value 'a/b'"):
+        Config(env={}, node_id="a/b")
+    assert Config(env={}, node_id="host-1.rack_2").node.id == "host-1.rack_2"

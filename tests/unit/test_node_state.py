@@ -204,3 +204,31 @@ def test_one_sync_makes_every_request_handled_since_durable(
     assert len(synced) == 2
     monkeypatch.undo()
     node.close()
+
+
+def test_the_next_flush_is_whole_batches_from_the_cursor_up_to_the_lac() -> None:
+    node = NodeState.in_memory(MiB)
+    append(node, 0, 2)
+    append(node, 2, 2)
+    append(node, 4, 2, lac=4)  # entry 5 is not acked yet: its batch waits
+    key = (LOG, SEG)
+    assert [b.first for b in node.flushable(key, 0, MiB)] == [0, 2]
+    assert [b.first for b in node.flushable(key, 2, MiB)] == [2]
+    assert node.flushable(key, 1, MiB) == []  # not the start of a batch: not a flush
+    assert [b.first for b in node.flushable(key, 0, 1)] == [0]  # at least one batch
+    assert node.flushable_bytes(key) == len(batch(0, 2)) + len(batch(2, 2))
+
+
+def test_a_committed_flush_is_forgotten_and_read_from_storage_instead() -> None:
+    node = NodeState.in_memory(MiB)
+    append(node, 0, 2)
+    append(node, 2, 2, lac=3)
+    key = (LOG, SEG)
+    assert node.drop_through(key, 1) == len(batch(0, 2))
+    assert node.buffered_bytes == len(batch(2, 2))
+    reply = node.handle(Request(READ, 5, LOG, SEG, 1), memoryview(READ_BODY.pack(1, MiB)))
+    assert reply.status == Status.FLUSHED
+    assert read(node, 2) == entries(2, 3)
+    node.drop_through(key, 3)
+    assert (fence(node, 2).status, fence(node, 2).last) == (Status.OK, 3)  # still known
+    assert append(node, 4, 1, epoch=2).status == Status.OK  # and it continues

@@ -79,6 +79,14 @@ class Keys:
         """A live reader's registration (lease-bound): where it is, so GC keeps that data."""
         return f"{self.readers_prefix(log_id)}{reader_id}"
 
+    def flush_cursor(self, log_id: int, segment_id: int) -> str:
+        """How far a quorum segment is flushed to object storage (docs/quorum.md)."""
+        return f"{self.root}/flush/{log_id}/{_id(segment_id)}"
+
+    def flusher(self, log_id: int, segment_id: int) -> str:
+        """Which node flushes a quorum segment: a claim bound to that node's lease."""
+        return f"{self.root}/flusher/{log_id}/{_id(segment_id)}"
+
     @property
     def nodes_prefix(self) -> str:
         return f"{self.root}/nodes/"
@@ -106,6 +114,8 @@ class Keys:
             self.blocks_prefix(log_id),
             self.indexes_prefix(log_id),
             self.readers_prefix(log_id),
+            f"{self.root}/flush/{log_id}/",
+            f"{self.root}/flusher/{log_id}/",
         ]
 
     def log_scoped_keys(self, log_id: int) -> list[str]:

@@ -101,6 +101,11 @@ class NodeRegistration:
             return None
         return NodeRecord.from_bytes(value, self.key)
 
+    @property
+    def lease_id(self) -> int:
+        """The lease the record lives on (a flush claim is put on it too)."""
+        return self._lease_id
+
     def update(self, record: NodeRecord) -> None:
         """The node's current record (state, buffered bytes, segments): written lazily."""
         self._record = record

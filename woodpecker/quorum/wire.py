@@ -61,8 +61,9 @@ class Status:
     GAP = 3  # the append does not continue what the node holds
     BUSY = 4  # the node holds node.max_buffer_bytes already
     REJECTED = 5  # the batch is not what its header says (checksum, structure, count)
+    FLUSHED = 6  # the entries read were flushed and dropped: read them from object storage
 
-    NAMES = {0: "OK", 1: "FENCED", 2: "UNKNOWN", 3: "GAP", 4: "BUSY", 5: "REJECTED"}
+    NAMES = {0: "OK", 1: "FENCED", 2: "UNKNOWN", 3: "GAP", 4: "BUSY", 5: "REJECTED", 6: "FLUSHED"}
 
 
 class Request(NamedTuple):
