@@ -39,8 +39,13 @@ from woodpecker.quorum.wire import (
 
 # a journal record: length of the body, xxh3_64 of the body, the body
 RECORD_HEAD = struct.Struct("<IQ")
-# a stored batch: first entry id, entry count, xxh3_64 of the batch (then its bytes)
-BATCH_RECORD = struct.Struct("<qIQ")
+# a segment file's records: a stored batch (kind, first entry id, entry count, xxh3_64 of
+# the batch, then its bytes), or where the flushed and forgotten entries end (kind, entry)
+BATCH_RECORD = struct.Struct("<BqIQ")
+DROPPED_RECORD = struct.Struct("<Bq")
+BATCH, DROPPED = 1, 2
+COMPACT_SLACK = 64 * 1024
+"""A segment file is rewritten once it holds this much plus twice what is still kept."""
 # a raised fence: log id, epoch
 FENCE_RECORD = struct.Struct("<QQ")
 
@@ -261,6 +266,8 @@ class NodeState:
         replica.batches = kept
         replica.size -= freed
         self.buffered_bytes -= freed
+        if self.journal is not None:
+            self.journal.forgotten(key, replica)
         return freed
 
     def sync(self) -> None:
@@ -287,6 +294,9 @@ class Journal:
     ``<dir>/segments/<log_id>-<segment_id>.wal`` per segment; each ``.wal`` is a run of
     records (length, xxh3, body), fdatasync'd by ``sync`` before the request is answered.
     A record cut by a crash was never answered: replay stops at it and truncates it off.
+    The files stay bounded: a segment file is rewritten with only what is still kept once
+    forgotten (flushed) batches make up most of it, and the fence file is rewritten with
+    one record per log at every start.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -302,8 +312,12 @@ class Journal:
             _fsync_dir(data_dir)
         self.incarnation = int(path.read_text())
         self._fds: dict[tuple[int, int], int] = {}
+        self._bytes: dict[tuple[int, int], int] = {}  # size of each segment file
         self._fence_fd = -1
         self._unsynced: set[int] = set()
+
+    def _segment_path(self, key: tuple[int, int]) -> Path:
+        return self.dir / "segments" / f"{key[0]}-{key[1]}.wal"
 
     def _open(self, path: Path) -> int:
         created = not path.exists()
@@ -312,13 +326,15 @@ class Journal:
             _fsync_dir(path.parent)
         return fd
 
-    def _write(self, fd: int, body: bytes | memoryview, *more: bytes | memoryview) -> None:
+    def _write(self, fd: int, body: bytes | memoryview, *more: bytes | memoryview) -> int:
+        """Append one record (not synced yet); its size in the file."""
         size = len(body) + sum(len(m) for m in more)
         hasher = xxhash.xxh3_64(body)
         for m in more:
             hasher.update(m)
         os.writev(fd, [RECORD_HEAD.pack(size, hasher.intdigest()), body, *more])
         self._unsynced.add(fd)
+        return RECORD_HEAD.size + size
 
     def sync(self) -> None:
         """One fdatasync per file written since the last sync."""
@@ -328,33 +344,64 @@ class Journal:
     def store(self, key: tuple[int, int], batch: Batch, checksum: int) -> None:
         fd = self._fds.get(key)
         if fd is None:
-            fd = self._fds[key] = self._open(self.dir / "segments" / f"{key[0]}-{key[1]}.wal")
-        self._write(fd, BATCH_RECORD.pack(batch.first, batch.count, checksum), batch.data)
+            fd = self._fds[key] = self._open(self._segment_path(key))
+        head = BATCH_RECORD.pack(BATCH, batch.first, batch.count, checksum)
+        self._bytes[key] = self._bytes.get(key, 0) + self._write(fd, head, batch.data)
 
     def fence(self, log_id: int, epoch: int) -> None:
         if self._fence_fd < 0:
             self._fence_fd = self._open(self.dir / "fences.wal")
         self._write(self._fence_fd, FENCE_RECORD.pack(log_id, epoch))
 
+    def forgotten(self, key: tuple[int, int], replica: Replica) -> None:
+        """Batches of ``key`` were flushed and forgotten: rewrite its file once they dominate."""
+        if self._bytes.get(key, 0) <= 2 * replica.size + COMPACT_SLACK:
+            return
+        records = [(DROPPED_RECORD.pack(DROPPED, replica.dropped_through),)]
+        records += [
+            (
+                BATCH_RECORD.pack(BATCH, b.first, b.count, xxhash.xxh3_64_intdigest(b.data)),
+                b.data,
+            )
+            for b in replica.batches
+        ]
+        path = self._segment_path(key)
+        self._bytes[key] = self._replace(path, records)
+        old = self._fds.pop(key, None)
+        if old is not None:
+            self._unsynced.discard(old)  # what it had unsynced is in the new file, synced
+            os.close(old)
+
+    def _replace(self, path: Path, records: list[tuple[bytes | memoryview, ...]]) -> int:
+        """Write ``path`` anew with ``records``, durably, in one rename; its size."""
+        temp = path.with_suffix(".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            size = sum(self._write(fd, *record) for record in records)
+            self._unsynced.discard(fd)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        _fsync_dir(path.parent)
+        return size
+
     def replay(self) -> tuple[dict[int, int], dict[tuple[int, int], Replica]]:
         """The fences and segments the files hold, torn tails cut off."""
         fences: dict[int, int] = {}
-        for body in _records(self.dir / "fences.wal"):
+        records = _records(self.dir / "fences.wal")
+        for body in records:
             log_id, epoch = FENCE_RECORD.unpack(body)
             fences[log_id] = max(fences.get(log_id, 0), epoch)
+        if len(records) > len(fences):
+            kept = [(FENCE_RECORD.pack(log_id, epoch),) for log_id, epoch in fences.items()]
+            self._replace(self.dir / "fences.wal", kept)
         replicas: dict[tuple[int, int], Replica] = {}
         for path in sorted((self.dir / "segments").glob("*.wal")):
             log_id, _, segment_id = path.stem.partition("-")
-            replica = Replica()
-            for body in _records(path):
-                first, count, _ = BATCH_RECORD.unpack_from(body)
-                if first != replica.last + 1:
-                    raise CorruptedDataError(f"{path}: batch at entry {first} after {replica.last}")
-                data = body[BATCH_RECORD.size :]
-                replica.batches.append(Batch(first, count, data))
-                replica.size += len(data)
-            if replica.batches:
-                replicas[(int(log_id), int(segment_id))] = replica
+            key = (int(log_id), int(segment_id))
+            replicas[key] = _replay_segment(path)
+            self._bytes[key] = path.stat().st_size
         return fences, replicas
 
     def close(self) -> None:
@@ -364,6 +411,21 @@ class Journal:
                 os.close(fd)
         self._fds.clear()
         self._fence_fd = -1
+
+
+def _replay_segment(path: Path) -> Replica:
+    replica = Replica()
+    for body in _records(path):
+        if body[0] == DROPPED:
+            (_, replica.dropped_through) = DROPPED_RECORD.unpack(body)
+            continue
+        _, first, count, _ = BATCH_RECORD.unpack_from(body)
+        if first != replica.last + 1:
+            raise CorruptedDataError(f"{path}: batch at entry {first} after {replica.last}")
+        data = body[BATCH_RECORD.size :]
+        replica.batches.append(Batch(first, count, data))
+        replica.size += len(data)
+    return replica
 
 
 def _records(path: Path) -> list[memoryview]:

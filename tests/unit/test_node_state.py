@@ -232,3 +232,38 @@ def test_a_committed_flush_is_forgotten_and_read_from_storage_instead() -> None:
     node.drop_through(key, 3)
     assert (fence(node, 2).status, fence(node, 2).last) == (Status.OK, 3)  # still known
     assert append(node, 4, 1, epoch=2).status == Status.OK  # and it continues
+
+
+def test_a_disk_node_rewrites_a_segment_file_once_forgotten_batches_dominate_it(
+    tmp_path: Path,
+) -> None:
+    node = NodeState.on_disk(tmp_path, 64 * MiB)
+    big = [bytes(40 * 1024)]
+    for first in range(6):
+        append(node, first, 1, data=encode_batch_message(big), lac=first)
+    wal = tmp_path / "segments" / f"{LOG}-{SEG}.wal"
+    before = wal.stat().st_size
+    node.drop_through((LOG, SEG), 4)  # five of six flushed and forgotten
+    assert wal.stat().st_size < before / 3  # only the kept batch and where the rest ended
+    append(node, 6, 1, data=encode_batch_message(big))
+    node.close()
+
+    again = NodeState.on_disk(tmp_path, 64 * MiB)
+    assert [b.first for b in again.replicas[(LOG, SEG)].batches] == [5, 6]
+    reply = again.handle(Request(READ, 5, LOG, SEG, 1), memoryview(READ_BODY.pack(4, MiB)))
+    assert reply.status == Status.FLUSHED  # not resurrected as empty, nor as data
+    assert fence(again, 2).last == 6
+    again.close()
+
+
+def test_the_fence_file_keeps_one_record_per_log_across_restarts(tmp_path: Path) -> None:
+    node = NodeState.on_disk(tmp_path, MiB)
+    for epoch in range(1, 50):
+        fence(node, epoch)
+    node.close()
+    grown = (tmp_path / "fences.wal").stat().st_size
+    again = NodeState.on_disk(tmp_path, MiB)
+    assert (tmp_path / "fences.wal").stat().st_size < grown / 10
+    assert append(again, 0, 1, epoch=48).status == Status.FENCED
+    assert fence(again, 49).status == Status.UNKNOWN  # still the fence of epoch 49, kept
+    again.close()
