@@ -44,6 +44,9 @@ HANDSHAKE_TIMEOUT = 10.0
 REPLY_BUFFER_BYTES = 8 * 1024 * 1024
 """Replies queued to one writer before the node waits for it to read them."""
 
+MAX_READ_WAIT = 30.0
+"""Longest long-poll of a READ, whatever it asks for."""
+
 FAIR_SHARE = 64
 """Requests one connection has answered in a row before the others get their turn."""
 
@@ -69,6 +72,7 @@ class Node:
         self.draining = False
         self._connections: set[asyncio.Task[None]] = set()
         self._unsent: list[tuple[asyncio.StreamWriter, list[bytes | memoryview]]] = []
+        self._readers_waiting: dict[tuple[int, int], list[tuple[int, asyncio.Future[None]]]] = {}
 
     @property
     def address(self) -> str:
@@ -213,11 +217,43 @@ class Node:
                 await asyncio.sleep(0)  # frames already buffered never make the loop yield
             data = await wire.read_frame(reader, limit)
             request, body = wire.decode_request(data)
+            key = (request.log_id, request.segment_id)
+            if request.kind == wire.READ:
+                start, _, wait_ms = wire.READ_BODY.unpack(body)
+                if wait_ms and self.state.would_wait(key, start):
+                    await self._wait_for_lac(key, start, min(wait_ms / 1000, MAX_READ_WAIT))
             if not self._unsent:
                 loop.call_soon(self._send_replies)
             self._unsent.append((writer, wire.encode_reply(self.state.handle(request, body))))
+            if request.kind in (wire.APPEND, wire.LAC):
+                self._wake_readers(key)
             if writer.transport.get_write_buffer_size() > REPLY_BUFFER_BYTES:
                 await writer.drain()
+
+    async def _wait_for_lac(self, key: tuple[int, int], start: int, timeout: float) -> None:
+        """A long-poll READ: return once the segment's LAC reaches ``start``, or at ``timeout``.
+
+        The connection's later requests wait behind it (replies keep their order): a
+        reader polls on a connection of its own.
+        """
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._readers_waiting.setdefault(key, [])
+        waiters.append((start, woken))
+        try:
+            await asyncio.wait_for(woken, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters.remove((start, woken))
+            if not waiters:
+                del self._readers_waiting[key]
+
+    def _wake_readers(self, key: tuple[int, int]) -> None:
+        """The LAC of ``key`` may have moved: wake every READ now answerable (a push)."""
+        lac = self.state.acked_through(key)
+        for start, woken in self._readers_waiting.get(key, ()):
+            if start <= lac and not woken.done():
+                woken.set_result(None)
 
     def _send_replies(self) -> None:
         """Group commit: one sync for every request handled since the last, then the replies.

@@ -118,7 +118,7 @@ class NodeState:
         if request.kind == FENCE:
             return self.fence(request, key)
         if request.kind == READ:
-            start, budget = READ_BODY.unpack(body)
+            start, budget, _ = READ_BODY.unpack(body)
             return self.read(request, key, start, budget)
         if request.kind == LAC:
             (lac,) = LAC_BODY.unpack(body)
@@ -209,6 +209,16 @@ class NodeState:
                 found.append(batch)
                 size += len(batch.data)
         return self._reply(request, Status.OK, key, tuple(found))
+
+    def would_wait(self, key: tuple[int, int], start: int) -> bool:
+        """Whether a read of ``start`` finds nothing yet: a known segment, not acked that far."""
+        replica = self.replicas.get(key)
+        return replica is not None and replica.dropped_through < start and replica.lac < start
+
+    def acked_through(self, key: tuple[int, int]) -> int:
+        """The segment's LAC as this node knows it (-1: unknown segment or nothing acked)."""
+        replica = self.replicas.get(key)
+        return -1 if replica is None else replica.lac
 
     def raise_lac(self, request: Request, key: tuple[int, int], lac: int) -> Reply:
         """The writer's LAC (never lowered, never above what is held); -1 only asks."""

@@ -96,7 +96,7 @@ class Connection:
         return wire.decode_reply(self.recv())
 
     def read(self, seg: int, epoch: int, start: int) -> list[bytes]:
-        reply = self.call(wire.READ, seg, epoch, wire.READ_BODY.pack(start, 1 << 20))
+        reply = self.call(wire.READ, seg, epoch, wire.READ_BODY.pack(start, 1 << 20, 0))
         assert reply.status == Status.OK
         return [p for b in reply.batches for p in iter_payloads(decode_messages(b.data))]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import signal
 import socket
@@ -19,11 +20,11 @@ from chaos.nodes import START_TIMEOUT, Connection, NodeProcess, held, start_ense
 from tests.conftest import ConfigFactory
 from woodpecker.deployment import Deployment
 from woodpecker.errors import QuorumUnavailableError
-from woodpecker.format import encode_batch_message
+from woodpecker.format import decode_messages, encode_batch_message, iter_payloads
 from woodpecker.quorum import wire
 from woodpecker.quorum.client import EnsembleMember, QuorumSegment, SegmentReplicator
 from woodpecker.quorum.recovery import Recovered, recover_segment
-from woodpecker.quorum.wire import Status
+from woodpecker.quorum.wire import Reply, Status
 
 
 def test_a_node_registers_with_its_lease_and_sigterm_deregisters_it(
@@ -100,6 +101,37 @@ def test_a_node_killed_after_answering_keeps_its_answers_or_refuses_the_segment(
     else:  # nothing survived, and the node says so rather than answering "empty"
         assert (reply.status, reply.last) == (Status.UNKNOWN, -1)
         assert restarted.incarnation != record.incarnation
+
+
+def test_a_waiting_read_is_answered_when_the_lac_moves_not_at_its_timeout(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    node = start_node()
+    node.wait_registered()
+    writer = Connection(node.port, node.config)
+    assert writer.append(0, 1, 0, [b"a", b"b"], lac=-1).status == Status.OK
+    reader = Connection(node.port, node.config)
+
+    def long_poll(wait_ms: int) -> tuple[Reply, float]:
+        started = time.monotonic()
+        reply = reader.call(wire.READ, 0, 1, wire.READ_BODY.pack(0, 1 << 20, wait_ms))
+        return reply, time.monotonic() - started
+
+    # control: nothing is acked, so the read waits its whole (short) wait and finds nothing
+    reply, waited = long_poll(300)
+    assert (reply.status, reply.batches, waited >= 0.3) == (Status.OK, (), True)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(long_poll, 20_000)
+        time.sleep(0.3)
+        assert not polling.done()
+        assert writer.call(wire.LAC, 0, 1, wire.LAC_BODY.pack(1)).status == Status.OK
+        reply, waited = polling.result(timeout=10)
+    assert reply.status == Status.OK and waited < 10  # pushed by the LAC, not timed out
+    assert [p for b in reply.batches for p in iter_payloads(decode_messages(b.data))] == [
+        b"a",
+        b"b",
+    ]
 
 
 def test_a_malformed_or_oversized_request_drops_only_its_connection(

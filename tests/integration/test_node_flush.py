@@ -64,7 +64,7 @@ def test_nodes_flush_acked_ranges_once_and_forget_them(
     claimant = flusher_of(meta)
     by_id = {f"f{i}": (node, conn) for i, (node, conn) in enumerate(zip(nodes, conns, strict=True))}
     # the flusher forgot what it committed: readers of entry 0 go to object storage
-    assert by_id[claimant][1].call(wire.READ, 0, 1, wire.READ_BODY.pack(0, 1 << 20)).status == (
+    assert by_id[claimant][1].call(wire.READ, 0, 1, wire.READ_BODY.pack(0, 1 << 20, 0)).status == (
         Status.FLUSHED
     )
 

@@ -54,7 +54,7 @@ def fence(node: NodeState, epoch: int, seg: int = SEG) -> Reply:
 
 def read(node: NodeState, start: int, *, epoch: int = 1, budget: int = MiB) -> list[bytes]:
     reply = node.handle(
-        Request(READ, 3, LOG, SEG, epoch), memoryview(READ_BODY.pack(start, budget))
+        Request(READ, 3, LOG, SEG, epoch), memoryview(READ_BODY.pack(start, budget, 0))
     )
     assert reply.status == Status.OK
     return [p for b in reply.batches for p in iter_payloads(decode_messages(b.data))]
@@ -136,9 +136,9 @@ def test_an_unknown_segment_is_refused_never_answered_as_empty() -> None:
     reply = fence(node, 3)
     assert (reply.status, reply.last) == (Status.UNKNOWN, -1)
     assert lac(node, 0, epoch=3).status == Status.UNKNOWN
-    assert node.handle(Request(READ, 9, LOG, SEG, 3), memoryview(READ_BODY.pack(0, 1))).status == (
-        Status.UNKNOWN
-    )
+    assert node.handle(
+        Request(READ, 9, LOG, SEG, 3), memoryview(READ_BODY.pack(0, 1, 0))
+    ).status == (Status.UNKNOWN)
     # the fence of the unknown segment is kept: the stale writer cannot create it later
     assert append(node, 0, 1, epoch=2).status == Status.FENCED
 
@@ -226,7 +226,7 @@ def test_a_committed_flush_is_forgotten_and_read_from_storage_instead() -> None:
     key = (LOG, SEG)
     assert node.drop_through(key, 1) == len(batch(0, 2))
     assert node.buffered_bytes == len(batch(2, 2))
-    reply = node.handle(Request(READ, 5, LOG, SEG, 1), memoryview(READ_BODY.pack(1, MiB)))
+    reply = node.handle(Request(READ, 5, LOG, SEG, 1), memoryview(READ_BODY.pack(1, MiB, 0)))
     assert reply.status == Status.FLUSHED
     assert read(node, 2) == entries(2, 3)
     node.drop_through(key, 3)
@@ -250,7 +250,7 @@ def test_a_disk_node_rewrites_a_segment_file_once_forgotten_batches_dominate_it(
 
     again = NodeState.on_disk(tmp_path, 64 * MiB)
     assert [b.first for b in again.replicas[(LOG, SEG)].batches] == [5, 6]
-    reply = again.handle(Request(READ, 5, LOG, SEG, 1), memoryview(READ_BODY.pack(4, MiB)))
+    reply = again.handle(Request(READ, 5, LOG, SEG, 1), memoryview(READ_BODY.pack(4, MiB, 0)))
     assert reply.status == Status.FLUSHED  # not resurrected as empty, nor as data
     assert fence(again, 2).last == 6
     again.close()

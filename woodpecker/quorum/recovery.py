@@ -171,7 +171,7 @@ async def _read_run(
         reply = await source.call(
             lambda rid, at=position: wire.frame(
                 wire.request(wire.READ, rid, log_id, segment_id, epoch)
-                + wire.READ_BODY.pack(at, READ_BUDGET)
+                + wire.READ_BODY.pack(at, READ_BUDGET, 0)
             )
         )
         if reply.status != Status.OK or not reply.batches:

@@ -20,8 +20,10 @@ import orjson
 
 from woodpecker.deployment import Deployment
 
-VERSION = 1
-"""The protocol between a writer and a quorum node; another version is refused at HELLO."""
+VERSION = 2
+"""The protocol between a writer and a quorum node; another version is refused at HELLO.
+
+Version 2 added the long-poll wait of READ."""
 
 LENGTH = struct.Struct("<I")
 
@@ -32,7 +34,7 @@ REFUSED = 3  # node -> writer {error, message}, then the node closes the connect
 # requests (REQUEST_HEAD, then the body of their type)
 APPEND = 10  # APPEND_BODY + the batch message
 FENCE = 11  # nothing more
-READ = 12  # READ_BODY
+READ = 12  # READ_BODY (a long-poll: answered once the LAC reaches the entry, or at the wait)
 LAC = 13  # LAC_BODY
 REQUESTS = frozenset({APPEND, FENCE, READ, LAC})
 # node -> writer
@@ -42,8 +44,8 @@ REPLY = 20  # REPLY_HEAD, then (READ) BATCH_HEAD + batch message, repeated
 REQUEST_HEAD = struct.Struct("<BQQQQ")
 # first entry id, entry count, the writer's LAC, xxh3_64 of the batch message
 APPEND_BODY = struct.Struct("<qIqQ")
-# first entry id wanted, byte budget of the reply
-READ_BODY = struct.Struct("<qI")
+# first entry id wanted, byte budget of the reply, milliseconds to wait for it to be acked
+READ_BODY = struct.Struct("<qII")
 # the writer's LAC (-1: only asking)
 LAC_BODY = struct.Struct("<q")
 # type, request id, status, node incarnation, last entry held, LAC known, fence epoch
