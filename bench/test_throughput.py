@@ -93,7 +93,9 @@ def pipeline(backend: str, parent: Path, ceiling_space: Scratch) -> Iterator[Pip
     sealed segments, runs during these rounds) and a Client attached to it, in a private
     storage root, etcd prefix and S3 prefix."""
     with (
-        scratch(backend, parent) as space,
+        # the pipeline's mechanics, not the S3 default's cost policy (its linger would make
+        # each synchronous write wait for it): suite_cost measures the policy
+        scratch(backend, parent, uploader_linger_ms=0.0) as space,
         Logstore(space.config),
         Client(space.config) as client,
     ):

@@ -106,7 +106,7 @@ class _Planned:
 class _Loaded:
     """A verified block being served; ``payloads`` shares memory with the fetched bytes."""
 
-    __slots__ = ("_list", "_starts", "first", "last", "payloads", "segment_id")
+    __slots__ = ("_ids", "_list", "_starts", "first", "last", "payloads", "segment_id")
 
     def __init__(self, item: _Planned, payloads: pa.ChunkedArray) -> None:
         self.segment_id = item.record.segment_id
@@ -119,6 +119,7 @@ class _Loaded:
             at += len(chunk)
         self._starts = starts  # first entry id of each IPC message (chunk)
         self._list: list[bytes] | None = None
+        self._ids: tuple[pa.Array, pa.Array] | None = None  # segment_id, entry_id columns
 
     def holds(self, pos: LogMessageId) -> bool:
         return pos.segment_id == self.segment_id and self.first <= pos.entry_id <= self.last
@@ -145,12 +146,16 @@ class _Loaded:
         chunk = self.payloads.chunk(index)
         offset = entry_id - self._starts[index]
         n = min(limit, len(chunk) - offset, self.last - entry_id + 1)
+        if self._ids is None:  # once per block: the id columns of every slice are views of it
+            count = self.last - self.first + 1
+            self._ids = (
+                pa.repeat(pa.scalar(self.segment_id, pa.int64()), count),
+                pc.cumulative_sum(pa.repeat(_ONE, count), start=self.first - 1),
+            )
+        at = entry_id - self.first
+        segment_ids, entry_ids = self._ids
         return pa.RecordBatch.from_arrays(
-            [
-                pa.repeat(pa.scalar(self.segment_id, pa.int64()), n),
-                pc.cumulative_sum(pa.repeat(_ONE, n), start=entry_id - 1),
-                chunk.slice(offset, n),
-            ],
+            [segment_ids.slice(at, n), entry_ids.slice(at, n), chunk.slice(offset, n)],
             schema=READ_SCHEMA,
         )
 
