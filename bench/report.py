@@ -185,7 +185,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
     """The read and cost targets, each beside the same-run floor it was derived from."""
     judged = [
         v
-        for section in ("read", "cost")
+        for section in ("read", "cost", "sync")
         for cell in results.get(section, [])
         for v in cell.get("verdicts", [])
     ]
@@ -197,7 +197,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
         for v in judged
     ]
     return [
-        "## Read, S3 checksum and cost targets",
+        "## Sync write, read, S3 checksum and cost targets",
         "",
         *_table(["target", "value", "goal", "same-run floor", "status", "by"], rows),
     ]

@@ -35,6 +35,7 @@ import suite_checksum  # noqa: E402
 import suite_cost  # noqa: E402
 import suite_nats  # noqa: E402
 import suite_read  # noqa: E402
+import suite_sync  # noqa: E402
 import suite_targets  # noqa: E402
 import suite_write  # noqa: E402
 from etcd_usage import EtcdGrowth  # noqa: E402
@@ -47,6 +48,7 @@ PER_BACKEND = {"ceilings": suite_ceilings, "write": suite_write, "read": suite_r
 ONCE = {
     "targets": suite_targets,
     "checksum": suite_checksum,
+    "sync": suite_sync,
     "nats": suite_nats,
     "cost": suite_cost,
 }

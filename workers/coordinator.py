@@ -81,8 +81,9 @@ class Block:
     block_id: int
     first_entry: int
     batches: list[Batch]
-    key: str
+    key: str  # the object it is uploaded to (from the uploader's reply: maybe a shared file)
     job: int
+    offset: int = 0  # where the block starts in that object
     state: BlockState = BlockState.UPLOADING
     uploaded_at: float | None = None  # monotonic clock
     size: int = 0
@@ -396,12 +397,15 @@ class Coordinator:
         due = [s.open_since + linger for s in self.logs.values() if s.open_since is not None]
         return min((t for t in due if t > now), default=None)
 
-    def on_upload_done(self, job: int, size: int, checksum: int) -> None:
+    def on_upload_done(self, job: int, key: str, offset: int, size: int, checksum: int) -> None:
+        """The block is durable as ``size`` bytes at ``offset`` of object ``key`` (its own
+        key, or the uploader's append file of the segment)."""
         self.inflight -= 1
         entry = self.jobs.pop(job, None)
         if entry is not None:
             state, block = entry
             block.state, block.size, block.checksum = BlockState.UPLOADED, size, checksum
+            block.key, block.offset = key, offset
             block.uploaded_at = time.monotonic()
             self._pump(state)
         self.dispatch_waiting()
@@ -539,7 +543,7 @@ class Coordinator:
                 entry_count=b.entries,
                 size=b.size,
                 key=b.key,
-                offset=0,
+                offset=b.offset,
                 length=b.size,
                 checksum=b.checksum,
             )

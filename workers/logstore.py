@@ -209,7 +209,9 @@ class Logstore:
             metrics.add_object_requests(body.get("requests", {}))
             up.jobs.pop(job, None)
             if kind == protocol.DONE:
-                self.coordinator.on_upload_done(job, body["size"], body["checksum"])
+                self.coordinator.on_upload_done(
+                    job, body["key"], body["offset"], body["size"], body["checksum"]
+                )
             else:
                 self.coordinator.on_upload_failed(job, from_wire(body))
 

@@ -20,7 +20,7 @@ from woodpecker.config import Config
 from woodpecker.errors import ConfigError, WoodpeckerError
 from woodpecker.meta import SegmentState
 
-OBJECT_OPS = ("put", "get", "list", "delete")
+OBJECT_OPS = ("put", "append", "get", "list", "delete")
 
 appends = Counter("woodpecker_appends", "Entries acknowledged to producers (durable, committed).")
 append_bytes = Counter(

@@ -6,6 +6,10 @@ stream header, the batch messages (zero-copy views into the arenas) and the
 stream footer; the uploader checksums it, PUTs it (multipart with parts in
 parallel above ``uploader.multipart_threshold``) and reports size + checksum.
 Several jobs run at once on a thread pool; the store retries within its deadline.
+
+On the local backend a block goes instead at the end of this uploader's append file
+of its segment (``SegmentFiles``): one fdatasync, and the reply names the file and
+the block's offset in it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import signal
 import socket
 import sys
 import threading
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +35,7 @@ from woodpecker.config import Config
 from woodpecker.errors import StorageUnavailableError, WoodpeckerError, to_wire
 from woodpecker.format import STREAM_FOOTER, STREAM_HEADER, check_batch_message, checksum
 from woodpecker.storage import ObjectStore, open_store
+from woodpecker.storage.local import AppendFile, LocalObjectStore
 from workers import metrics, protocol
 
 Buffer = bytes | memoryview
@@ -76,6 +84,55 @@ def upload(
         raise
 
 
+MAX_OPEN_SEGMENT_FILES = 64
+
+
+class SegmentFiles:
+    """This uploader's append files on the local backend, one per segment directory.
+
+    A file left unused for a quarter of ``retention.orphan_grace`` is never appended to
+    again: the orphan sweep deletes a file that no committed block names once it is
+    older than the grace (by mtime, the last append), and it must never delete one that
+    may still take a block. Names are unique per file, so no two writers (uploaders,
+    logstores, fenced sessions) ever share one.
+    """
+
+    def __init__(self, store: LocalObjectStore, orphan_grace: float) -> None:
+        self._store = store
+        self._max_idle = orphan_grace / 4
+        self._files: OrderedDict[str, AppendFile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def append(self, block_key: str, data: Sequence[Buffer]) -> tuple[str, int]:
+        """Append a block named ``<log>/<segment>/<block>`` to its segment's file:
+        the file's key and the block's offset in it."""
+        segment = block_key.rsplit("/", 1)[0]
+        file = self._file(segment)
+        try:
+            return file.key, file.append(data)
+        except BaseException:
+            with self._lock:
+                if self._files.get(segment) is file:
+                    del self._files[segment]
+            file.close()
+            raise
+
+    def _file(self, segment: str) -> AppendFile:
+        with self._lock:
+            file = self._files.get(segment)
+            fresh = file is not None and time.monotonic() - file.last_append < self._max_idle
+            if file is not None and fresh and not file.broken:
+                self._files.move_to_end(segment)
+                return file
+            if file is not None:
+                file.close()
+            file = self._store.open_append(f"{segment}/blocks-{uuid.uuid4().hex[:16]}.arrows")
+            self._files[segment] = file
+            while len(self._files) > MAX_OPEN_SEGMENT_FILES:
+                self._files.popitem(last=False)[1].close()
+            return file
+
+
 class Uploader:
     """The state of one uploader process: its store, the arenas it mapped, its jobs."""
 
@@ -83,7 +140,13 @@ class Uploader:
         self.config = config
         self.sock = sock
         self.requests = metrics.RequestTally()
-        self.store = metrics.MeteredStore(open_store(config), self.requests.count)
+        store = open_store(config)
+        self.store = metrics.MeteredStore(store, self.requests.count)
+        self.segment_files = (
+            SegmentFiles(store, config.retention.orphan_grace)
+            if isinstance(store, LocalObjectStore)
+            else None
+        )
         self.arenas: dict[int, Arena] = {}
         self.send_lock = threading.Lock()
         self.jobs = ThreadPoolExecutor(config.uploader.max_inflight, "upload")
@@ -118,18 +181,25 @@ class Uploader:
                 check_batch_message(views[-1], count, f"{job['key']}: producer {p} batch")
             buffers = [STREAM_HEADER, *views, STREAM_FOOTER]
             digest = checksum(buffers)
-            upload(
-                self.store,
-                job["key"],
-                buffers,
-                multipart_threshold=self.config.uploader.multipart_threshold,
-                part_size=self.config.uploader.part_size,
-                pool=self.parts,
-            )
+            key, offset = job["key"], 0
+            if self.segment_files is not None:
+                self.requests.count("append")
+                key, offset = self.segment_files.append(key, buffers)
+            else:
+                upload(
+                    self.store,
+                    key,
+                    buffers,
+                    multipart_threshold=self.config.uploader.multipart_threshold,
+                    part_size=self.config.uploader.part_size,
+                    pool=self.parts,
+                )
             reply = wire.encode(
                 protocol.DONE,
                 {
                     "job": job["job"],
+                    "key": key,
+                    "offset": offset,
                     "checksum": digest,
                     "size": sum(len(b) for b in buffers),
                     "requests": self.requests.take(),

@@ -244,45 +244,59 @@ def test_kill9_loop(backend, make_config, fleet_factory, rng):
     loop.assert_clean()
 
 
-def catch_a_put_in_flight(config: Config, writer: wp.LogWriter, payload: bytes) -> list:
-    """Append until a local put is seen in flight (its temp file exists); the futures."""
-    futures = []
+def catch_a_block_in_flight(config: Config, writer: wp.LogWriter, payload: bytes) -> list:
+    """Append large entries until a block is being written (an append file grows while
+    appends are pending); the futures."""
+    data = Path(config.storage.root) / "data"
+    futures = [writer.write_async(payload) for _ in range(8)]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        futures.append(writer.write_async(payload))
-        for _ in range(200):
-            if temp_files(config):
-                return futures
-            time.sleep(0.001)
-    raise RuntimeError("no put was caught in flight within 20s")
+        if any(not f.done() for f in futures) and any(
+            p.stat().st_size > len(payload) for p in data.rglob("*.arrows")
+        ):
+            return futures
+        time.sleep(0.001)
+    raise RuntimeError("no block was caught in flight within 20s")
 
 
 @pytest.mark.parametrize("victim", ["uploader", "pool"])
-def test_temp_file_of_a_killed_put_is_removed(make_config, victim):
-    """Regression: a put killed half-way (its uploader, or the whole pool) leaves no temp file.
+def test_a_block_torn_by_a_kill_is_never_read(make_config, victim):
+    """A block half-written when its uploader (or the whole pool) is killed stays an
+    uncommitted tail of its append file: the redone job goes to a new file, every
+    acknowledged entry reads back whole, and no temp file is left behind.
 
-    The killed pool's uploaders can stay unreaped zombies for seconds; they once counted
-    as alive, so their temp files survived the next logstore's sweeps."""
+    Regression (temp files): the killed pool's uploaders can stay unreaped zombies for
+    seconds; they once counted as alive, so their temp files survived the next
+    logstore's sweeps."""
     config = make_config("local", logstore_idle_exit=1.0)
-    payload = os.urandom(4 << 20)  # a put long enough to be caught in the act
+    payload = os.urandom(4 << 20)  # a block long enough to be caught in the act
     with wp.Client(config) as client:
         log = client.create_log("killed-put")
         writer = log.open_writer()
         writer.write(b"warm-up")
         store = wait_logstore(config)
-        futures = catch_a_put_in_flight(config, writer, payload)
+        futures = catch_a_block_in_flight(config, writer, payload)
         if victim == "uploader":
             for pid in uploader_pids(store):
                 os.kill(pid, signal.SIGKILL)
-            for f in futures:
-                f.result(60)  # the restarted uploaders redo the jobs
+            acked = [f.result(60) for f in futures]  # the restarted uploaders redo the jobs
             writer.close()
         else:
             os.killpg(store, signal.SIGKILL)
+            acked = []
+            for f in futures:
+                with contextlib.suppress(wp.OutcomeUnknownError):
+                    acked.append(f.result(60))
             with contextlib.suppress(wp.LogstoreUnavailableError):
                 writer.close()
             with log.open_writer() as writer:  # a new logstore
-                writer.write(b"after", timeout=60)
+                acked.append(writer.write(payload, timeout=60))
+        read = {}
+        with log.open_reader(wp.EARLIEST) as reader:
+            while (message := reader.read_next(timeout=5)) is not None:
+                read[message.id] = message.payload
+        assert acked, "nothing was acknowledged"
+        assert all(read.get(i) == payload for i in acked), "an acknowledged entry is wrong"
     wait_until(lambda: logstore_pid(config) is None, SETTLE, "the logstore did not idle out")
     left = temp_files(config)
-    assert not left, f"killed puts left {sorted(p.name for p in left)}"
+    assert not left, f"killed writes left {sorted(p.name for p in left)}"

@@ -317,7 +317,7 @@ def test_another_local_user_is_refused_by_the_embedded_default():
         with wp.Client(config) as client:
             with client.create_log("private").open_writer() as writer:
                 writer.write_batch([b"application secret"] * 3, timeout=30)
-            data_file = next((root / "data").rglob("*.arrow"))
+            data_file = next((root / "data").rglob("*.arrow*"))
             etcd_pid = orjson.loads((root / "etcd" / "state.json").read_bytes())["pid"]
             endpoints = etcd_listeners(etcd_pid)
             assert endpoints, "etcd listens nowhere?"

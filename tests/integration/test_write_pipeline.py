@@ -213,6 +213,28 @@ def test_segments_roll_on_size(make_config, backend):
         assert [m.id for m in messages] == ids
 
 
+def test_local_blocks_go_to_one_append_file_per_segment(make_config, backend):
+    """On the local backend each block is appended (one fdatasync) to its uploader's file
+    of the segment, at the offset its record names; on S3 each block is an object."""
+    config = make_config(backend, uploader_processes=1)
+    with wp.Client(config) as client:
+        log = client.create_log("appended")
+        with log.open_writer() as w:
+            ids = [w.write(b"entry-%d" % i) for i in range(6)]
+        blocks = client.meta_store().list_blocks(log.log_id, ids[0].segment_id)
+        assert len(blocks) == 6  # one synchronous write, one block
+        keys = {b.key for b in blocks}
+        if backend == "local":
+            assert len(keys) == 1 and blocks[0].key.endswith(".arrows")
+            ends = [b.offset + b.length for b in blocks]
+            assert [b.offset for b in blocks] == [0, *ends[:-1]]
+            segment_dir = Path(config.storage.root) / "data" / str(log.log_id) / "0"
+            assert [p.name for p in segment_dir.iterdir()] == [blocks[0].key.rsplit("/", 1)[1]]
+        else:
+            assert len(keys) == 6 and all(b.offset == 0 for b in blocks)
+        assert [m.payload for m in read_all(log, 6)] == [b"entry-%d" % i for i in range(6)]
+
+
 def test_linger_gathers_small_appends_into_few_blocks(make_config, backend, unique):
     """uploader.linger_ms trades ack latency for fewer, larger objects (billed PUTs)."""
     entries = [f"small entry {i}".encode() for i in range(50)]

@@ -113,7 +113,7 @@ class Harness:
 
     def uploaded(self, *jobs: int) -> None:
         for job in jobs:
-            self.coord.on_upload_done(job, size=50, checksum=job)
+            self.coord.on_upload_done(job, key=f"block-{job}", offset=0, size=50, checksum=job)
 
     def run_until(self, done: Callable[[], bool]) -> None:
         """Apply finished metadata steps, as the loop does, until ``done()``."""

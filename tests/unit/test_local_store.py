@@ -467,3 +467,41 @@ def test_retry_respects_the_deadline() -> None:
         _retry(fn, policy)
     assert 0.3 <= time.monotonic() - start < 0.5
     assert 3 < len(calls) < 100
+
+
+# --------------------------------------------------------------------------- append files
+
+
+def test_an_append_file_takes_blocks_at_its_end_each_synced(tmp_path: Path, monkeypatch) -> None:
+    store = LocalObjectStore(str(tmp_path))
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(
+        local_module.os, "fdatasync", lambda fd: (synced.append(fd), real_fdatasync(fd))
+    )
+    f = store.open_append("1/0/blocks-a.arrows")
+    assert f.append([b"abc", memoryview(b"de")]) == 0
+    assert f.append(b"xyz") == 5
+    assert len(synced) == 2  # one sync per block, before append returns
+    assert store.get("1/0/blocks-a.arrows", 5, 3) == b"xyz"
+    assert store.get("1/0/blocks-a.arrows") == b"abcdexyz"
+    assert [i.key for i in store.list("1/")] == ["1/0/blocks-a.arrows"]
+    with pytest.raises(StorageUnavailableError, match="open_append"):
+        store.open_append("1/0/blocks-a.arrows")  # never two writers of one file
+    f.close()
+    with pytest.raises(StorageUnavailableError, match="closed"):
+        f.append(b"late")
+
+
+def test_a_failed_append_breaks_the_file(tmp_path: Path, monkeypatch) -> None:
+    store = LocalObjectStore(str(tmp_path))
+    f = store.open_append("1/0/blocks-b.arrows")
+    f.append(b"first")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local_module.os, "fdatasync", no_space)
+    with pytest.raises(StorageUnavailableError, match="No space left"):
+        f.append(b"second")
+    assert f.broken  # its end is unknown: it takes nothing more

@@ -1,17 +1,20 @@
-"""Uploader helpers: part splitting and the PUT / multipart choice, on the local store."""
+"""Uploader helpers: part splitting, the PUT / multipart choice and the local append files."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from woodpecker.storage import LocalObjectStore
-from workers.uploader import split_parts, upload
+from woodpecker.storage.local import AppendFile
+from workers.uploader import SegmentFiles, split_parts, upload
 
 
 @given(st.lists(st.binary(max_size=50), max_size=20), st.integers(min_value=1, max_value=40))
@@ -79,3 +82,40 @@ def test_upload_uses_parallel_parts_above_threshold(tmp_path: Path) -> None:
     assert store.calls == ["part", "part", "put"]
     assert store.get("a/big") == bytes(data[0]) + bytes(data[1])
     assert store.get("a/small") == data[0]
+
+
+def test_blocks_of_a_segment_share_one_append_file_per_uploader(tmp_path: Path) -> None:
+    store = LocalObjectStore(str(tmp_path))
+    files = SegmentFiles(store, orphan_grace=3600)
+    a = [files.append(f"1/0/{b}-e1.arrow", [b"block-%d" % b]) for b in range(3)]
+    other = files.append("1/1/0-e1.arrow", [b"other"])
+    assert {key for key, _ in a} == {a[0][0]} and a[0][0].startswith("1/0/blocks-")
+    assert [offset for _, offset in a] == [0, 7, 14]
+    assert other[0].startswith("1/1/") and other[1] == 0
+    assert store.get(a[2][0], a[2][1], 7) == b"block-2"
+
+
+def test_an_append_file_idle_for_a_quarter_of_the_orphan_grace_is_never_reused(
+    tmp_path: Path,
+) -> None:
+    """The orphan sweep may judge a file unreferenced once its last append is older than
+    the grace: appending to it then could put a block into a file about to be deleted."""
+    store = LocalObjectStore(str(tmp_path))
+    files = SegmentFiles(store, orphan_grace=0.4)
+    first, _ = files.append("1/0/0-e1.arrow", [b"x"])
+    again, _ = files.append("1/0/1-e1.arrow", [b"y"])
+    time.sleep(0.15)  # past 0.4 / 4
+    later, offset = files.append("1/0/2-e1.arrow", [b"z"])
+    assert again == first and later != first and offset == 0
+
+
+def test_a_failed_append_moves_the_segment_to_a_new_file(tmp_path: Path, monkeypatch) -> None:
+    store = LocalObjectStore(str(tmp_path))
+    files = SegmentFiles(store, orphan_grace=3600)
+    first, _ = files.append("1/0/0-e1.arrow", [b"x"])
+    monkeypatch.setattr(AppendFile, "append", lambda self, data: (_ for _ in ()).throw(OSError()))
+    with pytest.raises(OSError):
+        files.append("1/0/1-e1.arrow", [b"y"])
+    monkeypatch.undo()
+    later, offset = files.append("1/0/2-e1.arrow", [b"z"])
+    assert later != first and offset == 0

@@ -6,6 +6,12 @@ renamed (or hard-linked, for ``put_if_absent``) into place and the directory is
 fsynced, so a reader sees a whole object or none and a returned write survives
 power loss. Hidden names (``.wp-*``) are never listed and never valid keys.
 
+Small blocks take a cheaper path: an ``AppendFile`` created once (with one directory
+fsync) takes whole blocks at its end, each made durable by one ``fdatasync`` before
+``append`` returns. Its creator is its only writer, and readers read only the byte
+ranges of it that a committed block record names, so a torn or uncommitted tail is
+never read.
+
 Objects are created ``0600`` and directories ``0700`` (see
 ``woodpecker.private_files``), also under a shared root such as NFS: every
 process that writes or reads a deployment's data runs as its one owner.
@@ -20,6 +26,8 @@ import re
 import secrets
 import shutil
 import stat as stat_mod
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -116,6 +124,51 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
         offset += len(chunk)
         length -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class AppendFile:
+    """A file that takes whole blocks at its end, each durable before ``append`` returns.
+
+    One ``fdatasync`` per block, against a temp file, a rename and a directory fsync
+    for ``put``: the sync is the latency floor of a synchronous append. After a failed
+    write its end is unknown, so it is ``broken`` and takes nothing more.
+    """
+
+    def __init__(self, key: str, fd: int) -> None:
+        self.key = key
+        self._fd: int | None = fd
+        self._size = 0
+        self._lock = threading.Lock()
+        self.last_append = time.monotonic()
+
+    @property
+    def broken(self) -> bool:
+        return self._fd is None
+
+    def append(self, data: Data) -> int:
+        """Write ``data`` at the end and fdatasync; the offset it was written at."""
+        with self._lock, buffer_views(data) as views:
+            if self._fd is None:
+                raise StorageUnavailableError(f"local append to {self.key!r}: the file is closed")
+            try:
+                _write_views(self._fd, views)
+                os.fdatasync(self._fd)
+            except OSError as e:
+                self._close()
+                raise StorageUnavailableError(f"local append to {self.key!r} failed: {e}") from e
+            offset = self._size
+            self._size += sum(len(v) for v in views)
+            self.last_append = time.monotonic()
+            return offset
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class LocalObjectStore(ObjectStore):
@@ -243,6 +296,27 @@ class LocalObjectStore(ObjectStore):
     def supports_conditional_put(self) -> bool:
         """Always: ``link(2)`` never replaces an existing name."""
         return True
+
+    def open_append(self, key: str) -> AppendFile:
+        """Create ``key`` (it must not exist) as an ``AppendFile``; its name is durable."""
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        with self._os_errors("open_append", key, missing_is_not_found=False):
+            for attempt in range(1, _CREATE_ATTEMPTS + 1):
+                self._makedirs(directory)
+                try:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                    fd = os.open(path, flags, FILE_MODE)
+                    break
+                except FileNotFoundError:  # a concurrent delete_many pruned the directory
+                    if attempt == _CREATE_ATTEMPTS:
+                        raise
+            try:
+                _fsync_dir(directory)
+            except OSError:
+                os.close(fd)
+                raise
+        return AppendFile(key, fd)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read a byte range with ``pread``; a range past the end is cut at the end."""
