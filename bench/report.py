@@ -170,10 +170,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
 
 def verdict_lines(results: dict[str, Any]) -> list[str]:
     """Every judged target on one line each: met or missed, the value, the same-run floor."""
-    judged = [
-        *results.get("targets", []),
-        *(v for s in ("read", "cost") for c in results.get(s, []) for v in c.get("verdicts", [])),
-    ]
+    judged = [*results.get("targets", []), *_suite_verdicts(results)]
     return [
         f"{v['status'].upper():>12}  {v['target']}: {_f(v['value'], 2)} ({v['by'] or '-'}; "
         f"{v.get('floor', '-')})"
@@ -181,15 +178,20 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _goals(results: dict[str, Any]) -> list[str]:
-    """The read and cost targets, each beside the same-run floor it was derived from."""
+def _suite_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verdicts the read, cost and checksum suites judged (the write targets aside)."""
     judged = [
         v
         for section in ("read", "cost", "sync")
         for cell in results.get(section, [])
         for v in cell.get("verdicts", [])
     ]
-    judged += results.get("checksum", {}).get("verdicts", [])
+    return judged + results.get("checksum", {}).get("verdicts", [])
+
+
+def _goals(results: dict[str, Any]) -> list[str]:
+    """The read, checksum and cost targets, each beside the same-run floor it was derived from."""
+    judged = _suite_verdicts(results)
     if not judged:
         return []
     rows = [
