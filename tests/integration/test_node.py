@@ -311,3 +311,22 @@ def test_recovery_counts_no_reply_from_a_restarted_memory_node(
         nodes[2].proc.send_signal(signal.SIGCONT)
     # control: with the paused node back, two valid replies recover the segment
     assert recover(nodes, members, epoch=3).last_entry == 0
+
+
+def test_recovery_counts_a_node_of_the_listed_incarnation_that_never_got_an_entry(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    nodes, members = start_ensemble(start_node)
+    for node in nodes[:2]:  # the third never received anything of the segment
+        assert Connection(node.port, node.config).append(0, 1, 0, [b"0", b"1"], lac=-1).status == (
+            Status.OK
+        )
+    nodes[0].proc.send_signal(signal.SIGSTOP)
+    try:
+        recovered = recover(nodes, members, epoch=2)
+    finally:
+        nodes[0].proc.send_signal(signal.SIGCONT)
+    # its UNKNOWN counts as "holds nothing" (last -1): it has lived since the segment opened
+    assert recovered.replies == {"q1": 1, "q2": -1}
+    assert (recovered.last_entry, recovered.copied) == (1, 1)
+    assert held(nodes[2], 0) == 1  # brought up from entry 0, so two nodes hold every entry
