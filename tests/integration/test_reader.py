@@ -276,7 +276,7 @@ def test_faults_corrupted_missing_and_deleted(make_config, backend):
         log = client.create_log("faulty")
         # two segments: blocks of one segment may share an object (the local append file)
         with log.open_writer() as w:
-            ids = w.write_batch([b"good-%d" % i for i in range(10)])
+            ids = list(w.write_batch([b"good-%d" % i for i in range(10)]))
         with log.open_writer() as w:
             ids += w.write_batch([b"lost-0", b"lost-1"])
         (block,) = meta.list_blocks(log.log_id, ids[0].segment_id)
