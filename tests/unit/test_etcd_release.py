@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from woodpecker.errors import ConfigError
+from woodpecker.errors import ConfigError, MetadataUnavailableError
+from woodpecker.meta.embedded import EmbeddedEtcd
 from woodpecker.meta.etcd_release import binary_version, etcd_binary, unsafe_reason
 
 
@@ -46,3 +47,22 @@ def test_a_configured_binary_that_is_not_an_executable(tmp_path: Path) -> None:
     for path in (text, tmp_path / "missing"):
         with pytest.raises(ConfigError, match=rf"etcd.binary: {path} is not an executable file"):
             etcd_binary(str(path))
+
+
+def test_an_embedded_etcd_that_refuses_to_start_says_why(tmp_path: Path) -> None:
+    """etcd refuses a data directory a newer release wrote; the error names that reason."""
+    binary = tmp_path / "etcd"
+    binary.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "etcd Version: 3.4.23"; exit 0; fi\n'
+        'echo "2026-11-27 17:34:34.813616 C | etcdserver/membership: cluster cannot be '
+        'downgraded (current version: 3.4.23 is lower than determined cluster version: 3.5)."\n'
+        "exit 1\n"
+    )
+    binary.chmod(0o755)
+    with pytest.raises(
+        MetadataUnavailableError,
+        match=r"did not start: etcdserver/membership: "
+        r"cluster cannot be downgraded \(current version: 3\.4\.23",
+    ):
+        EmbeddedEtcd(tmp_path / "root", str(binary)).acquire()

@@ -49,6 +49,17 @@ AUTO_COMPACTION = ("--auto-compaction-mode", "periodic", "--auto-compaction-rete
 this covers an etcd whose logstores are all gone. Sizing: ``docs/metadata.md``."""
 
 
+def _last_fatal_line(log: Path) -> str:
+    """``: <reason>`` from etcd's last critical log line (e.g. a data directory written by a
+    newer release, which etcd refuses), or nothing."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        return ""
+    fatal = [line for line in lines if " C | " in line or '"level":"fatal"' in line]
+    return f": {fatal[-1].split(' C | ', 1)[-1].strip()}" if fatal else ""
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP to a Unix socket (etcd serves ``/health`` and ``/metrics`` on its client socket)."""
 
@@ -195,7 +206,8 @@ class EmbeddedEtcd:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise MetadataUnavailableError(
-                    f"embedded etcd did not start (see {self.dir / 'etcd.log'})"
+                    f"embedded etcd did not start{_last_fatal_line(self.dir / 'etcd.log')} "
+                    f"(see {self.dir / 'etcd.log'})"
                 )
             time.sleep(0.05)
         state = orjson.dumps({"pid": proc.pid, "endpoint": self.endpoint})
