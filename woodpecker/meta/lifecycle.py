@@ -191,7 +191,8 @@ class Lifecycle:
     def delete_segment(
         self, seg: Versioned[SegmentRecord], keys: Sequence[str], not_before_ms: int
     ) -> bool:
-        """Delete a TRUNCATED segment's record, block records or index; its objects become pending.
+        """Delete a TRUNCATED segment's record, block records or index, and a quorum segment's
+        flush cursor and claim; its objects become pending.
 
         ``keys`` are the objects its block records (read after ``seg``) point to.
         False if the segment changed since it was read.
@@ -204,6 +205,8 @@ class Lifecycle:
             ops.delete(seg.key),
             ops.delete(blocks, etcd_utils.prefix_range_end(blocks.encode())),
             ops.delete(self.keys.segment_index(r.log_id, r.segment_id)),
+            ops.delete(self.keys.flush_cursor(r.log_id, r.segment_id)),
+            ops.delete(self.keys.flusher(r.log_id, r.segment_id)),
         ]
         success += self._pending(r.log_id, keys, not_before_ms, f"segment {r.segment_id} retention")
         ok, _ = self.etcd.txn(
