@@ -18,7 +18,7 @@ from woodpecker.meta import (
     TruncationPoint,
     WriterRecord,
 )
-from woodpecker.meta.records import decode_counter
+from woodpecker.meta.records import EnsembleMember, decode_counter
 
 RECORDS = [
     LogRecord(log_id=1, name="orders", created_ms=1_700_000_000_000, uid="ab12"),
@@ -194,3 +194,20 @@ def test_a_log_record_written_before_buffer_modes_is_a_memory_log() -> None:
     assert LogRecord.from_bytes(old, "/p/logs/a").buffer_mode == "memory"
     new = LogRecord(log_id=3, name="a", created_ms=0, uid="u", buffer_mode="quorum")
     assert LogRecord.from_bytes(new.to_bytes(), "/p/logs/a").buffer_mode == "quorum"
+
+
+def test_a_quorum_segment_record_keeps_its_ensemble() -> None:
+    members = [EnsembleMember(f"n{i}", f"127.0.0.1:{7870 + i}", 2**63 + i) for i in range(3)]
+    record = dataclasses.replace(RECORDS[2], ensemble=members, ack=2)
+    decoded = SegmentRecord.from_bytes(record.to_bytes(), "/p/segments/3/0")
+    assert decoded == record and decoded.quorum
+    assert all(isinstance(m, EnsembleMember) for m in decoded.ensemble or [])
+    assert not RECORDS[2].quorum  # records written without one are MemoryBuffer segments
+    assert SegmentRecord.from_bytes(RECORDS[2].to_bytes(), "/k").ensemble is None
+    broken = json.loads(record.to_bytes())
+    broken["ensemble"][1] = {"node_id": "n1", "address": "x"}
+    with pytest.raises(CorruptedDataError, match="incarnation"):
+        SegmentRecord.from_bytes(json.dumps(broken).encode(), "/p/segments/3/0")
+    broken["ensemble"][1] = "n1"
+    with pytest.raises(CorruptedDataError, match="EnsembleMember"):
+        SegmentRecord.from_bytes(json.dumps(broken).encode(), "/p/segments/3/0")

@@ -81,15 +81,33 @@ class Record:
                         continue  # a field added later, with a default: older values lack it
                     raise ValueError(f"field {f.name!r} is missing")
                 value = obj[f.name]
-                hint = hints[f.name]
-                if isinstance(hint, type) and issubclass(hint, enum.Enum):
-                    value = hint(value)
-                kwargs[f.name] = value
+                kwargs[f.name] = _decode(value, hints[f.name])
             return cls(**kwargs)
         except (orjson.JSONDecodeError, TypeError, ValueError) as e:
             raise CorruptedDataError(
                 f"corrupted metadata at {key!r}: not a valid {cls.__name__} ({e})"
             ) from None
+
+
+def _decode(value: Any, hint: Any) -> Any:
+    """A JSON value as the field's type: enums by value, nested records from objects."""
+    if isinstance(hint, types.UnionType):
+        inner = [h for h in typing.get_args(hint) if h is not type(None)]
+        return value if value is None or len(inner) != 1 else _decode(value, inner[0])
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    if typing.get_origin(hint) is list and isinstance(value, list):
+        (item,) = typing.get_args(hint)
+        if isinstance(item, type) and issubclass(item, Record):
+            return [_record(v, item) for v in value]
+    return value
+
+
+def _record(value: Any, cls: type[Record]) -> Record:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a {cls.__name__} object, got {type(value).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in value.items() if k in names})
 
 
 def _type_name(hint: Any) -> str:
@@ -138,6 +156,15 @@ class WriterRecord(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleMember(Record):
+    """A quorum node as a segment record lists it: who, where, and which incarnation."""
+
+    node_id: str = field()
+    address: str = field()
+    incarnation: int = at_least(0)
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentRecord(Record):
     """A segment: its state, the epoch of its creator and what is committed of it."""
 
@@ -153,6 +180,15 @@ class SegmentRecord(Record):
     # set by maintenance (docs/lifecycle.md); absent in records written before it existed
     truncated_ms: int | None = field(default=None, metadata={"min": 0})
     compacted_ms: int | None = field(default=None, metadata={"min": 0})
+    # a QuorumBuffer segment: the nodes that hold it and how many must hold an entry
+    # (docs/quorum.md); None for a MemoryBuffer segment. Its ``lac`` stays -1 while it
+    # is ACTIVE (the nodes know the LAC) and is set to its last entry when it is sealed.
+    ensemble: list[EnsembleMember] | None = None
+    ack: int | None = field(default=None, metadata={"min": 1})
+
+    @property
+    def quorum(self) -> bool:
+        return self.ensemble is not None
 
     @property
     def entry_count(self) -> int:

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from woodpecker.errors import (
@@ -30,6 +30,7 @@ from woodpecker.meta.connection import KV, MAX_TXN_OPS, EtcdConnection, first
 from woodpecker.meta.keys import Keys
 from woodpecker.meta.records import (
     BlockRecord,
+    EnsembleMember,
     SegmentRecord,
     SegmentState,
     TruncationPoint,
@@ -227,8 +228,16 @@ class WriterSession:
             candidates.append(point.segment_id + 1)
         return max(candidates, default=0)
 
-    def create_segment(self, segment_id: int) -> SegmentRecord:
-        """Create an ACTIVE, empty segment; the key must not exist and we must still hold."""
+    def create_segment(
+        self,
+        segment_id: int,
+        ensemble: Sequence[EnsembleMember] | None = None,
+        ack: int | None = None,
+    ) -> SegmentRecord:
+        """Create an ACTIVE, empty segment; the key must not exist and we must still hold.
+
+        A QuorumBuffer segment records its ``ensemble`` and ``ack`` here, in the create's
+        CAS: recovery and readers find its nodes only through this record."""
         with self._lock:
             self._check_live()
             ops, key = self._etcd.ops, self._keys.segment(self.log_id, segment_id)
@@ -242,6 +251,8 @@ class WriterSession:
                 block_count=0,
                 created_ms=now_ms(),
                 sealed_ms=None,
+                ensemble=None if ensemble is None else list(ensemble),
+                ack=ack,
             )
             ok, replies = self._etcd.txn(
                 "create_segment",
@@ -359,8 +370,10 @@ class WriterSession:
         if size < record.size:
             raise ValueError(f"{where}: size {size} is below the committed {record.size}")
 
-    def seal_segment(self, segment_id: int) -> SegmentRecord:
-        """ACTIVE -> SEALED at the committed LAC (idempotent for a sealed segment)."""
+    def seal_segment(self, segment_id: int, last_entry: int | None = None) -> SegmentRecord:
+        """ACTIVE -> SEALED at the committed LAC (idempotent for a sealed segment).
+
+        A quorum segment's LAC is not in etcd: its writer gives ``last_entry``."""
         with self._lock:
             self._check_live()
             cached = self._segments.get(segment_id)
@@ -370,16 +383,22 @@ class WriterSession:
                 if kv is None:
                     raise ValueError(f"log {self.name!r}: segment {segment_id} does not exist")
                 cached = (SegmentRecord.from_bytes(kv[0], key), kv[1].mod_revision)
-            return self._seal(*cached)
+            return self._seal(*cached, last_entry)
 
-    def _seal(self, record: SegmentRecord, revision: int) -> SegmentRecord:
-        """Seal at the LAC in etcd; re-read and retry if our own unknown write moved it."""
+    def _seal(
+        self, record: SegmentRecord, revision: int, last_entry: int | None = None
+    ) -> SegmentRecord:
+        """Seal at the LAC in etcd (or at ``last_entry``); re-read and retry if our own
+        unknown write moved it."""
         ops, key = self._etcd.ops, self._keys.segment(self.log_id, record.segment_id)
         for _ in range(3):
             if record.state is not SegmentState.ACTIVE:
                 self._segments[record.segment_id] = (record, revision)
                 return record
-            sealed = dataclasses.replace(record, state=SegmentState.SEALED, sealed_ms=now_ms())
+            lac = record.lac if last_entry is None else last_entry
+            sealed = dataclasses.replace(
+                record, state=SegmentState.SEALED, sealed_ms=now_ms(), lac=lac
+            )
             ok, replies = self._etcd.txn(
                 "seal_segment",
                 [self._writer_guard(), ops.mod(key) == revision],
@@ -403,10 +422,14 @@ class WriterSession:
             f"log {self.name!r} segment {record.segment_id}: seal kept conflicting"
         )
 
-    def recover(self) -> list[SegmentRecord]:
+    def recover(
+        self, quorum_last: Callable[[SegmentRecord], int] | None = None
+    ) -> list[SegmentRecord]:
         """Seal, at their committed LAC, the ACTIVE segments left by earlier sessions.
 
-        Blocks past a segment's LAC were never committed: readers never see them.
+        Blocks past a segment's LAC were never committed: readers never see them. A
+        quorum segment's last entry comes from ``quorum_last``, which fences its
+        ensemble with this session's epoch (docs/quorum.md, "Recovery").
         """
         with self._lock:
             self._check_live()
@@ -415,7 +438,15 @@ class WriterSession:
             for value, meta in self._etcd.scan("recover", prefix):
                 record = SegmentRecord.from_bytes(value, meta.key.decode())
                 if record.state is SegmentState.ACTIVE and record.epoch < self.epoch:
-                    sealed.append(self._seal(record, meta.mod_revision))
+                    last = None
+                    if record.quorum:
+                        if quorum_last is None:
+                            raise ValueError(
+                                f"log {self.name!r} segment {record.segment_id} is a quorum "
+                                "segment: recovering it needs its nodes"
+                            )
+                        last = quorum_last(record)
+                    sealed.append(self._seal(record, meta.mod_revision, last))
             return sealed
 
     # ---- lease -------------------------------------------------------------------------

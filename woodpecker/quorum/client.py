@@ -28,6 +28,7 @@ from woodpecker.errors import (
     WoodpeckerError,
     from_wire,
 )
+from woodpecker.meta.records import EnsembleMember
 from woodpecker.quorum import wire
 from woodpecker.quorum.wire import Batch, Reply, Status
 
@@ -56,15 +57,6 @@ class QuorumSegment:
 
     def __str__(self) -> str:
         return f"segment {self.log_id}/{self.segment_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class EnsembleMember:
-    """A node as the segment record lists it: who, where, and which incarnation."""
-
-    node_id: str
-    address: str
-    incarnation: int
 
 
 class NodeLink:
