@@ -8,14 +8,13 @@ answer, the fixture fails the test with the command that fixes it. Every test un
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from chaos.nodes import NodeProcess, free_port
+from chaos.nodes import NodePool, NodeProcess, free_port
 
 from woodpecker.config import Config
 
@@ -80,6 +79,35 @@ def unique() -> str:
 ConfigFactory = Callable[..., Config]
 
 
+def _test_settings(
+    services: dict[str, str], backend: str, root: Path, name: str
+) -> dict[str, object]:
+    """The settings of a deployment of the tests on the real services, named ``name``."""
+    return {
+        "storage_type": backend,
+        "storage_root": str(root),
+        "etcd_endpoints": services["WOODPECKER_ETCD_ENDPOINTS"],
+        "etcd_prefix": f"/wp-test/{name}",
+        "s3_endpoint": services["WOODPECKER_S3_ENDPOINT"],
+        "s3_bucket": services["WOODPECKER_S3_BUCKET"],
+        "s3_access_key": services["WOODPECKER_S3_ACCESS_KEY"],
+        "s3_secret_key": services["WOODPECKER_S3_SECRET_KEY"],
+        "s3_secure": False,
+        "s3_prefix": f"wp-test/{name}",
+        "retry_deadline": 5.0,
+        # AF_UNIX paths are limited to 108 bytes: keep the socket out of deep tmp paths
+        "logstore_socket": _socket(name),
+        "logstore_idle_exit": 1.0,
+        # acks as soon as the block is stored, on S3 too (its default lingers for fewer
+        # PUTs, proven in test_write_pipeline): keeps the suite's sync writes fast
+        "uploader_linger_ms": 0.0,
+    }
+
+
+def _socket(name: str) -> str:
+    return f"/tmp/wp-test-{name}/logstore.sock"
+
+
 @pytest.fixture
 def make_config(services: dict[str, str], tmp_path: Path, unique: str) -> ConfigFactory:
     """Build a Config on the real services, isolated under a per-test prefix.
@@ -88,25 +116,7 @@ def make_config(services: dict[str, str], tmp_path: Path, unique: str) -> Config
     """
 
     def build(backend: str = "local", **overrides: object) -> Config:
-        settings: dict[str, object] = {
-            "storage_type": backend,
-            "storage_root": str(tmp_path / "root"),
-            "etcd_endpoints": services["WOODPECKER_ETCD_ENDPOINTS"],
-            "etcd_prefix": f"/wp-test/{unique}",
-            "s3_endpoint": services["WOODPECKER_S3_ENDPOINT"],
-            "s3_bucket": services["WOODPECKER_S3_BUCKET"],
-            "s3_access_key": services["WOODPECKER_S3_ACCESS_KEY"],
-            "s3_secret_key": services["WOODPECKER_S3_SECRET_KEY"],
-            "s3_secure": False,
-            "s3_prefix": f"wp-test/{unique}",
-            "retry_deadline": 5.0,
-            # AF_UNIX paths are limited to 108 bytes: keep the socket out of deep tmp paths
-            "logstore_socket": f"/tmp/wp-test-{unique}/logstore.sock",
-            "logstore_idle_exit": 1.0,
-            # acks as soon as the block is stored, on S3 too (its default lingers for fewer
-            # PUTs, proven in test_write_pipeline): keeps the suite's sync writes fast
-            "uploader_linger_ms": 0.0,
-        }
+        settings = _test_settings(services, backend, tmp_path / "root", unique)
         settings.update(overrides)
         return Config(env={}, **settings)
 
@@ -119,7 +129,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def config_env() -> Callable[[Config], dict[str, str]]:
     """The environment of a subprocess (``python -m woodpecker ...``) that runs this checkout
     with ``config`` as WOODPECKER_* variables, as an operator would set them."""
@@ -148,20 +158,72 @@ def start_node(
     def start(node_id: str = "n1", port: int = 0, **overrides: object) -> NodeProcess:
         port = port or free_port()
         config = make_config(node_listen=f"127.0.0.1:{port}", node_id=node_id, **overrides)
-        env = config_env(config)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "woodpecker", "node"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        node = NodeProcess(proc, config, env, port)
+        node = NodeProcess(config, config_env(config), tmp_path / f"node-{len(started)}.log")
         started.append(node)
         return node
 
     yield start
     for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-        node.proc.wait()
+        node.stop(signal.SIGKILL)
         node.meta.close()
+
+
+class NodePools:
+    """One ``NodePool`` per storage backend, started when a test first asks for it and
+    replaced by a fresh one (a new deployment) after a test that changed it."""
+
+    def __init__(
+        self,
+        services: dict[str, str],
+        config_env: Callable[[Config], dict[str, str]],
+        tmp: pytest.TempPathFactory,
+    ) -> None:
+        self.services, self.config_env, self.tmp = services, config_env, tmp
+        self.pools: dict[str, NodePool] = {}
+
+    def get(self, backend: str) -> NodePool:
+        if backend not in self.pools:
+            name = f"pool-{backend}-{uuid.uuid4().hex[:8]}"
+            home = self.tmp.mktemp(name)
+            settings = _test_settings(self.services, backend, home / "root", name)
+            settings["buffer_mode"] = "quorum"
+            self.pools[backend] = NodePool(settings, self.config_env, home)
+        return self.pools[backend]
+
+    def release(self, backend: str) -> None:
+        """After a test: a pool it changed is stopped, and the next test gets a new one."""
+        pool = self.pools[backend]
+        if not pool.intact():
+            del self.pools[backend]
+            pool.close(drain=False)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+@pytest.fixture(scope="session")
+def node_pools(
+    services: dict[str, str],
+    config_env: Callable[[Config], dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[NodePools]:
+    pools = NodePools(services, config_env, tmp_path_factory)
+    yield pools
+    pools.close()
+
+
+@pytest.fixture
+def quorum_pool(node_pools: NodePools, backend: str, unique: str) -> Iterator[NodePool]:
+    """Three registered quorum nodes (memory durability) of a deployment on ``backend``,
+    shared with the other tests that leave them as they found them.
+
+    ``quorum_pool.config(**overrides)`` is a quorum-mode configuration of that deployment
+    (with this test's own logstore); ``kill``, ``terminate``, ``restart`` and ``spare``
+    change the pool, which is then replaced before the next test. Nodes with other
+    settings (disk durability, flush sizes) come from ``start_node``.
+    """
+    pool = node_pools.get(backend)
+    pool.logstore_socket = _socket(unique)
+    yield pool
+    node_pools.release(backend)

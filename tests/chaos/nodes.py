@@ -1,13 +1,19 @@
-"""Quorum node processes for tests: ``woodpecker node`` started for real, and a raw,
-blocking connection that speaks the wire (``woodpecker.quorum.wire``) request by request."""
+"""Quorum node processes for tests: ``woodpecker node`` started for real, a pool of them
+shared by the tests of one deployment, and a raw, blocking connection that speaks the wire
+(``woodpecker.quorum.wire``) request by request."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import psutil
 import pytest
 import xxhash
 
@@ -30,10 +36,19 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    def __init__(
-        self, proc: subprocess.Popen[bytes], config: Config, env: dict[str, str], port: int
-    ) -> None:
-        self.proc, self.config, self.env, self.port = proc, config, env, port
+    """A ``woodpecker node`` on ``config`` (its ``node.listen`` and ``node.id``), its stderr
+    in ``log`` (a file, never a pipe: a node that nobody reads must not block logging)."""
+
+    def __init__(self, config: Config, env: dict[str, str], log: Path) -> None:
+        self.config, self.env, self.log = config, env, log
+        self.port = config.node_listen[1]
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "woodpecker", "node"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         self.meta = MetaStore(config)
 
     def registered(self) -> list[NodeRecord]:
@@ -44,14 +59,24 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"node exited with {self.proc.returncode}: {self.stderr()}")
-            found = [n for n in self.registered() if n.address == f"127.0.0.1:{self.port}"]
+            found = [n for n in self.registered() if n.pid == self.proc.pid]
             if found:
                 return found[0]
             time.sleep(0.05)
         pytest.fail("node did not register")
 
     def stderr(self) -> str:
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+        """Send ``sig`` (SIGTERM: drain) and reap the process; SIGKILL past ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Connection:
@@ -122,3 +147,104 @@ def start_ensemble(
 def held(node: NodeProcess, seg: int) -> int:
     """The last entry a node holds of a segment of log 1 (a LAC request that only asks)."""
     return Connection(node.port, node.config).call(wire.LAC, seg, 1, wire.LAC_BODY.pack(-1)).last
+
+
+class NodePool:
+    """``size`` quorum nodes serving one deployment, shared by the tests that use it.
+
+    A node serves one deployment only (it refuses a HELLO of another fingerprint), so the
+    tests of a pool write in its deployment: ``config()`` gives them its settings. A test
+    may kill, stop, restart or add nodes; ``intact()`` then says no, and the caller starts
+    a fresh pool (on a fresh deployment) for the next test instead of repairing this one.
+    """
+
+    def __init__(
+        self,
+        settings: dict[str, object],
+        env_of: Callable[[Config], dict[str, str]],
+        logs: Path,
+        size: int = 3,
+    ) -> None:
+        self.settings, self.env_of, self.logs = settings, env_of, logs
+        self.logstore_socket = ""  # each test's own logstore (its settings are the test's)
+        self.nodes: list[NodeProcess] = []
+        self.changed = False
+        try:
+            for _ in range(size):
+                self.nodes.append(self._launch(f"p{len(self.nodes)}", free_port()))
+            for node in self.nodes:
+                node.wait_registered()
+        except BaseException:
+            self.close(drain=False)
+            raise
+        self.changed = False
+
+    def config(self, **overrides: object) -> Config:
+        """A configuration of the pool's deployment (quorum mode), ``overrides`` on top."""
+        settings = {**self.settings, "logstore_socket": self.logstore_socket, **overrides}
+        return Config(env={}, **settings)
+
+    def _launch(self, node_id: str, port: int) -> NodeProcess:
+        config = Config(env={}, **self.settings, node_listen=f"127.0.0.1:{port}", node_id=node_id)
+        self.changed = True
+        return NodeProcess(config, self.env_of(config), self.logs / f"node-{node_id}.log")
+
+    def kill(self, index: int) -> NodeProcess:
+        """``kill -9`` node ``index``; its registration stays until its lease expires."""
+        self.changed = True
+        self.nodes[index].stop(signal.SIGKILL)
+        return self.nodes[index]
+
+    def terminate(self, index: int) -> NodeProcess:
+        """SIGTERM node ``index`` and wait for its drain (flush, deregister, exit)."""
+        self.changed = True
+        self.nodes[index].stop(signal.SIGTERM, timeout=30.0)
+        return self.nodes[index]
+
+    def restart(self, index: int) -> NodeProcess:
+        """Node ``index`` stopped (killed if running) and started again on its port.
+
+        A new id: the killed node's registration may still hold the old one. In memory
+        durability the new process is a new incarnation that knows no segment.
+        """
+        old = self.kill(index)
+        node_id = f"{old.config.node.id}r"
+        self.nodes[index] = self._launch(node_id, old.port)
+        self.nodes[index].wait_registered()
+        return self.nodes[index]
+
+    def spare(self) -> NodeProcess:
+        """One more node of the deployment, registered."""
+        node = self._launch(f"p{len(self.nodes)}", free_port())
+        self.nodes.append(node)
+        node.wait_registered()
+        return node
+
+    def intact(self) -> bool:
+        """Only the pool's first nodes, running (not paused) and the only ones registered."""
+        if self.changed or not all(map(_running, self.nodes)):
+            return False
+        registered = {n.address for n in self.nodes[0].registered()}
+        return registered == {f"127.0.0.1:{n.port}" for n in self.nodes}
+
+    def close(self, drain: bool = True) -> None:
+        """Stop every node (SIGTERM and wait for the drains, or ``kill -9``)."""
+        sig = signal.SIGTERM if drain else signal.SIGKILL
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    node.proc.send_signal(signal.SIGCONT)  # a paused node must hear the signal
+                    node.proc.send_signal(sig)
+        for node in self.nodes:
+            node.stop(signal.SIGKILL, timeout=30.0)
+            node.meta.close()
+
+
+def _running(node: NodeProcess) -> bool:
+    if node.proc.poll() is not None:
+        return False
+    try:
+        status = psutil.Process(node.proc.pid).status()
+    except psutil.Error:
+        return False
+    return status not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
