@@ -7,6 +7,7 @@ answer, the fixture fails the test with the command that fixes it. Every test un
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import uuid
@@ -14,9 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from chaos.nodes import NodePool, NodeProcess, free_port
+from chaos.nodes import NodePool, NodePools, NodeProcess
 
 from woodpecker.config import Config
+from woodpecker.local_nodes import free_port
 
 _HOW = 'start them with: eval "$(scripts/services start)"  (scripts/test does this)'
 INTEGRATION = Path(__file__).parent / "integration"
@@ -136,14 +138,7 @@ def config_env() -> Callable[[Config], dict[str, str]]:
     root = str(Path(__file__).resolve().parent.parent)
 
     def build(config: Config) -> dict[str, str]:
-        env = {**os.environ, "PYTHONPATH": root}
-        for flat, value in config.overrides().items():
-            if isinstance(value, list):
-                value = ",".join(value)
-            elif isinstance(value, bool):
-                value = int(value)
-            env[f"WOODPECKER_{flat.upper()}"] = str(value)
-        return env
+        return {**os.environ, "PYTHONPATH": root, **config.environment()}
 
     return build
 
@@ -168,47 +163,13 @@ def start_node(
         node.meta.close()
 
 
-class NodePools:
-    """One ``NodePool`` per storage backend, started when a test first asks for it and
-    replaced by a fresh one (a new deployment) after a test that changed it."""
-
-    def __init__(
-        self,
-        services: dict[str, str],
-        config_env: Callable[[Config], dict[str, str]],
-        tmp: pytest.TempPathFactory,
-    ) -> None:
-        self.services, self.config_env, self.tmp = services, config_env, tmp
-        self.pools: dict[str, NodePool] = {}
-
-    def get(self, backend: str) -> NodePool:
-        if backend not in self.pools:
-            name = f"pool-{backend}-{uuid.uuid4().hex[:8]}"
-            home = self.tmp.mktemp(name)
-            settings = _test_settings(self.services, backend, home / "root", name)
-            settings["buffer_mode"] = "quorum"
-            self.pools[backend] = NodePool(settings, self.config_env, home)
-        return self.pools[backend]
-
-    def release(self, backend: str) -> None:
-        """After a test: a pool it changed is stopped, and the next test gets a new one."""
-        pool = self.pools[backend]
-        if not pool.intact():
-            del self.pools[backend]
-            pool.close(drain=False)
-
-    def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
-
-
 @pytest.fixture(scope="session")
 def node_pools(
     services: dict[str, str],
     config_env: Callable[[Config], dict[str, str]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[NodePools]:
-    pools = NodePools(services, config_env, tmp_path_factory)
+    pools = NodePools(functools.partial(_test_settings, services), config_env, tmp_path_factory)
     yield pools
     pools.close()
 

@@ -51,7 +51,7 @@ def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 def _cmd_quickstart(args: argparse.Namespace, config: Config) -> int:
     from woodpecker.quickstart import run_quickstart
 
-    return run_quickstart(config, args.small, args.large, quiet=args.quiet)
+    return run_quickstart(config, args.small, args.large, mode=args.mode, quiet=args.quiet)
 
 
 def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:
@@ -287,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--small", type=_count, default=100_000, help="1 KiB entries (100000)")
     quick.add_argument("--large", type=_count, default=1_000, help="1 MiB entries (1000)")
     quick.add_argument("--quiet", action="store_true", help="no progress, only the report")
+    quick.add_argument(
+        "--mode",
+        choices=("memory", "quorum"),
+        default="memory",
+        help="memory (default); quorum: also start 3 local quorum nodes, run the job in both "
+        "modes and compare ack latency and PUTs per GB (the nodes are stopped at the end)",
+    )
     quick.set_defaults(func=_cmd_quickstart)
 
     logstore = sub.add_parser("logstore", help="run the standalone uploader pool of this host")

@@ -656,6 +656,18 @@ class Config:
             f"{s}_{k}": v for s, kv in self.as_dict(redact=False).items() for k, v in kv.items()
         }
 
+    def environment(self) -> dict[str, str]:
+        """The ``WOODPECKER_*`` variables that rebuild this exact config in a child process
+        (secrets included)."""
+        env = {}
+        for flat, value in self.overrides().items():
+            if isinstance(value, list):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = int(value)
+            env[f"WOODPECKER_{flat.upper()}"] = str(value)
+        return env
+
     def __repr__(self) -> str:
         return f"Config({self.as_dict()!r})"
 

@@ -5,10 +5,16 @@ etcd), reads every one back, verifies it byte for byte, and reports throughput
 and acknowledgement latency — a first run that proves the install works and
 shows what the machine does. Progress goes to stderr; the report to stdout is
 plain text, so ``woodpecker quickstart > out.txt`` keeps a readable record.
+
+``--mode quorum`` starts three quorum nodes of the same deployment
+(``woodpecker.local_nodes``), runs the job in memory mode and then in quorum mode, drains
+the nodes (so what they held is in object storage) and sets ack latency and PUTs per GB of
+both modes side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -20,13 +26,16 @@ from dataclasses import dataclass
 
 from woodpecker.client import Client
 from woodpecker.config import Config
-from woodpecker.errors import WoodpeckerError
+from woodpecker.errors import ConfigError, WoodpeckerError
+from woodpecker.local_nodes import LocalNodes
 from woodpecker.log import LogHandle
 from woodpecker.message import EARLIEST, LogMessageId
 from woodpecker.producer import AppendFuture
 from woodpecker.progress import Progress
 
 UPDATES_PER_PHASE = 200  # progress updates per phase: often enough, never per entry
+MODES = ("memory", "quorum")
+QUORUM_NODES = 3
 
 
 @dataclass
@@ -35,6 +44,11 @@ class Phase:
     label: str
     count: int
     size: int
+    mode: str = "memory"
+
+    @property
+    def gigabytes(self) -> float:
+        return self.count * self.size / 1e9
 
 
 @dataclass
@@ -43,15 +57,47 @@ class WriteResult:
     seconds: float
     latencies_ms: list[float]
 
-    def row(self) -> str:
+    def percentiles(self) -> tuple[float, float, float]:
+        """Ack latency p50, p99 and max, in ms."""
         lat = sorted(self.latencies_ms) or [0.0]
-        p50 = statistics.median(lat)
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        return statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))], lat[-1]
+
+    def row(self) -> str:
+        p50, p99, top = self.percentiles()
         n, size = self.phase.count, self.phase.size
         return (
             f"  {self.phase.label:14} {n:>8} {n * size / self.seconds / 1e6:9.1f} "
-            f"{n / self.seconds:11.0f} {p50:9.2f} {p99:9.2f} {lat[-1]:9.2f}"
+            f"{n / self.seconds:11.0f} {p50:9.2f} {p99:9.2f} {top:9.2f}"
         )
+
+
+def comparison_lines(writes: list[WriteResult], blocks: dict[str, int]) -> list[str]:
+    """Memory and quorum mode side by side per entry size: ack p50/p99 and PUTs per GB.
+
+    ``blocks``: the blocks committed in etcd for each log; each one was one PUT (or one
+    append of a local file) of its uploader or, in quorum mode, of the flushing node.
+    """
+    by_size: dict[int, dict[str, WriteResult]] = {}
+    for w in writes:
+        by_size.setdefault(w.phase.size, {})[w.phase.mode] = w
+    lines = [
+        "memory vs quorum mode (same job; ack in ms; PUT/GB: blocks stored per GB of entries)",
+        f"  {'entries':14} {'memory p50':>10} {'p99':>8} {'PUT/GB':>9}   "
+        f"{'quorum p50':>10} {'p99':>8} {'PUT/GB':>9}",
+    ]
+    for size, pair in by_size.items():
+        cells = []
+        for mode in MODES:
+            w = pair[mode]
+            p50, p99, _ = w.percentiles()
+            per_gb = blocks[w.phase.log_name] / w.phase.gigabytes
+            cells.append(f"{p50:10.2f} {p99:8.2f} {per_gb:9,.0f}")
+        lines.append(f"  {_size_label(size) + ' entries':14} {cells[0]}   {cells[1]}")
+    return lines
+
+
+def _size_label(size: int) -> str:
+    return f"{size // 1024} KiB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MiB"
 
 
 def _payload(size: int, i: int) -> bytes:
@@ -124,43 +170,100 @@ def _setup_lines(config: Config) -> list[str]:
     ]
 
 
+def _phases(small: int, large: int, mode: str, compared: bool) -> list[Phase]:
+    suffix = uuid.uuid4().hex[:6]
+    prefix = "quickstart-" if mode == "memory" else f"quickstart-{mode}-"
+    sizes = [("1k", 1024, small), ("1m", 1024 * 1024, large)]
+    return [
+        Phase(
+            f"{prefix}{short}-{suffix}",
+            f"{_size_label(size)} {mode if compared else 'entries'}",
+            count,
+            size,
+            mode,
+        )
+        for short, size, count in sizes
+        if count
+    ]
+
+
+def _in_mode(config: Config, mode: str) -> Config:
+    return Config(env={}, **{**config.overrides(), "buffer_mode": mode})
+
+
+def _blocks(client: Client, log_name: str) -> int:
+    """Blocks committed in etcd for a log: what was PUT to storage for it."""
+    meta = client.meta_store()
+    log_id = client.open_log(log_name).log_id
+    return sum(len(meta.list_blocks(log_id, s.segment_id)) for s in meta.list_segments(log_id))
+
+
 def run_quickstart(
     config: Config,
     small: int,
     large: int,
     *,
+    mode: str = "memory",
     quiet: bool = False,
     out: Callable[[str], None] = print,
 ) -> int:
-    """Write, read back and verify; print a report. Returns a process exit code."""
+    """Write, read back and verify; print a report. Returns a process exit code.
+
+    ``mode="quorum"``: the job in memory mode, then in quorum mode on three nodes this
+    function starts and stops, with both modes compared.
+    """
     import woodpecker
 
-    suffix = uuid.uuid4().hex[:6]
-    phases = [
-        Phase("quickstart-1k-" + suffix, "1 KiB entries", small, 1024),
-        Phase("quickstart-1m-" + suffix, "1 MiB entries", large, 1024 * 1024),
-    ]
-    phases = [p for p in phases if p.count]
+    if mode not in MODES:
+        raise ConfigError(f"quickstart mode {mode!r}: must be one of {', '.join(MODES)}")
+    compared = mode == "quorum"
+    modes = MODES if compared else ("memory",)
     began = time.perf_counter()
     with Client(config) as client:
-        writes = [_write_phase(client, p, quiet) for p in phases]
-        reads = [(p, _verify(client, p, quiet)) for p in phases]
-        where = [_where(client.open_log(p.log_name)) for p in phases]
-    total = sum(p.count for p in phases)
+        nodes = LocalNodes(client, QUORUM_NODES) if compared else contextlib.nullcontext()
+        with nodes:
+            runs = []
+            for m in modes:
+                phases = _phases(small, large, m, compared)
+                with Client(_in_mode(config, m)) as mode_client:
+                    writes = [_write_phase(mode_client, p, quiet) for p in phases]
+                    reads = [(p, _verify(mode_client, p, quiet)) for p in phases]
+                runs.append((writes, reads))
+        # the nodes have drained: every entry they held is in object storage now
+        writes = [w for ws, _ in runs for w in ws]
+        reads = [r for _, rs in runs for r in rs]
+        where = [_where(client.open_log(w.phase.log_name)) for w in writes]
+        blocks = {w.phase.log_name: _blocks(client, w.phase.log_name) for w in writes if compared}
+    total = sum(w.phase.count for w in writes)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    acked = (
+        "acknowledged = durable in storage and committed in etcd"
+        if not compared
+        else f"memory: acknowledged once in storage and etcd; quorum: once {config.quorum.ack} "
+        f"of {QUORUM_NODES} nodes hold it"
+    )
     lines = [
         f"woodpecker quickstart, {now}",
         f"woodpecker {woodpecker.__version__}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs",
         "",
         *_setup_lines(config),
+        *(
+            [
+                f"  nodes      {QUORUM_NODES} quorum nodes on loopback, "
+                f"{config.quorum.durability} durability (started and drained by quickstart)"
+            ]
+            if compared
+            else []
+        ),
         "",
-        "write (acknowledged = durable in storage and committed in etcd)",
+        f"write ({acked})",
         f"  {'phase':14} {'entries':>8} {'MB/s':>9} {'entries/s':>11} {'ack p50':>9} "
         f"{'p99':>9} {'max':>9}",
         *(w.row() for w in writes),
         "  (ack latencies in ms, from write_async to the acknowledgement)",
         "",
+        *([*comparison_lines(writes, blocks), ""] if compared else []),
         "read back and verify (byte for byte)",
         f"  {'phase':14} {'entries':>8} {'MB/s':>9} {'entries/s':>11}",
         *(
@@ -176,8 +279,8 @@ def run_quickstart(
         "next",
         "  woodpecker logs list",
     ]
-    if phases:
-        name = phases[0].log_name
+    if writes:
+        name = writes[0].phase.log_name
         lines += [
             f"  woodpecker segments {name}",
             f"  woodpecker cat {name} --format jsonl | head -3",

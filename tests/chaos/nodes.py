@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import xxhash
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment
 from woodpecker.format import decode_messages, encode_batch_message, iter_payloads
+from woodpecker.local_nodes import free_port
 from woodpecker.meta import MetaStore
 from woodpecker.meta.nodes import NodeRecord, registered_nodes
 from woodpecker.quorum import wire
@@ -27,12 +29,6 @@ from woodpecker.quorum.client import EnsembleMember
 from woodpecker.quorum.wire import Batch, Reply, Status
 
 START_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NodeProcess:
@@ -238,6 +234,41 @@ class NodePool:
         for node in self.nodes:
             node.stop(signal.SIGKILL, timeout=30.0)
             node.meta.close()
+
+
+class NodePools:
+    """One ``NodePool`` per storage backend, started when a test first asks for it and
+    replaced by a fresh one (a new deployment) after a test that changed it."""
+
+    def __init__(
+        self,
+        settings_of: Callable[[str, Path, str], dict[str, object]],
+        config_env: Callable[[Config], dict[str, str]],
+        tmp: pytest.TempPathFactory,
+    ) -> None:
+        """``settings_of(backend, storage root, name)``: the settings of a test deployment."""
+        self.settings_of, self.config_env, self.tmp = settings_of, config_env, tmp
+        self.pools: dict[str, NodePool] = {}
+
+    def get(self, backend: str) -> NodePool:
+        if backend not in self.pools:
+            name = f"pool-{backend}-{uuid.uuid4().hex[:8]}"
+            home = self.tmp.mktemp(name)
+            settings = self.settings_of(backend, home / "root", name)
+            settings["buffer_mode"] = "quorum"
+            self.pools[backend] = NodePool(settings, self.config_env, home)
+        return self.pools[backend]
+
+    def release(self, backend: str) -> None:
+        """After a test: a pool it changed is stopped, and the next test gets a new one."""
+        pool = self.pools[backend]
+        if not pool.intact():
+            del self.pools[backend]
+            pool.close(drain=False)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
 
 
 def _running(node: NodeProcess) -> bool:

@@ -170,6 +170,7 @@ def test_config_json(cli_env, capsysbinary):
     [
         (("quickstart", "--small", "-5"), b"argument --small: must be >= 0, not -5"),
         (("quickstart", "--large", "-1"), b"argument --large: must be >= 0, not -1"),
+        (("quickstart", "--mode", "disk"), b"argument --mode: invalid choice: 'disk'"),
         (("tail", "cli", "--seconds", "-1"), b"argument --seconds: must be a number of seconds"),
         (("tail", "cli", "--seconds", "nan"), b"argument --seconds: must be a number of seconds"),
     ],

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
-from chaos.nodes import Connection
-from conftest import ConfigFactory, NodePools
+from chaos.nodes import Connection, NodePool, NodePools
 
+from woodpecker.config import Config
 from woodpecker.deployment import Deployment
 from woodpecker.quorum import wire
 
@@ -21,7 +22,7 @@ def handshake(port: int, deployment: Deployment) -> int:
 
 
 def test_the_pool_is_three_registered_nodes_serving_the_tests_deployment(
-    quorum_pool, backend: str, make_config: ConfigFactory
+    quorum_pool: NodePool, backend: str, make_config: Callable[..., Config]
 ) -> None:
     config = quorum_pool.config()
     assert (config.storage.type, config.buffer.mode) == (backend, "quorum")
