@@ -1,9 +1,12 @@
 """``LogReader``: committed entries in order, from any position, tailing the live end.
 
-What a reader sees is decided by etcd alone: the block records of a segment,
-up to the segment's LAC. A commit writes its block records and the new LAC in
-one transaction, so every listed block is committed. Every block is verified
-(xxh3 checksum, Arrow structure, entry count) before any byte of it is returned.
+What a reader sees is decided by etcd: the block records of a segment, up to
+the segment's LAC. A commit writes its block records and the new LAC in one
+transaction, so every listed block is committed. Every block is verified (xxh3
+checksum, Arrow structure, entry count) before any byte of it is returned. A
+QuorumBuffer segment's entries not flushed yet are read from its nodes
+(``woodpecker.quorum.tail``), up to the LAC they know (an ACTIVE one's is not in
+etcd) and never past a sealed segment's last entry.
 
 How it works:
 
@@ -15,6 +18,8 @@ How it works:
   segment is planned as soon as a sealed one is fully planned;
 - when nothing more is committed the reader blocks on a ``CommitWatch`` (an
   etcd watch on the log's segment records, the commit point), not a sleep loop;
+  at a quorum segment's tail a long-poll READ on one of its nodes wakes it too,
+  as soon as that node's LAC reaches the entry;
 - a ``ReaderRegistration`` tells garbage collection where the reader is;
 - entries are served from a *serving iterator* over the current block: a
   C-level ``map`` that builds each ``LogMessage`` as it is asked for, from the
@@ -46,13 +51,16 @@ from woodpecker.errors import (
     LogNotFoundError,
     ObjectNotFoundError,
     PositionTruncatedError,
+    QuorumUnavailableError,
     ReaderClosedError,
     WoodpeckerError,
 )
 from woodpecker.format import decode_block, decode_messages
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
 from woodpecker.meta import BlockRecord, MetaStore, SegmentRecord, SegmentSnapshot, SegmentState
+from woodpecker.meta.flush import flush_cursor
 from woodpecker.meta.readers import CommitWatch, ReaderRegistration
+from woodpecker.quorum.tail import TailRead, TailReads
 from woodpecker.storage import ObjectStore
 
 READ_SCHEMA: pa.Schema = pa.schema(
@@ -67,6 +75,10 @@ READ_SCHEMA: pa.Schema = pa.schema(
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_GET_BYTES = 32 * 1024 * 1024  # contiguous blocks fetched by one ranged GET
 """``read_batch`` stops joining further blocks into one batch past this many bytes."""
+
+NODE_RETRY = 0.5
+"""Seconds a waiting reader pauses before asking a quorum segment's nodes again when none
+answered (a seal or a new segment in etcd ends the pause sooner)."""
 
 _ONE = pa.scalar(1, pa.int64())
 _new_tuple = tuple.__new__  # builds LogMessageId / LogMessage tuples without a Python __new__
@@ -96,11 +108,19 @@ class _Cursor:
 
 @dataclass(frozen=True, slots=True)
 class _Planned:
-    """A block to fetch, and the entries of it to serve (``start``..``last``)."""
+    """Entries ``start``..``last`` to serve: of a block to fetch (``record``), or of a quorum
+    segment's tail read from a node already (``received``)."""
 
-    record: BlockRecord
+    segment_id: int
+    first: int  # the first entry of the block or of what was received
     start: int
     last: int
+    record: BlockRecord | None = None
+    received: pa.ChunkedArray | None = None
+
+    @classmethod
+    def block(cls, record: BlockRecord, start: int, last: int) -> _Planned:
+        return cls(record.segment_id, record.first_entry_id, start, last, record=record)
 
 
 class _Loaded:
@@ -109,8 +129,8 @@ class _Loaded:
     __slots__ = ("_ids", "_list", "_starts", "first", "last", "payloads", "segment_id")
 
     def __init__(self, item: _Planned, payloads: pa.ChunkedArray) -> None:
-        self.segment_id = item.record.segment_id
-        self.first = item.record.first_entry_id
+        self.segment_id = item.segment_id
+        self.first = item.first
         self.last = item.last
         self.payloads = payloads
         starts, at = [], self.first
@@ -184,7 +204,14 @@ class LogReader:
         self.log_id = log_id
         self._closed: WoodpeckerError | None = None  # what reads raise once closed
         self._deleted = False  # the log was deleted through this reader's Client
-        self._pos = self._resolve(start)
+        self._tail = TailReads(meta.config, log_id, name)  # quorum segments' unflushed tails
+        self._tail_at: tuple[SegmentRecord, int] | None = None  # the entry awaited from nodes
+        self._outage: float | None = None  # since when no node of a quorum segment answers
+        try:
+            self._pos = self._resolve(start)
+        except BaseException:
+            self._tail.close()
+            raise
         self._cursor = _Cursor(*self._pos)
         self._planned: deque[_Planned] = deque()
         self._fetches: deque[tuple[_Planned, Future[pa.ChunkedArray]]] = deque()
@@ -241,9 +268,22 @@ class LogReader:
         return max(earliest, self._committed_end() or earliest)
 
     def _committed_end(self) -> LogMessageId | None:
-        """Just past the last committed entry (of the last segment), None if no segment."""
+        """Just past the last committed entry (of the last segment), None if no segment.
+
+        An ACTIVE quorum segment's LAC is the highest its nodes report (at least what is
+        flushed)."""
         last = self._meta.last_segment(self.log_id)
-        return None if last is None else LogMessageId(last.segment_id, last.lac + 1)
+        if last is None:
+            return None
+        lac = last.lac
+        if _lac_on_nodes(last):
+            flushed = flush_cursor(self._meta, self.log_id, last.segment_id).cursor.next_entry
+            try:
+                lac = max(self._tail.lac(last), flushed - 1)
+            except CancelledError:
+                self._check_usable()  # cancelled by close()
+                raise
+        return LogMessageId(last.segment_id, lac + 1)
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -378,7 +418,14 @@ class LogReader:
                 self._load_head()
                 continue
             seen = self._watch.version  # before reading: a commit after the read wakes us
-            if self._plan(deadline):
+            try:
+                planned = self._plan(deadline)
+                self._outage = None
+            except QuorumUnavailableError:
+                if not wait or self._outage_over(deadline):
+                    raise
+                planned = False
+            if planned:
                 if not self._fetches and len(self._planned) == 1:
                     self._load_inline()  # a tail reader's new block: no thread hand-offs
                 else:
@@ -387,7 +434,29 @@ class LogReader:
             remaining = _remaining(deadline)
             if not wait or remaining == 0.0:
                 return False
-            self._watch.wait(seen, remaining)
+            self._wait(seen, remaining)
+
+    def _wait(self, seen: int, remaining: float | None) -> None:
+        """Until etcd reports a change (the watch), a quorum node's LAC reaches the entry
+        the reader is at (a long-poll), or ``remaining`` seconds passed."""
+        if self._outage is not None:  # no node answers: ask again after a pause, or on a seal
+            pause = NODE_RETRY if remaining is None else min(remaining, NODE_RETRY)
+            self._watch.wait(seen, pause)
+            return
+        if self._tail_at is not None:
+            seg, start = self._tail_at
+            self._tail.long_poll(seg, start, remaining, self._watch.wake)
+        self._watch.wait(seen, remaining)
+
+    def _outage_over(self, deadline: float | None) -> bool:
+        """No node of a quorum segment answers: whether a waiting read gives up now (its
+        deadline, or ``retry.deadline`` without one) rather than asking again later."""
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage = now
+        if deadline is None:
+            return now - self._outage >= self._meta.config.retry.deadline
+        return now >= deadline
 
     def _ready_now(self) -> bool:
         """Whether the next entry is at hand without waiting (a failed fetch is left for later)."""
@@ -416,7 +485,7 @@ class LogReader:
         costs more than the fetch of a small block, twice a scheduling delay under load.
         """
         item = self._planned.popleft()
-        self._load(item, lambda: self._fetch([item.record])[0], queued=False)
+        self._load(item, lambda: self._fetch_one(item), queued=False)
 
     def _load(
         self, item: _Planned, fetched: Callable[[], pa.ChunkedArray], *, queued: bool
@@ -432,6 +501,7 @@ class LogReader:
             if self._layout_changed(item):
                 return  # compaction moved the block: planned again from the position
             record = item.record
+            assert record is not None
             raise ObjectNotFoundError(
                 f"log {self.name!r} segment {record.segment_id} block {record.block_id}: "
                 f"object {record.key!r} is missing although committed metadata references it"
@@ -442,8 +512,15 @@ class LogReader:
         if queued:
             self._fetches.popleft()
         self._current = _Loaded(item, payloads)
-        self._move(LogMessageId(item.record.segment_id, item.start))
+        self._move(LogMessageId(item.segment_id, item.start))
         self._schedule()
+
+    def _fetch_one(self, item: _Planned) -> pa.ChunkedArray:
+        """The payloads of one planned item: received from a node already, or fetched."""
+        if item.received is not None:
+            return item.received
+        assert item.record is not None
+        return self._fetch([item.record])[0]
 
     def _fetch(self, records: list[BlockRecord]) -> list[pa.ChunkedArray]:
         """GET contiguous blocks of one object in ONE request and verify each (on the pool).
@@ -472,11 +549,15 @@ class LogReader:
     def _next_group(self) -> list[_Planned]:
         """The next planned block plus those that follow it contiguously in the same object."""
         group = [self._planned.popleft()]
+        if group[0].record is None:
+            return group  # received from a node: nothing to fetch
         size = group[0].record.length
         while self._planned:
             prev, nxt = group[-1].record, self._planned[0].record
             if (
-                nxt.key != prev.key
+                prev is None
+                or nxt is None
+                or nxt.key != prev.key
                 or nxt.offset != prev.offset + prev.length
                 or size + nxt.length > MAX_GET_BYTES
             ):
@@ -491,8 +572,14 @@ class LogReader:
             if not self._planned and not (self._cursor.finished and self._plan_ahead()):
                 return
             group = self._next_group()
+            if group[0].received is not None:  # from a node: nothing to fetch
+                done: Future = Future()
+                done.set_result(group[0].received)
+                self._fetches.append((group[0], done))
+                continue
+            records = [item.record for item in group if item.record is not None]
             try:
-                shared = self._pool.submit(self._fetch, [item.record for item in group])
+                shared = self._pool.submit(self._fetch, records)
             except RuntimeError:  # the pool was shut down by a concurrent close()
                 self._check_usable()
                 raise
@@ -535,9 +622,10 @@ class LogReader:
     def _plan(self, deadline: float | None) -> bool:
         """Add the next committed blocks after the cursor to the plan; False if none yet."""
         c = self._cursor
+        self._tail_at = None
         if c.finished and not self._advance_cursor(deadline):
             return False
-        rescanned = False
+        rescanned = flushed = False
         while True:
             snap = self._snapshot(c.segment_id, c.next_block, deadline)
             if not snap.log_exists:
@@ -548,28 +636,61 @@ class LogReader:
                     raise self._truncated(c, "its segment was already deleted")
                 if not self._advance_cursor(deadline):
                     return False  # the segment is not created yet
-                rescanned = False
+                rescanned = flushed = False
                 continue
             if self._select(seg, snap.blocks):
                 return True
-            if c.next_entry <= seg.lac:  # committed, yet no block record holds it
+            if seg.quorum and (seg.state is SegmentState.ACTIVE or c.next_entry <= seg.lac):
+                read = self._read_tail(seg, c.next_entry)
+                if read.entries is not None:
+                    return True
+                if not read.flushed:
+                    self._tail_at = (seg, c.next_entry)  # a waiting reader long-polls there
+                    return False
+                if not flushed:
+                    flushed = True  # forgotten by the nodes since the snapshot: in etcd now
+                    continue
+            if c.next_entry <= seg.lac or flushed:  # committed, yet no block record holds it
                 if c.next_block and not rescanned:
                     c.next_block, rescanned = 0, True  # the layout changed: look from the start
                     continue
                 if snap.truncated(c.segment_id, c.next_entry):
                     raise self._truncated(c, "its blocks were already deleted")
+                why = "its nodes say it was flushed" if flushed else f"LAC {seg.lac}"
                 raise CorruptedDataError(
                     f"log {self.name!r} segment {seg.segment_id}: entry {c.next_entry} is "
-                    f"committed (LAC {seg.lac}) but no block record holds it"
+                    f"committed ({why}) but no block record holds it"
                 )
             if seg.state is SegmentState.ACTIVE or not self._advance_cursor(deadline):
                 return False
-            rescanned = False
+            rescanned = flushed = False
+
+    def _read_tail(self, seg: SegmentRecord, start: int) -> TailRead:
+        """Read a quorum segment's unflushed entries from ``start`` from its nodes, and plan
+        what they sent (never past a node's LAC nor a sealed segment's last entry)."""
+        try:
+            read = self._tail.read(seg, start)
+        except CancelledError:
+            self._check_usable()  # cancelled by close()
+            raise
+        got = read.entries
+        if got is not None:
+            self._planned.append(
+                _Planned(got.segment_id, got.first, got.start, got.last, received=got.payloads)
+            )
+            c = self._cursor
+            c.next_entry = got.last + 1
+            c.finished = seg.state is not SegmentState.ACTIVE and c.next_entry > seg.lac
+        return read
 
     def _select(self, seg: SegmentRecord, blocks: list[BlockRecord]) -> bool:
-        """Plan the blocks continuing the cursor densely, up to the LAC."""
+        """Plan the blocks continuing the cursor densely, up to the LAC.
+
+        An ACTIVE quorum segment's LAC is not in etcd, but every block record of it is a
+        flushed range, at or below the LAC of the node that flushed it."""
         c = self._cursor
         added = False
+        end = sys.maxsize if _lac_on_nodes(seg) else seg.lac
         for b in blocks:
             if (b.log_id, b.segment_id) != (self.log_id, seg.segment_id):
                 raise CorruptedDataError(
@@ -579,10 +700,10 @@ class LogReader:
             if b.last_entry_id < c.next_entry:
                 c.next_block = b.block_id + 1  # never needed again: later reads start after it
                 continue
-            if b.first_entry_id > c.next_entry or c.next_entry > seg.lac:
+            if b.first_entry_id > c.next_entry or c.next_entry > end:
                 break
-            last = min(b.last_entry_id, seg.lac)
-            self._planned.append(_Planned(b, c.next_entry, last))
+            last = min(b.last_entry_id, end)
+            self._planned.append(_Planned.block(b, c.next_entry, last))
             c.next_entry, c.next_block, added = last + 1, b.block_id + 1, True
         c.finished = seg.state is not SegmentState.ACTIVE and c.next_entry > seg.lac
         return added
@@ -606,6 +727,7 @@ class LogReader:
     def _layout_changed(self, item: _Planned) -> bool:
         """After a missing object: whether its block record changed (else explain the loss)."""
         record = item.record
+        assert record is not None  # what a node sent is never missing
         snap = self._snapshot(record.segment_id, 0, None)
         if not snap.log_exists:
             raise LogNotFoundError(f"log {self.name!r} was deleted")
@@ -655,6 +777,7 @@ class LogReader:
         self._closed = error
         self._settle()
         self._watch.close()
+        self._tail.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._registration.close()
 
@@ -677,6 +800,11 @@ class LogReader:
     def __repr__(self) -> str:
         state = "closed" if self._closed is not None else f"at {self.position}"
         return f"LogReader(log={self.name!r}, reader={self.reader_name!r}, {state})"
+
+
+def _lac_on_nodes(seg: SegmentRecord) -> bool:
+    """An ACTIVE quorum segment: its LAC is known to its nodes, not to etcd (-1 there)."""
+    return seg.quorum and seg.state is SegmentState.ACTIVE
 
 
 def _relay(shared: Future, out: Future, index: int) -> None:

@@ -211,9 +211,11 @@ class NodeState:
         return self._reply(request, Status.OK, key, tuple(found))
 
     def would_wait(self, key: tuple[int, int], start: int) -> bool:
-        """Whether a read of ``start`` finds nothing yet: a known segment, not acked that far."""
+        """Whether a read of ``start`` finds nothing yet: not acked that far, or a segment
+        not known yet (a reader at the start of a new segment waits for its first append;
+        a restarted node that lost it is never asked: its incarnation differs)."""
         replica = self.replicas.get(key)
-        return replica is not None and replica.dropped_through < start and replica.lac < start
+        return replica is None or (replica.dropped_through < start and replica.lac < start)
 
     def acked_through(self, key: tuple[int, int]) -> int:
         """The segment's LAC as this node knows it (-1: unknown segment or nothing acked)."""

@@ -257,6 +257,13 @@ class CommitWatch:
         """The watch saw the log being deleted."""
         return self._deleted
 
+    def wake(self) -> None:
+        """Wake the waiters as a notification would: something else than etcd (a quorum
+        node's long-poll) says the reader may have something new."""
+        with self._cond:
+            self._version += 1
+            self._cond.notify_all()
+
     def ensure_armed(self) -> bool:
         """Arm the watch unless it is live or a retry is not due yet.
 

@@ -1,0 +1,322 @@
+"""LogReader on quorum segments, against real ``woodpecker node`` processes, etcd and storage:
+the unflushed tail from the nodes, flushed ranges from object storage, a long-poll wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from chaos.nodes import NodeProcess
+
+import woodpecker as wp
+from tests.conftest import ConfigFactory
+from woodpecker.config import Config
+from woodpecker.deployment import Deployment
+from woodpecker.errors import QuorumUnavailableError
+from woodpecker.format import encode_batch_message
+from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
+from woodpecker.meta.flush import flush_cursor
+from woodpecker.quorum import wire
+from woodpecker.quorum.client import EnsembleMember, QuorumSegment, SegmentReplicator
+from woodpecker.quorum.tail import TailReads
+from woodpecker.reader import LogReader
+from woodpecker.storage import ObjectStore, open_store
+
+NO_FLUSH = {"quorum_flush_interval": 600.0}  # nodes keep everything (flush_bytes is 8 MiB)
+
+
+def entry(i: int, size: int = 8) -> bytes:
+    return b"%d:" % i + bytes(size)
+
+
+class QuorumWriter:
+    """Writes one quorum segment as the logstore's coordinator does: the segment record with
+    its ensemble (create CAS), each batch to every node, acked by 2 of 3."""
+
+    def __init__(
+        self, config: Config, meta: MetaStore, log_id: int, members: list[EnsembleMember]
+    ) -> None:
+        self.meta, self.log_id, self.members = meta, log_id, members
+        self.session = meta.acquire_writer(log_id, "test-writer", preempt=True)
+        self.segment_id = self.session.next_segment_id()
+        self.record = self.session.create_segment(self.segment_id, ensemble=members, ack=2)
+        self.next_entry = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        segment = QuorumSegment(log_id, self.segment_id, self.session.epoch, 2, 2.0)
+        self.replicator: SegmentReplicator = self._run(
+            SegmentReplicator.open(members, Deployment.of(config), segment)
+        )
+
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def append(self, count: int, size: int = 8) -> int:
+        """One batch of ``count`` entries; the LAC once it is acked (the nodes learn it with
+        the next append or ``tell_lac``)."""
+        payloads = [entry(i, size) for i in range(self.next_entry, self.next_entry + count)]
+        self.next_entry += count
+
+        async def send() -> int:
+            return await self.replicator.append(encode_batch_message(payloads), count, 10.0)
+
+        return self._run(send())
+
+    def tell_lac(self) -> None:
+        """What an idle writer does: tell every live node the LAC."""
+        lac, epoch = self.replicator.lac, self.session.epoch
+
+        def parts(request_id: int) -> list[bytes | memoryview]:
+            head = wire.request(wire.LAC, request_id, self.log_id, self.segment_id, epoch)
+            return wire.frame(head + wire.LAC_BODY.pack(lac))
+
+        async def tell() -> None:
+            for link in list(self.replicator.live.values()):
+                await link.call(parts)
+
+        self._run(tell())
+
+    def seal(self) -> SegmentRecord:
+        return self.session.seal_segment(self.segment_id, last_entry=self.replicator.lac)
+
+    def close(self) -> None:
+        self._run(self.replicator.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self.session.release()
+
+
+class Quorum:
+    """Three real nodes, a quorum log, its writer, and what a reader needs."""
+
+    def __init__(
+        self,
+        start_node: Callable[..., NodeProcess],
+        config: Config,
+        backend: str,
+        **settings: object,
+    ) -> None:
+        self.start_node = start_node
+        self.nodes = [start_node(f"q{i}", backend=backend, **settings) for i in range(3)]
+        self.members = []
+        for node in self.nodes:
+            record = node.wait_registered()
+            self.members.append(EnsembleMember(record.node_id, record.address, record.incarnation))
+        self.config = config
+        self.meta = MetaStore(config)
+        self.store: ObjectStore = open_store(config)
+        self.log_id = self.meta.create_log("orders", buffer_mode="quorum").log_id
+        self.writer = QuorumWriter(config, self.meta, self.log_id, self.members)
+
+    def reader(self, start: wp.Position = wp.EARLIEST) -> LogReader:
+        return LogReader(self.meta, self.store, "orders", self.log_id, start)
+
+    def flushed(self, segment_id: int = 0) -> int:
+        return flush_cursor(self.meta, self.log_id, segment_id).cursor.next_entry
+
+    def close(self) -> None:
+        self.writer.close()
+        self.store.close()
+        self.meta.close()
+
+
+@pytest.fixture
+def quorum(start_node: Callable[..., NodeProcess], make_config: ConfigFactory, request: Any) -> Any:
+    made: list[Quorum] = []
+
+    def build(backend: str = "local", **settings: object) -> Quorum:
+        q = Quorum(start_node, make_config(backend, **settings), backend, **settings)
+        made.append(q)
+        return q
+
+    yield build
+    for q in made:
+        q.close()
+
+
+def ids(messages: list[wp.LogMessage]) -> list[tuple[int, int]]:
+    return [(m.id.segment_id, m.id.entry_id) for m in messages]
+
+
+def drain(reader: LogReader, timeout: float = 0.3) -> list[wp.LogMessage]:
+    out = []
+    while (message := reader.read_next(timeout=timeout)) is not None:
+        out.append(message)
+    return out
+
+
+def wait_for(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within:g}s"
+        time.sleep(0.05)
+
+
+def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
+    quorum: Callable[..., Quorum], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = quorum(backend, quorum_flush_bytes="1KiB", quorum_flush_interval=600.0)
+    w = q.writer
+    for _ in range(3):
+        w.append(4)  # small: far below quorum.flush_bytes, nothing is flushed
+    # entries 0-7 are acked and the nodes know it (the LAC rode on the later appends);
+    # 8-11 are acked but no node knows yet: never returned
+    early = q.reader()
+    assert ids(drain(early)) == [(0, i) for i in range(8)]
+    assert q.flushed() == 0 and q.meta.list_blocks(q.log_id, 0) == []  # all from the nodes
+    w.tell_lac()
+    assert [m.payload for m in drain(early)] == [entry(i) for i in range(8, 12)]
+
+    # large batches: the nodes flush what is at or below the LAC and forget it
+    w.append(2, size=600)
+    w.append(2, size=600)
+    w.tell_lac()
+    wait_for(lambda: q.flushed() == 16, "the flush of entries 0-15")
+    w.append(3)
+    w.tell_lac()
+    # the early reader crosses into entries it read from nodes before: no repeat, no gap
+    assert [m.payload for m in drain(early)] == (
+        [entry(i, 600) for i in range(12, 16)] + [entry(i) for i in range(16, 19)]
+    )
+    # a new reader: 0-15 from object storage (block records), 16-18 from the nodes
+    gets = []
+    fetch = q.store.get
+    q.store.get = lambda *a, **k: gets.append(a[0]) or fetch(*a, **k)  # type: ignore[method-assign]
+    fresh = q.reader()
+    table = fresh.read_until()
+    assert table.column("entry_id").to_pylist() == list(range(19))
+    assert table.column("payload").to_pylist() == (
+        [entry(i) for i in range(12)]
+        + [entry(i, 600) for i in range(12, 16)]
+        + [entry(i) for i in range(16, 19)]
+    )
+    blocks = q.meta.list_blocks(q.log_id, 0)
+    assert blocks and blocks[-1].last_entry_id == 15 and set(gets) == {b.key for b in blocks}
+
+    # sealed at its last entry: a reader stops there although nodes hold more
+    w.append(2)  # acked (entries 19-20) but the seal below is at 18
+    sealed = w.session.seal_segment(0, last_entry=18)
+    assert (sealed.state, sealed.lac) == (SegmentState.SEALED, 18)
+    w.tell_lac()  # the nodes' LAC is 20 now
+    for reader in (early, fresh):
+        assert drain(reader) == []
+        assert reader.position == wp.LogMessageId(0, 19)
+    whole = q.reader().read_until()
+    assert whole.column("entry_id").to_pylist() == list(range(19))
+    for reader in (early, fresh):
+        reader.close()
+
+    # a reader whose snapshot predates the flush commit asks the nodes for entries they
+    # forgot: FLUSHED sends it back to etcd, whose block records hold them now (the other
+    # nodes are killed, so the flusher, which forgot them at once, answers)
+    claim = q.meta.etcd.get("test", q.meta.keys.flusher(q.log_id, 0))
+    assert claim is not None
+    for member, node in zip(q.members, q.nodes, strict=True):
+        if member.node_id != claim[0].decode():
+            node.proc.kill()
+    snapshot = LogReader._snapshot
+    stale = [True]
+
+    def before_the_flush(self: LogReader, *args: Any) -> Any:
+        snap = snapshot(self, *args)
+        return dataclasses.replace(snap, blocks=[]) if stale and stale.pop() else snap
+
+    monkeypatch.setattr(LogReader, "_snapshot", before_the_flush)
+    answers = []
+    read = TailReads.read
+    monkeypatch.setattr(TailReads, "read", lambda *a: answers.append(read(*a)) or answers[-1])
+    table = q.reader().read_until(wp.LogMessageId(0, 19))
+    assert table.column("payload").to_pylist() == whole.column("payload").to_pylist()
+    assert answers[0].flushed and not stale
+
+
+def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
+    quorum: Callable[..., Quorum], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = quorum(**NO_FLUSH)
+    w = q.writer
+    reads = []
+    read = TailReads.read
+    monkeypatch.setattr(TailReads, "read", lambda self, *a: reads.append(a) or read(self, *a))
+
+    def acked_later(count: int) -> threading.Timer:
+        timer = threading.Timer(0.5, lambda: (w.append(count), w.tell_lac()))
+        timer.start()
+        return timer
+
+    # waits at entry 0 of a segment no node has an entry of yet, then at entry 2; the
+    # reader's only timer is the 5 s re-read of etcd (RECHECK_INTERVAL)
+    reader = q.reader(wp.LATEST)
+    for first in (0, 2):
+        acked_later(2)
+        started = time.monotonic()
+        message = reader.read_next(timeout=10)
+        waited = time.monotonic() - started
+        assert message is not None and message.id == wp.LogMessageId(0, first)
+        assert waited < 3.0, f"woken after {waited:.2f}s"
+        assert reader.read_next(timeout=0) is not None
+    assert reader._tail.polls >= 2  # the wake-ups were answers to READs with a wait
+
+    # LATEST on an ACTIVE quorum segment: after the LAC the nodes report
+    assert q.reader(wp.LATEST).position == wp.LogMessageId(0, 4)
+
+    # control: without the long-poll nothing wakes the waiting reader; the entry acked
+    # 0.5 s into the wait is found by the last look at the timeout, and no interval polls
+    # the nodes meanwhile (one READ before the wait, one at its end)
+    monkeypatch.setattr(TailReads, "long_poll", lambda *a, **k: None)
+    reads.clear()
+    acked_later(1)
+    started = time.monotonic()
+    message = reader.read_next(timeout=2.0)
+    assert message is not None and message.id == wp.LogMessageId(0, 4)
+    assert time.monotonic() - started >= 2.0
+    assert len(reads) == 2
+    reader.close()
+
+
+def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
+    quorum: Callable[..., Quorum],
+) -> None:
+    q = quorum(**NO_FLUSH)
+    w = q.writer
+    w.append(3)
+    w.tell_lac()
+    reader = q.reader()
+    assert ids(drain(reader)) == [(0, i) for i in range(3)]
+    by_id = {m.node_id: node for m, node in zip(q.members, q.nodes, strict=True)}
+    served = reader._tail._preferred
+    assert served in by_id
+    killed = by_id.pop(served)
+    killed.proc.kill()
+    killed.proc.wait()
+    w.append(2)
+    w.tell_lac()
+    assert [m.payload for m in drain(reader)] == [entry(3), entry(4)]  # from another node
+    assert reader._tail._preferred in by_id
+
+    # the killed node comes back empty on its address, with a new incarnation: never asked
+    # (it would answer as if it never had the segment); then the other two are killed
+    back = q.start_node("back", port=killed.port, **NO_FLUSH)
+    wait_for(lambda: "back" in {n.node_id for n in back.registered()}, "the restarted node")
+    for node in by_id.values():
+        node.proc.kill()
+        node.proc.wait()
+    started = time.monotonic()
+    with pytest.raises(QuorumUnavailableError, match="no node of its ensemble answers"):
+        reader.read_next(timeout=1.0)  # a waiting read: asks again until its timeout
+    assert 1.0 <= time.monotonic() - started < 5.0
+    assert reader.position == wp.LogMessageId(0, 5)
+    with pytest.raises(QuorumUnavailableError):
+        q.reader().read_until(wp.LogMessageId(0, 10))  # a read that does not wait: at once
+    with pytest.raises(QuorumUnavailableError):
+        q.reader(wp.LATEST)  # the LAC is only known to the nodes
+    with pytest.raises(QuorumUnavailableError, match=f"{served} .*it restarted"):
+        reader.read_next(timeout=0)
+    reader.close()
