@@ -7,11 +7,11 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
-from chaos.nodes import NodeProcess
+from chaos.nodes import NodePool, NodeProcess
 
 import woodpecker as wp
 from tests.conftest import ConfigFactory
@@ -94,29 +94,23 @@ class QuorumWriter:
 
 
 class Quorum:
-    """Three real nodes, a quorum log, its writer, and what a reader needs."""
+    """Three real nodes, a quorum log on them, its writer, and what a reader needs."""
 
-    def __init__(
-        self,
-        start_node: Callable[..., NodeProcess],
-        config: Config,
-        backend: str,
-        **settings: object,
-    ) -> None:
-        self.start_node = start_node
-        self.nodes = [start_node(f"q{i}", backend=backend, **settings) for i in range(3)]
+    def __init__(self, config: Config, nodes: list[NodeProcess], name: str) -> None:
+        self.nodes = nodes
         self.members = []
-        for node in self.nodes:
+        for node in nodes:
             record = node.wait_registered()
             self.members.append(EnsembleMember(record.node_id, record.address, record.incarnation))
         self.config = config
+        self.name = name
         self.meta = MetaStore(config)
         self.store: ObjectStore = open_store(config)
-        self.log_id = self.meta.create_log("orders", buffer_mode="quorum").log_id
+        self.log_id = self.meta.create_log(name, buffer_mode="quorum").log_id
         self.writer = QuorumWriter(config, self.meta, self.log_id, self.members)
 
     def reader(self, start: wp.Position = wp.EARLIEST) -> LogReader:
-        return LogReader(self.meta, self.store, "orders", self.log_id, start)
+        return LogReader(self.meta, self.store, self.name, self.log_id, start)
 
     def flushed(self, segment_id: int = 0) -> int:
         return flush_cursor(self.meta, self.log_id, segment_id).cursor.next_entry
@@ -128,17 +122,28 @@ class Quorum:
 
 
 @pytest.fixture
-def quorum(start_node: Callable[..., NodeProcess], make_config: ConfigFactory, request: Any) -> Any:
+def quorum(
+    start_node: Callable[..., NodeProcess], make_config: ConfigFactory
+) -> Iterator[Callable[..., Quorum]]:
+    """A quorum log on three nodes of its own (``settings``: theirs and the reader's)."""
     made: list[Quorum] = []
 
     def build(backend: str = "local", **settings: object) -> Quorum:
-        q = Quorum(start_node, make_config(backend, **settings), backend, **settings)
-        made.append(q)
-        return q
+        nodes = [start_node(f"q{i}", backend=backend, **settings) for i in range(3)]
+        made.append(Quorum(make_config(backend, **settings), nodes, "orders"))
+        return made[-1]
 
     yield build
     for q in made:
         q.close()
+
+
+@pytest.fixture
+def pooled(quorum_pool: NodePool, unique: str) -> Iterator[Quorum]:
+    """A quorum log on the shared pool of nodes (default settings)."""
+    q = Quorum(quorum_pool.config(), quorum_pool.nodes, f"orders-{unique}")
+    yield q
+    q.close()
 
 
 def ids(messages: list[wp.LogMessage]) -> list[tuple[int, int]]:
@@ -200,16 +205,17 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     blocks = q.meta.list_blocks(q.log_id, 0)
     assert blocks and blocks[-1].last_entry_id == 15 and set(gets) == {b.key for b in blocks}
 
-    # sealed at its last entry: a reader stops there although nodes hold more
-    w.append(2)  # acked (entries 19-20) but the seal below is at 18
-    sealed = w.session.seal_segment(0, last_entry=18)
-    assert (sealed.state, sealed.lac) == (SegmentState.SEALED, 18)
+    # sealed at its last entry: a reader stops there although nodes hold more, even
+    # inside the batch they answer with
+    w.append(2)  # one batch, entries 19-20, acked; the seal below is at 19
+    sealed = w.session.seal_segment(0, last_entry=19)
+    assert (sealed.state, sealed.lac) == (SegmentState.SEALED, 19)
     w.tell_lac()  # the nodes' LAC is 20 now
     for reader in (early, fresh):
-        assert drain(reader) == []
-        assert reader.position == wp.LogMessageId(0, 19)
+        assert ids(drain(reader)) == [(0, 19)]
+        assert reader.position == wp.LogMessageId(0, 20)
     whole = q.reader().read_until()
-    assert whole.column("entry_id").to_pylist() == list(range(19))
+    assert whole.column("entry_id").to_pylist() == list(range(20))
     for reader in (early, fresh):
         reader.close()
 
@@ -220,7 +226,7 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     assert claim is not None
     for member, node in zip(q.members, q.nodes, strict=True):
         if member.node_id != claim[0].decode():
-            node.proc.kill()
+            node.stop()
     snapshot = LogReader._snapshot
     stale = [True]
 
@@ -232,15 +238,16 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     answers = []
     read = TailReads.read
     monkeypatch.setattr(TailReads, "read", lambda *a: answers.append(read(*a)) or answers[-1])
-    table = q.reader().read_until(wp.LogMessageId(0, 19))
+    table = q.reader().read_until(wp.LogMessageId(0, 20))
     assert table.column("payload").to_pylist() == whole.column("payload").to_pylist()
     assert answers[0].flushed and not stale
 
 
+@pytest.mark.parametrize("backend", ["local"])
 def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
-    quorum: Callable[..., Quorum], monkeypatch: pytest.MonkeyPatch
+    pooled: Quorum, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    q = quorum(**NO_FLUSH)
+    q = pooled
     w = q.writer
     reads = []
     read = TailReads.read
@@ -282,7 +289,7 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
 
 
 def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
-    quorum: Callable[..., Quorum],
+    quorum: Callable[..., Quorum], start_node: Callable[..., NodeProcess]
 ) -> None:
     q = quorum(**NO_FLUSH)
     w = q.writer
@@ -294,8 +301,7 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
     served = reader._tail._preferred
     assert served in by_id
     killed = by_id.pop(served)
-    killed.proc.kill()
-    killed.proc.wait()
+    killed.stop()
     w.append(2)
     w.tell_lac()
     assert [m.payload for m in drain(reader)] == [entry(3), entry(4)]  # from another node
@@ -303,11 +309,10 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
 
     # the killed node comes back empty on its address, with a new incarnation: never asked
     # (it would answer as if it never had the segment); then the other two are killed
-    back = q.start_node("back", port=killed.port, **NO_FLUSH)
+    back = start_node("back", port=killed.port, **NO_FLUSH)
     wait_for(lambda: "back" in {n.node_id for n in back.registered()}, "the restarted node")
     for node in by_id.values():
-        node.proc.kill()
-        node.proc.wait()
+        node.stop()
     started = time.monotonic()
     with pytest.raises(QuorumUnavailableError, match="no node of its ensemble answers"):
         reader.read_next(timeout=1.0)  # a waiting read: asks again until its timeout
