@@ -21,6 +21,7 @@ from woodpecker.errors import QuorumUnavailableError
 from woodpecker.format import encode_batch_message
 from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
 from woodpecker.meta.flush import flush_cursor
+from woodpecker.meta.lifecycle import Lifecycle
 from woodpecker.quorum import wire
 from woodpecker.quorum.client import EnsembleMember, QuorumSegment, SegmentReplicator
 from woodpecker.quorum.tail import TailReads
@@ -176,6 +177,9 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     early = q.reader()
     assert ids(drain(early)) == [(0, i) for i in range(8)]
     assert q.flushed() == 0 and q.meta.list_blocks(q.log_id, 0) == []  # all from the nodes
+    middle = q.reader(wp.LogMessageId(0, 5))  # inside the batch of entries 4-7
+    assert ids(drain(middle)) == [(0, 5), (0, 6), (0, 7)]
+    middle.close()
     w.tell_lac()
     assert [m.payload for m in drain(early)] == [entry(i) for i in range(8, 12)]
 
@@ -241,6 +245,12 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     table = q.reader().read_until(wp.LogMessageId(0, 20))
     assert table.column("payload").to_pylist() == whole.column("payload").to_pylist()
     assert answers[0].flushed and not stale
+
+    # truncated inside the entries only a node holds now: EARLIEST is the entry after it
+    Lifecycle(q.meta).truncate(q.log_id, q.name, 0, 17)
+    after = q.reader()
+    assert ids(drain(after)) == [(0, 18), (0, 19)]
+    after.close()
 
 
 @pytest.mark.parametrize("backend", ["local"])
