@@ -149,7 +149,8 @@ class QuorumUnavailableError(OutcomeUnknownError):
 
     The append may have reached some nodes, and recovery keeps the longest run a quorum
     of them reports (docs/quorum.md), so it may still become readable. Retry once the
-    nodes are back."""
+    nodes are back. A reader raises it when it needs entries not in object storage yet
+    and no node of the segment's ensemble answers; it stays at its position."""
 
     retryable = True
 

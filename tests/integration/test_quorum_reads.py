@@ -19,7 +19,7 @@ from woodpecker.config import Config
 from woodpecker.deployment import Deployment
 from woodpecker.errors import QuorumUnavailableError
 from woodpecker.format import encode_batch_message
-from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
+from woodpecker.meta import MetaStore, SegmentState
 from woodpecker.meta.flush import flush_cursor
 from woodpecker.meta.lifecycle import Lifecycle
 from woodpecker.quorum import wire
@@ -43,16 +43,20 @@ class QuorumWriter:
         self, config: Config, meta: MetaStore, log_id: int, members: list[EnsembleMember]
     ) -> None:
         self.meta, self.log_id, self.members = meta, log_id, members
+        self.deployment = Deployment.of(config)
         self.session = meta.acquire_writer(log_id, "test-writer", preempt=True)
-        self.segment_id = self.session.next_segment_id()
-        self.record = self.session.create_segment(self.segment_id, ensemble=members, ack=2)
-        self.next_entry = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        segment = QuorumSegment(log_id, self.segment_id, self.session.epoch, 2, 2.0)
+        self._open_segment()
+
+    def _open_segment(self) -> None:
+        self.segment_id = self.session.next_segment_id()
+        self.session.create_segment(self.segment_id, ensemble=self.members, ack=2)
+        self.next_entry = 0
+        segment = QuorumSegment(self.log_id, self.segment_id, self.session.epoch, 2, 2.0)
         self.replicator: SegmentReplicator = self._run(
-            SegmentReplicator.open(members, Deployment.of(config), segment)
+            SegmentReplicator.open(self.members, self.deployment, segment)
         )
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -83,8 +87,11 @@ class QuorumWriter:
 
         self._run(tell())
 
-    def seal(self) -> SegmentRecord:
-        return self.session.seal_segment(self.segment_id, last_entry=self.replicator.lac)
+    def roll(self) -> None:
+        """Seal the segment at its LAC and go on in a new one, as a writer rolls."""
+        self.session.seal_segment(self.segment_id, last_entry=self.replicator.lac)
+        self._run(self.replicator.close())
+        self._open_segment()
 
     def close(self) -> None:
         self._run(self.replicator.close())
@@ -284,6 +291,20 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
     # LATEST on an ACTIVE quorum segment: after the LAC the nodes report
     assert q.reader(wp.LATEST).position == wp.LogMessageId(0, 4)
 
+    # the writer rolls: the reader waiting at entry 4 of segment 0, sealed at 3, is woken
+    # by etcd (no LAC moves there), moves on, and its long-poll in segment 1 wakes it
+    def roll() -> None:
+        w.roll()
+        w.append(1)
+        w.tell_lac()
+
+    threading.Timer(0.5, roll).start()
+    started = time.monotonic()
+    message = reader.read_next(timeout=10)
+    waited = time.monotonic() - started
+    assert message is not None and message.id == wp.LogMessageId(1, 0)
+    assert waited < 3.0, f"woken after {waited:.2f}s"
+
     # control: without the long-poll nothing wakes the waiting reader; the entry acked
     # 0.5 s into the wait is found by the last look at the timeout, and no interval polls
     # the nodes meanwhile (one READ before the wait, one at its end)
@@ -292,7 +313,7 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
     acked_later(1)
     started = time.monotonic()
     message = reader.read_next(timeout=2.0)
-    assert message is not None and message.id == wp.LogMessageId(0, 4)
+    assert message is not None and message.id == wp.LogMessageId(1, 1)
     assert time.monotonic() - started >= 2.0
     assert len(reads) == 2
     reader.close()
