@@ -318,6 +318,17 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
     assert len(reads) == 2
     reader.close()
 
+    # close() from another thread ends an iteration waiting on a long-poll at once
+    monkeypatch.undo()
+    idle = q.reader(wp.LATEST)
+    iterating = threading.Thread(target=lambda: list(idle))
+    iterating.start()
+    wait_for(lambda: idle._tail.polls == 1, "the long-poll", within=5.0)
+    started = time.monotonic()
+    idle.close()
+    iterating.join(timeout=5.0)
+    assert not iterating.is_alive() and time.monotonic() - started < 2.0
+
 
 def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
     quorum: Callable[..., Quorum], start_node: Callable[..., NodeProcess]

@@ -123,8 +123,7 @@ class TailReads:
         """Have a node answer once its LAC reaches ``start`` (or after ``wait`` s), then call
         ``wake``. A poll for the same entry already out is kept; one for another is dropped."""
         wait = MAX_WAIT if wait is None else min(wait, MAX_WAIT)
-        loop = self._start()
-        loop.call_soon_threadsafe(self._arm_poll, seg, start, wait, wake)
+        self._submit(self._arm_poll(seg, start, wait, wake))
 
     def close(self) -> None:
         """Close every link and stop the loop; a call waiting on it is cancelled."""
@@ -135,17 +134,20 @@ class TailReads:
             loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if thread is threading.current_thread():
-            loop.stop()  # closed from a wake callback: the loop's thread ends itself
-            return
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(self._timeout + 1)
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
 
-    def _start(self) -> asyncio.AbstractEventLoop:
+    def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Hand ``coro`` to the loop (started at the first call); its future.
+
+        Under the lock that ``close`` takes first, so a coroutine handed over is a task
+        before the shutdown cancels every task: its future never stays pending.
+        ``concurrent.futures.CancelledError`` once closed."""
         with self._lock:
             if self._closed:
+                coro.close()
                 raise concurrent.futures.CancelledError()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -154,18 +156,11 @@ class TailReads:
                 )
                 thread.start()
                 self._loop, self._thread = loop, thread
-            return self._loop
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the loop and wait for it (it bounds its own waits).
-
-        ``concurrent.futures.CancelledError`` once ``close`` stopped it."""
-        try:
-            loop = self._start()
-        except BaseException:
-            coro.close()
-            raise
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        """Run ``coro`` on the loop and wait for it (it bounds its own waits)."""
+        return self._submit(coro).result()
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -321,7 +316,7 @@ class TailReads:
             f"for {wanted}, which is not in object storage yet ({'; '.join(failures)})"
         )
 
-    def _arm_poll(
+    async def _arm_poll(
         self, seg: SegmentRecord, start: int, wait: float, wake: Callable[[], None]
     ) -> None:
         key = (seg.segment_id, start)
