@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -51,7 +52,13 @@ def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 def _cmd_quickstart(args: argparse.Namespace, config: Config) -> int:
     from woodpecker.quickstart import run_quickstart
 
+    if args.mode == "quorum":  # SIGTERM unwinds as Ctrl-C does: the nodes it runs are drained
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return run_quickstart(config, args.small, args.large, mode=args.mode, quiet=args.quiet)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _cmd_logstore(args: argparse.Namespace, config: Config) -> int:

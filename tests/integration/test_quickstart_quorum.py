@@ -53,8 +53,12 @@ def test_a_node_that_cannot_start_is_named_and_the_others_stopped(
         assert all(p.poll() is not None for p in nodes.procs)
 
 
-def test_ctrl_c_stops_the_nodes_it_started(
-    make_config: Callable[..., Config], config_env: Callable[[Config], dict[str, str]]
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_the_nodes_it_started(
+    make_config: Callable[..., Config],
+    config_env: Callable[[Config], dict[str, str]],
+    sig: int,
+    status: int,
 ) -> None:
     argv = [sys.executable, "-m", "woodpecker", "quickstart", "--mode", "quorum", "--quiet"]
     proc = subprocess.Popen(
@@ -69,6 +73,6 @@ def test_ctrl_c_stops_the_nodes_it_started(
         assert time.monotonic() < deadline, "quickstart started no nodes"
         time.sleep(0.05)
     time.sleep(1.0)  # the nodes register, the memory-mode job writes
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=90) == 130
+    proc.send_signal(sig)
+    assert proc.wait(timeout=90) == status
     assert not [n for n in nodes if n.is_running() and n.status() != psutil.STATUS_ZOMBIE]
