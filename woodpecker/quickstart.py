@@ -30,6 +30,7 @@ from woodpecker.errors import ConfigError, WoodpeckerError
 from woodpecker.local_nodes import LocalNodes
 from woodpecker.log import LogHandle
 from woodpecker.message import EARLIEST, LogMessageId
+from woodpecker.meta.flush import flush_cursor
 from woodpecker.producer import AppendFuture
 from woodpecker.progress import Progress
 
@@ -74,8 +75,8 @@ class WriteResult:
 def comparison_lines(writes: list[WriteResult], blocks: dict[str, int]) -> list[str]:
     """Memory and quorum mode side by side per entry size: ack p50/p99 and PUTs per GB.
 
-    ``blocks``: the blocks committed in etcd for each log; each one was one PUT (or one
-    append of a local file) of its uploader or, in quorum mode, of the flushing node.
+    ``blocks``: the blocks stored for each log; each one was one PUT (or one append of a
+    local file) of an uploader or, in quorum mode, of the flushing node.
     """
     by_size: dict[int, dict[str, WriteResult]] = {}
     for w in writes:
@@ -150,10 +151,22 @@ def _verify(client: Client, phase: Phase, quiet: bool) -> float:
     return time.perf_counter() - start
 
 
-def _where(log: LogHandle) -> str:
+def _stored_blocks(client: Client, log: LogHandle) -> tuple[int, int]:
+    """Segments of a log and the blocks stored for it, one PUT each: a memory-mode segment
+    counts its blocks in its record, a quorum segment's flush cursor those its nodes flushed."""
+    meta = client.meta_store()
     segments = log.segments()
-    blocks = sum(s.block_count for s in segments)
-    return f"  {log.name:26} {len(segments)} segment(s), {blocks} block(s)"
+    blocks = sum(
+        flush_cursor(meta, log.log_id, s.segment_id).cursor.next_block
+        if s.quorum
+        else s.block_count
+        for s in segments
+    )
+    return len(segments), blocks
+
+
+def _where(log: LogHandle, segments: int, blocks: int) -> str:
+    return f"  {log.name:26} {segments} segment(s), {blocks} block(s)"
 
 
 def _setup_lines(config: Config) -> list[str]:
@@ -191,13 +204,6 @@ def _in_mode(config: Config, mode: str) -> Config:
     return Config(env={}, **{**config.overrides(), "buffer_mode": mode})
 
 
-def _blocks(client: Client, log_name: str) -> int:
-    """Blocks committed in etcd for a log: what was PUT to storage for it."""
-    meta = client.meta_store()
-    log_id = client.open_log(log_name).log_id
-    return sum(len(meta.list_blocks(log_id, s.segment_id)) for s in meta.list_segments(log_id))
-
-
 def run_quickstart(
     config: Config,
     small: int,
@@ -232,8 +238,10 @@ def run_quickstart(
         # the nodes have drained: every entry they held is in object storage now
         writes = [w for ws, _ in runs for w in ws]
         reads = [r for _, rs in runs for r in rs]
-        where = [_where(client.open_log(w.phase.log_name)) for w in writes]
-        blocks = {w.phase.log_name: _blocks(client, w.phase.log_name) for w in writes if compared}
+        logs = [client.open_log(w.phase.log_name) for w in writes]
+        stored = [_stored_blocks(client, log) for log in logs]
+    where = [_where(log, *counts) for log, counts in zip(logs, stored, strict=True)]
+    blocks = {log.name: counts[1] for log, counts in zip(logs, stored, strict=True)}
     total = sum(w.phase.count for w in writes)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     acked = (
