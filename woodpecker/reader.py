@@ -433,8 +433,23 @@ class LogReader:
                 continue
             remaining = _remaining(deadline)
             if not wait or remaining == 0.0:
+                self._check_sealed_served()
                 return False
             self._wait(seen, remaining)
+
+    def _check_sealed_served(self) -> None:
+        """A read that does not wait longer never calls committed entries "nothing yet":
+        entries of a sealed quorum segment that no node serves yet (none knows them acked:
+        its writer has not told them the final LAC) raise instead."""
+        if self._tail_at is None:
+            return
+        seg, start = self._tail_at
+        if seg.state is not SegmentState.ACTIVE and start <= seg.lac:
+            raise QuorumUnavailableError(
+                f"log {self.name!r} segment {seg.segment_id}: entries {start}..{seg.lac} are "
+                "sealed, not in object storage yet, and no node of its ensemble serves them "
+                "(none knows them acknowledged yet)"
+            )
 
     def _wait(self, seen: int, remaining: float | None) -> None:
         """Until etcd reports a change (the watch), a quorum node's LAC reaches the entry

@@ -218,12 +218,18 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
 
     # sealed at its last entry: a reader stops there although nodes hold more, even
     # inside the batch they answer with
-    w.append(2)  # one batch, entries 19-20, acked; the seal below is at 19
+    w.append(2)  # one batch, entries 19-20, acked; the nodes know the LAC up to 18
     sealed = w.session.seal_segment(0, last_entry=19)
     assert (sealed.state, sealed.lac) == (SegmentState.SEALED, 19)
-    w.tell_lac()  # the nodes' LAC is 20 now
-    for reader in (early, fresh):
-        assert ids(drain(reader)) == [(0, 19)]
+    # entry 19 is committed, yet no node may serve it until told the LAC: not "nothing"
+    with q.reader(wp.LogMessageId(0, 19)) as stuck:
+        with pytest.raises(QuorumUnavailableError, match=r"entries 19\.\.19 are sealed"):
+            stuck.read_until()
+    threading.Timer(0.5, w.tell_lac).start()  # the nodes' LAC is 20 then
+    for reader in (early, fresh):  # waiting readers long-poll the sealed segment's nodes
+        message = reader.read_next(timeout=5.0)
+        assert message is not None and message.id == wp.LogMessageId(0, 19)
+        assert drain(reader) == []
         assert reader.position == wp.LogMessageId(0, 20)
     whole = q.reader().read_until()
     assert whole.column("entry_id").to_pylist() == list(range(20))
@@ -360,8 +366,8 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
         reader.read_next(timeout=1.0)  # a waiting read: asks again until its timeout
     assert 1.0 <= time.monotonic() - started < 5.0
     assert reader.position == wp.LogMessageId(0, 5)
-    with pytest.raises(QuorumUnavailableError):
-        q.reader().read_until(wp.LogMessageId(0, 10))  # a read that does not wait: at once
+    with q.reader() as other, pytest.raises(QuorumUnavailableError):
+        other.read_until(wp.LogMessageId(0, 10))  # a read that does not wait: at once
     with pytest.raises(QuorumUnavailableError):
         q.reader(wp.LATEST)  # the LAC is only known to the nodes
     with pytest.raises(QuorumUnavailableError, match=f"{served} .*it restarted"):
