@@ -228,6 +228,8 @@ class LogReader:
         try:
             if self._plan(None):  # fails fast on a deleted position; starts fetching now
                 self._schedule()
+        except QuorumUnavailableError:
+            pass  # a quorum segment's nodes do not answer now: the reads ask them again
         except BaseException:
             self.close()
             raise

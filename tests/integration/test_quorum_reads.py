@@ -222,9 +222,9 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     sealed = w.session.seal_segment(0, last_entry=19)
     assert (sealed.state, sealed.lac) == (SegmentState.SEALED, 19)
     # entry 19 is committed, yet no node may serve it until told the LAC: not "nothing"
-    with q.reader(wp.LogMessageId(0, 19)) as stuck:
-        with pytest.raises(QuorumUnavailableError, match=r"entries 19\.\.19 are sealed"):
-            stuck.read_until()
+    sealed_error = pytest.raises(QuorumUnavailableError, match=r"entries 19\.\.19 are sealed")
+    with q.reader(wp.LogMessageId(0, 19)) as stuck, sealed_error:
+        stuck.read_until()
     threading.Timer(0.5, w.tell_lac).start()  # the nodes' LAC is 20 then
     for reader in (early, fresh):  # waiting readers long-poll the sealed segment's nodes
         message = reader.read_next(timeout=5.0)
