@@ -21,7 +21,6 @@ from woodpecker.config import Config
 from woodpecker.deployment import verify_deployment
 from woodpecker.errors import (
     ClientClosedError,
-    ConfigError,
     ForkedClientError,
     LogExistsError,
     LogNotFoundError,
@@ -75,13 +74,7 @@ class Client:
 
     def _buffer_mode(self) -> str:
         """The mode new logs are created in, recorded in their metadata for good."""
-        mode = self.config.buffer.mode
-        if mode == "quorum":
-            raise ConfigError(
-                "buffer.mode: quorum is not available yet: the quorum nodes (woodpecker node) "
-                "exist, the logstore's writing to them does not (docs/quorum.md); use memory"
-            )
-        return mode
+        return self.config.buffer.mode
 
     def open_log(self, name: str, *, create: bool = False) -> LogHandle:
         """Open a log; ``LogNotFoundError`` unless it exists or ``create=True``."""

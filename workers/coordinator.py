@@ -16,13 +16,21 @@ is committed first and at most one metadata operation per log is in flight, so
   checks the writer's fence (group commit, invariant 1 and 4);
 - a failed block fails every later block of its segment and rolls the segment.
 
+A QuorumBuffer log (docs/quorum.md) keeps the same timeline, with blocks replicated
+to the segment's ensemble of quorum nodes instead of uploaded (``workers/quorum_writer.py``):
+a segment's create chooses its ensemble and records it by CAS, its batches go out once
+that create is applied, each is acked as soon as ``quorum.ack`` nodes hold it and every
+batch before it, and etcd sees only the create and the seal (at the LAC).
+
 See docs/write-pipeline.md for the protocol and its failure cases.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,25 +39,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from woodpecker.config import Config
+from woodpecker.deployment import Deployment
 from woodpecker.errors import (
     CommitNotAttemptedError,
     CommitOutcomeUnknownError,
     MetadataUnavailableError,
     NotDurableError,
     NotWrittenError,
+    OutcomeUnknownError,
+    QuorumUnavailableError,
     WoodpeckerError,
     WriterClosedError,
     WriterFencedError,
     not_written,
     outcome_unknown,
 )
-from woodpecker.meta import MAX_BLOCKS_PER_COMMIT, BlockRecord, MetaStore, WriterSession
+from woodpecker.meta import (
+    MAX_BLOCKS_PER_COMMIT,
+    BlockRecord,
+    MetaStore,
+    SegmentRecord,
+    WriterSession,
+)
+from woodpecker.meta.nodes import registered_nodes
+from woodpecker.meta.records import EnsembleMember
+from woodpecker.quorum.ensemble import NodeKey, choose_ensemble, node_key, spare_exists
 from workers import metrics
+from workers.quorum_writer import QuorumWriter
 
 log = logging.getLogger("woodpecker.coordinator")
 
 SEAL_RETRY_INTERVAL = 1.0  # seconds between attempts to seal while etcd is unreachable
 MAX_HELD_BATCHES = 4096  # batches of one log held while it opens; more are refused
+SUSPECT_FOR = 60.0  # seconds a node that failed a segment is not chosen for a new one
+ROLL_CHECK_INTERVAL = 2.0  # seconds between looks for a spare while a segment runs degraded
 
 OpenReply = Callable[[WoodpeckerError | None], None]
 
@@ -68,9 +91,11 @@ class Batch:
 
 
 class BlockState(enum.Enum):
+    WAITING = "waiting"  # quorum: its segment's ensemble is not open yet
     UPLOADING = "uploading"
     UPLOADED = "uploaded"  # durable in storage, waiting for its turn to commit
     COMMITTING = "committing"  # in the commit txn in flight: if that fails, its fate is unknown
+    # (quorum: sent to the nodes, and its failure has an unknown outcome: recovery may keep it)
 
 
 @dataclass
@@ -88,6 +113,7 @@ class Block:
     uploaded_at: float | None = None  # monotonic clock
     size: int = 0
     checksum: int = 0
+    acked: int = 0  # quorum: how many of its batches (a prefix) are acked already
 
     @property
     def entries(self) -> int:
@@ -134,6 +160,9 @@ class LogState:
     committed_size: dict[int, int] = field(default_factory=dict)  # segment -> bytes committed
     fenced_by: WriterFencedError | None = None  # another session took the log
     retry_at: float | None = None  # a failed seal is retried from then on (monotonic clock)
+    quorum: bool = False  # a QuorumBuffer log: blocks go to quorum nodes
+    open_segments: set[int] = field(default_factory=set)  # quorum: ensembles connected
+    degraded: dict[int, float] = field(default_factory=dict)  # quorum: segment -> next look
 
 
 @dataclass
@@ -159,8 +188,10 @@ class Outbox:
         ack: Callable[[int, int, int, int], None],
         nack: Callable[[int, int, WoodpeckerError], None],
         wake: Callable[[], None],
+        read_batch: Callable[[int, int, int], bytes],
     ) -> None:
         self.dispatch = dispatch
+        self.read_batch = read_batch  # a copy of a batch's bytes in its producer's arena
         self.ack = ack
         self.nack = nack
         self.wake = wake
@@ -174,6 +205,9 @@ class Coordinator:
         self.meta = meta
         self.owner = owner
         self.out = outbox
+        self._quorum: QuorumWriter | None = None
+        self._quorum_lock = threading.Lock()
+        self._suspects: dict[NodeKey, float] = {}  # a node run that failed a segment -> until
         self.logs: dict[int, LogState] = {}
         self.opening: dict[int, Opening] = {}
         self.jobs: dict[int, tuple[LogState, Block]] = {}
@@ -205,15 +239,32 @@ class Coordinator:
         self.opening[log_id] = Opening(name, [(producer, reply)])
         self._background(self._open_session, (log_id,), lambda f: self._on_opened(log_id, f))
 
-    def _open_session(self, log_id: int) -> tuple[WriterSession, int]:
-        """On the pool: take the log (fencing any other owner) and recover it."""
+    def _open_session(self, log_id: int) -> tuple[WriterSession, int, bool]:
+        """On the pool: take the log (fencing any other owner) and recover it.
+
+        A quorum segment left ACTIVE is recovered through its nodes (fence with this
+        session's epoch, the maximum rule) before it is sealed."""
         session = self.meta.acquire_writer(log_id, self.owner, preempt=True)
         try:
-            session.recover()
-            return session, session.next_segment_id()
+            quorum = self.meta.get_log(session.name).buffer_mode == "quorum"
+            sealed = session.recover(
+                lambda record: self.quorum_writer.recover(record, session.epoch)
+            )
+            for record in sealed:
+                if record.quorum:
+                    self.quorum_writer.announce_seal(record, session.epoch)
+            return session, session.next_segment_id(), quorum
         except BaseException:
             session.release()
             raise
+
+    @property
+    def quorum_writer(self) -> QuorumWriter:
+        """Started with the first quorum segment this logstore writes or recovers."""
+        with self._quorum_lock:
+            if self._quorum is None:
+                self._quorum = QuorumWriter(self.config, Deployment.of(self.config))
+            return self._quorum
 
     def _on_opened(self, log_id: int, future: Future) -> None:
         opening = self.opening.pop(log_id)
@@ -229,8 +280,8 @@ class Coordinator:
                 reply(failure)
             self._fail_batches(opening.held, not_written(failure))
             return
-        session, next_segment = future.result()
-        state = LogState(log_id, opening.name, session, next_segment)
+        session, next_segment, quorum = future.result()
+        state = LogState(log_id, opening.name, session, next_segment, quorum=quorum)
         self.logs[log_id] = state
         for producer, reply in opening.waiters:
             state.writers[producer] = state.writers.get(producer, 0) + 1
@@ -314,6 +365,8 @@ class Coordinator:
         limits = self.config.uploader
         if state.open_since is None:
             return False
+        if state.quorum:
+            return True  # nodes ack each batch on its own; they form the large objects
         return state.open_bytes >= limits.max_block_bytes or (
             self.inflight < limits.max_inflight
             and now - state.open_since >= limits.linger_ms / 1000
@@ -361,6 +414,24 @@ class Coordinator:
         batches = self._take_open(state)
         job = self._next_job
         self._next_job += 1
+        if state.quorum:
+            # no block record: block ids do not count towards segment.max_blocks
+            block = Block(
+                cursor.segment_id,
+                0,
+                batches[0].first_entry,
+                batches,
+                "",
+                job,
+                state=BlockState.WAITING,
+            )
+            state.timeline.append(block)
+            self.jobs[job] = (state, block)
+            if cursor.segment_id in state.open_segments:
+                self._replicate(state, block)
+            else:
+                self._pump(state)  # its create may be the next metadata step
+            return
         block = Block(
             cursor.segment_id,
             cursor.next_block,
@@ -458,7 +529,9 @@ class Coordinator:
                 continue
             # if still uploading, its result is ignored and the object stays an orphan
             self.jobs.pop(item.job, None)
-            self._fail_batches(item.batches, sent if committing and sent is not None else error)
+            self._fail_batches(
+                item.batches[item.acked :], sent if committing and sent is not None else error
+            )
         state.timeline = kept
         if segment_id is None or (state.segment and state.segment.segment_id == segment_id):
             self._fail_batches(self._take_open(state), error)
@@ -482,7 +555,14 @@ class Coordinator:
         A commit is conditional on the fence: the one it failed was not applied either."""
         state.fenced_by = error
         metrics.fenced.inc()
-        self._fail_pending(state, error, sent=error)
+        sent: WoodpeckerError = error
+        if state.quorum:
+            # what reached the nodes may be kept by the new writer's recovery
+            sent = OutcomeUnknownError(f"{error}; this append had reached quorum nodes")
+            for segment_id in state.open_segments:
+                self.quorum_writer.finish(state.log_id, segment_id)
+            state.open_segments.clear()
+        self._fail_pending(state, error, sent=sent)
         state.timeline.clear()
         state.segment = None
         self._background(state.session.release, (), _log_release_failure)
@@ -497,6 +577,9 @@ class Coordinator:
             or state.fenced_by is not None
             or state.retry_at is not None
         ):
+            return
+        if state.quorum:
+            self._pump_quorum(state)
             return
         head = state.timeline[0]
         if isinstance(head, MetaOp):
@@ -594,6 +677,8 @@ class Coordinator:
             if state.retry_at is not None and now >= state.retry_at:
                 state.retry_at = None
                 self._pump(state)
+            if state.degraded:
+                self._look_for_spares(state, now)
 
     def run_results(self) -> None:
         """Apply finished metadata steps (called by the loop after a wake-up)."""
@@ -620,6 +705,10 @@ class Coordinator:
         if isinstance(head, MetaOp):
             if head.kind is MetaKind.SEAL:
                 state.committed_size.pop(head.segment_id, None)
+                if state.quorum:
+                    self._quorum_sealed(state, head.segment_id)
+            elif state.quorum:
+                self._quorum_opened(state, head.segment_id)
             return
         blocks = [b for b in items if isinstance(b, Block)]
         state.committed_size[head.segment_id] = state.committed_size.get(head.segment_id, 0) + sum(
@@ -655,6 +744,166 @@ class Coordinator:
         else:
             state.timeline.popleft()  # not ours to seal, or gone: nothing to do
 
+    # ---- quorum segments (docs/quorum.md) ---------------------------------------------
+
+    def _pump_quorum(self, state: LogState) -> None:
+        """Drop the acked blocks at the head; start a create or seal that reached it."""
+        while (
+            state.timeline
+            and isinstance(state.timeline[0], Block)
+            and state.timeline[0].state is BlockState.UPLOADED
+        ):
+            state.timeline.popleft()
+        if state.timeline and isinstance(head := state.timeline[0], MetaOp):
+            if head.kind is MetaKind.CREATE:
+                self._submit(
+                    state, 1, "create", self._create_quorum_segment, state, head.segment_id
+                )
+            else:
+                self._submit(state, 1, "seal", self._seal_quorum_segment, state, head.segment_id)
+
+    def _create_quorum_segment(self, state: LogState, segment_id: int) -> SegmentRecord:
+        """On the pool: choose the ensemble, create the segment with it (CAS), connect.
+
+        With fewer than ``quorum.ack`` healthy nodes it retries until ``retry.deadline``,
+        then QuorumUnavailableError fails the segment's batches."""
+        policy, deadline = self.config.quorum, time.monotonic() + self.config.retry.deadline
+        while True:
+            now = time.monotonic()
+            excluded = {k for k, until in list(self._suspects.items()) if until > now}
+            try:
+                chosen = choose_ensemble(
+                    registered_nodes(self.meta), policy.replicas, policy.ack, excluded
+                )
+                break
+            except QuorumUnavailableError:
+                if now >= deadline or state.fenced_by is not None:
+                    raise
+                time.sleep(min(0.2, policy.node_timeout))
+        record = state.session.create_segment(
+            segment_id,
+            [EnsembleMember(n.node_id, n.address, n.incarnation) for n in chosen],
+            policy.ack,
+        )
+        runs = {n.node_id: node_key(n) for n in chosen}
+        self.quorum_writer.open_segment(
+            record,
+            state.session.epoch,
+            lambda node_id: self._from_quorum_thread(
+                functools.partial(self._node_left, state, segment_id, runs.get(node_id))
+            ),
+        )
+        return record
+
+    def _seal_quorum_segment(self, state: LogState, segment_id: int) -> SegmentRecord:
+        """On the pool: seal at the LAC; every batch of the segment is acked or failed."""
+        return state.session.seal_segment(
+            segment_id, last_entry=self.quorum_writer.lac(state.log_id, segment_id)
+        )
+
+    def _quorum_opened(self, state: LogState, segment_id: int) -> None:
+        state.open_segments.add(segment_id)
+        for item in state.timeline:
+            if (
+                isinstance(item, Block)
+                and item.segment_id == segment_id
+                and item.state is BlockState.WAITING
+            ):
+                self._replicate(state, item)
+
+    def _quorum_sealed(self, state: LogState, segment_id: int) -> None:
+        state.open_segments.discard(segment_id)
+        state.degraded.pop(segment_id, None)
+        self.quorum_writer.finish(state.log_id, segment_id)
+
+    def _replicate(self, state: LogState, block: Block) -> None:
+        """Send the block's batches to the ensemble (a copy: the arena is reused once a
+        batch is acked, and a slow node may still be sent it after that)."""
+        block.state = BlockState.COMMITTING
+        for batch in block.batches:
+            self.quorum_writer.append(
+                state.log_id,
+                block.segment_id,
+                batch.first_entry,
+                self.out.read_batch(batch.producer, batch.offset, batch.length),
+                batch.count,
+                self.config.retry.deadline,
+                lambda error, fenced: self._from_quorum_thread(
+                    functools.partial(self._replicated, state, block, error, fenced)
+                ),
+            )
+
+    def _from_quorum_thread(self, then: Callable[[], None]) -> None:
+        self._results.append(then)
+        self.out.wake()
+
+    def _replicated(
+        self, state: LogState, block: Block, error: BaseException | None, fenced: bool
+    ) -> None:
+        """The outcome of the block's next batch, in entry order."""
+        entry = self.jobs.get(block.job)
+        if entry is None or entry[1] is not block:
+            return  # the block was failed already
+        if error is None:
+            batch = block.batches[block.acked]
+            block.acked += 1
+            self.out.ack(batch.producer, batch.seq, block.segment_id, batch.first_entry)
+            metrics.ack_latency.observe(time.monotonic() - batch.arrived)
+            metrics.appends.inc(batch.count)
+            metrics.append_bytes.inc(batch.length)
+            self._release_batches([batch])
+            if block.acked == len(block.batches):
+                block.state = BlockState.UPLOADED
+                del self.jobs[block.job]
+                self._pump(state)
+            return
+        cause = (
+            outcome_unknown(error)
+            if isinstance(error, WoodpeckerError)
+            else OutcomeUnknownError(f"log {state.name}: replicating failed: {error!r}")
+        )
+        log.warning("log %s segment %d: %s", state.name, block.segment_id, cause)
+        if fenced:
+            self._fence(state, WriterFencedError(f"log {state.name}: {cause}"))
+            return
+        self._fail_segment(state, block.segment_id, not_written(cause), sent=cause)
+        self._pump(state)
+
+    def _node_left(self, state: LogState, segment_id: int, run: NodeKey | None) -> None:
+        """A node left the segment's live set: it is not chosen again for a while, and
+        the segment rolls to a full ensemble as soon as a spare is registered."""
+        now = time.monotonic()
+        if run is not None:
+            self._suspects[run] = now + SUSPECT_FOR
+        if segment_id in state.open_segments:
+            state.degraded[segment_id] = now
+
+    def _look_for_spares(self, state: LogState, now: float) -> None:
+        """Roll a degraded current segment once a full healthy ensemble can be chosen."""
+        current = state.segment.segment_id if state.segment is not None else None
+        for segment_id, when in list(state.degraded.items()):
+            if segment_id != current:
+                del state.degraded[segment_id]
+            elif now >= when:
+                state.degraded[segment_id] = now + ROLL_CHECK_INTERVAL
+                excluded = {k for k, until in self._suspects.items() if until > now}
+                self._background(
+                    self._spare_exists,
+                    (excluded,),
+                    functools.partial(self._spare_found, state, segment_id),
+                )
+
+    def _spare_exists(self, excluded: set[NodeKey]) -> bool:
+        return spare_exists(registered_nodes(self.meta), self.config.quorum.replicas, excluded)
+
+    def _spare_found(self, state: LogState, segment_id: int, future: Future) -> None:
+        if future.exception() is not None or not future.result():
+            return
+        if state.segment is not None and state.segment.segment_id == segment_id:
+            log.info("log %s: rolling segment %d to a full ensemble", state.name, segment_id)
+            self._roll(state)
+            self._pump(state)
+
     # ---- shutdown --------------------------------------------------------------------
 
     def seal_all(self) -> None:
@@ -682,6 +931,8 @@ class Coordinator:
     def close(self) -> None:
         """Release the sessions; one still being opened is released by ``MetaStore.close``."""
         self._pool.shutdown(wait=True)
+        if self._quorum is not None:
+            self._quorum.close()
         for state in self.logs.values():
             state.session.release()
 

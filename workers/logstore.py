@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from shm import FrameReader, FrameWriter, send_msg
+from shm import Arena, FrameReader, FrameWriter, send_msg
 from woodpecker import wire
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment, verify_deployment
@@ -68,6 +68,7 @@ class Producer:
     writer: FrameWriter
     arena_fd: int = -1
     arena_size: int = 0
+    arena: Arena | None = None  # mapped here only to replicate its batches to quorum nodes
     gone: bool = False
 
 
@@ -122,7 +123,13 @@ class Logstore:
             config,
             self.meta,
             owner,
-            Outbox(dispatch=self._dispatch, ack=self._ack, nack=self._nack, wake=self._wake),
+            Outbox(
+                dispatch=self._dispatch,
+                ack=self._ack,
+                nack=self._nack,
+                wake=self._wake,
+                read_batch=self._read_batch,
+            ),
         )
         # retention, GC and compaction run here whether or not any writer is open
         self.store = store
@@ -246,6 +253,12 @@ class Logstore:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if p.writer.pending else 0)
         if self.sel.get_key(p.conn).events != events:
             self.sel.modify(p.conn, events, ("producer", producer))
+
+    def _read_batch(self, producer: int, offset: int, length: int) -> bytes:
+        p = self.producers[producer]
+        if p.arena is None:
+            p.arena = Arena.attach(os.dup(p.arena_fd), p.arena_size)
+        return bytes(p.arena.view(offset, length))
 
     def _ack(self, producer: int, seq: int, segment_id: int, first_entry: int) -> None:
         self._send(producer, wire.ACK_FMT.pack(wire.ACK, seq, segment_id, first_entry))
@@ -407,6 +420,8 @@ class Logstore:
                     self._to_uploader(up, protocol.DROP_FMT.pack(protocol.DROP_ARENA, producer))
                 if p.arena_fd >= 0:
                     os.close(p.arena_fd)
+                if p.arena is not None:
+                    p.arena.close()
                 del self.producers[producer]
                 self.coordinator.producer_batches.pop(producer, None)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from woodpecker.config import Config
@@ -18,8 +19,9 @@ from workers.coordinator import MAX_HELD_BATCHES, Coordinator, Outbox
 
 class FakeSession:
     epoch = 1
+    name = "app"
 
-    def recover(self) -> list:
+    def recover(self, quorum_last: Any = None) -> list:
         return []
 
     def next_segment_id(self) -> int:
@@ -38,6 +40,9 @@ class BlockingMeta:
     def __init__(self, error: Exception | None = None) -> None:
         self.proceed = threading.Event()
         self.error = error
+
+    def get_log(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(buffer_mode="memory")
 
     def acquire_writer(self, log_id: int, owner: str, *, preempt: bool = False) -> FakeSession:
         if not self.proceed.wait(10):
@@ -60,6 +65,7 @@ class Recorder:
             ack=lambda *a: None,
             nack=lambda *a: self.nacks.append(a),
             wake=self.woken.set,
+            read_batch=lambda *a: b"",
         )
 
 

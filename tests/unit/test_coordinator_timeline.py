@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ class FakeSession:
     """Records each metadata step; raises what ``failures`` scripts for it; commits may be held."""
 
     epoch = 3
+    name = "app"
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -52,7 +54,7 @@ class FakeSession:
         if scripted:
             raise scripted.pop(0)
 
-    def recover(self) -> list:
+    def recover(self, quorum_last: Any = None) -> list:
         return []
 
     def next_segment_id(self) -> int:
@@ -75,6 +77,9 @@ class FakeMeta:
     def __init__(self, session: FakeSession) -> None:
         self.session = session
 
+    def get_log(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(buffer_mode="memory")
+
     def acquire_writer(self, log_id: int, owner: str, *, preempt: bool = False) -> FakeSession:
         return self.session
 
@@ -93,6 +98,7 @@ class Harness:
             ack=lambda *ack: self.acks.append(ack),
             nack=lambda *nack: self.nacks.append(nack),
             wake=self.woken.set,
+            read_batch=lambda *a: b"",
         )
         settings = {"uploader_linger_ms": 0, "uploader_max_inflight": 8, **config}
         cfg = Config(env={}, etcd_endpoints="127.0.0.1:1", **settings)

@@ -293,6 +293,9 @@ class SegmentReplicator:
         self._deadline: asyncio.TimerHandle | None = None
         self._next_entry = 0
         self._failure: WoodpeckerError | None = None
+        self._lac_push: asyncio.Handle | None = None
+        self.fenced_by: int | None = None  # the epoch a node said fenced this writer
+        self.on_drop: Callable[[str], None] | None = None  # told each node that leaves
         for node_id, link in self.live.items():
             queue: asyncio.Queue[_Pending] = asyncio.Queue()
             self._queues[node_id] = queue
@@ -322,13 +325,20 @@ class SegmentReplicator:
         return self.quorum.lac
 
     def append(
-        self, payload_message: bytes | memoryview, count: int, timeout: float
+        self,
+        payload_message: bytes | memoryview,
+        count: int,
+        timeout: float,
+        first: int | None = None,
     ) -> asyncio.Future[int]:
-        """Send one Arrow batch message of ``count`` entries; its entry ids follow the last."""
+        """Send one Arrow batch message of ``count`` entries; its entry ids follow the last
+        (``first``, if given, must be that id: the caller's numbering and ours agree)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._failure is not None:
             future.set_exception(self._failure)
             return future
+        if first is not None and first != self._next_entry:
+            raise ValueError(f"{self.segment}: batch at entry {first}, expected {self._next_entry}")
         batch = Batch(self._next_entry, count, payload_message)
         self._next_entry += count
         deadline = asyncio.get_running_loop().time() + timeout
@@ -361,6 +371,8 @@ class SegmentReplicator:
             except NodeFailed as e:
                 self._drop(link, str(e))
                 return
+            finally:
+                queue.task_done()
             future.add_done_callback(functools.partial(self._on_reply, link))
 
     def _on_reply(self, link: NodeLink, future: asyncio.Future[Reply]) -> None:
@@ -376,6 +388,7 @@ class SegmentReplicator:
             self.quorum.held(node_id, reply.last)
             self._settle()
         elif reply.status == Status.FENCED:
+            self.fenced_by = reply.fence_epoch
             self._fail_all(
                 OutcomeUnknownError(
                     f"segment {self.log_id}/{self.segment_id}: epoch {self.epoch} was fenced by "
@@ -401,6 +414,8 @@ class SegmentReplicator:
         self.quorum.forget(node_id)
         self._senders.pop(node_id).cancel()
         self._closing.add(asyncio.get_running_loop().create_task(link.close()))
+        if self.on_drop is not None:
+            self.on_drop(node_id)
 
     def _settle(self) -> None:
         n = self.quorum.advance([p.end for p in self._pending])
@@ -410,6 +425,47 @@ class SegmentReplicator:
                 item.future.set_result(self.quorum.lac)
         if n:
             self._arm_deadline()
+            if not self._pending and self._lac_push is None:
+                self._lac_push = asyncio.get_running_loop().call_soon(self._push_lac)
+
+    def _push_lac(self) -> None:
+        """Nothing is in flight: tell the nodes the LAC, which no append will carry now
+        (readers tailing a node and its flushes wait for it)."""
+        self._lac_push = None
+        if not self._pending:
+            for link in list(self.live.values()):
+                self._closing.add(asyncio.get_running_loop().create_task(self._tell_lac(link)))
+
+    async def _tell_lac(self, link: NodeLink) -> None:
+        lac = self.quorum.lac
+        try:
+            reply = await link.call(
+                lambda rid: wire.frame(
+                    wire.request(wire.LAC, rid, self.log_id, self.segment_id, self.epoch)
+                    + wire.LAC_BODY.pack(lac)
+                )
+            )
+        except NodeFailed as e:
+            self._drop(link, str(e))
+            return
+        if reply.status == Status.FENCED:
+            self.fenced_by = reply.fence_epoch
+
+    async def finish(self, timeout: float) -> None:
+        """The segment is sealed at the LAC: let every live node receive what was queued
+        for it and the final LAC (so it can flush all of it), within ``timeout``; then close."""
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(
+                    *(self._queues[n].join() for n in list(self.live)), return_exceptions=True
+                )
+                await asyncio.gather(
+                    *(self._tell_lac(link) for link in list(self.live.values())),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            log.warning("%s: sealed before every node received its entries", self.segment)
+        await self.close()
 
     def _arm_deadline(self) -> None:
         """One timer, at the deadline of the oldest pending batch."""
@@ -442,6 +498,7 @@ class SegmentReplicator:
         for queue in self._queues.values():
             while not queue.empty():
                 queue.get_nowait()
+                queue.task_done()
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
@@ -451,6 +508,8 @@ class SegmentReplicator:
         """Stop sending and close every link; pending batches are left as they are."""
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._lac_push is not None:
+            self._lac_push.cancel()
         tasks = list(self._senders.values())
         for task in tasks:
             task.cancel()

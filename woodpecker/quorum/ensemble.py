@@ -1,0 +1,53 @@
+"""Which nodes hold a new quorum segment: the live registered ones holding the least.
+
+Chosen when the segment is created and recorded in its segment record by that create's
+CAS (docs/quorum.md, "Write path and ack"); a node this writer saw fail recently is
+left out, so that a roll after a node failure does not pick the same node again while
+its registration lingers until its lease expires.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Container, Sequence
+
+from woodpecker.errors import QuorumUnavailableError
+from woodpecker.meta.nodes import NodeRecord
+
+SERVING = "serving"
+
+NodeKey = tuple[str, int, int]
+"""One run of one node: its id, incarnation and start time (a disk node restarted keeps
+its incarnation, yet is a new process worth trying again)."""
+
+
+def node_key(node: NodeRecord) -> NodeKey:
+    return (node.node_id, node.incarnation, node.started_ms)
+
+
+def _healthy(nodes: Sequence[NodeRecord], excluded: Container[NodeKey]) -> list[NodeRecord]:
+    return [n for n in nodes if n.state == SERVING and node_key(n) not in excluded]
+
+
+def choose_ensemble(
+    nodes: Sequence[NodeRecord],
+    replicas: int,
+    ack: int,
+    excluded: Container[NodeKey] = (),
+) -> list[NodeRecord]:
+    """Up to ``replicas`` serving nodes, fewest buffered bytes first (ties at random);
+    QuorumUnavailableError with fewer than ``ack`` of them: no entry could be acked."""
+    candidates = _healthy(nodes, excluded)
+    random.shuffle(candidates)
+    candidates.sort(key=lambda n: n.buffered_bytes)
+    if len(candidates) < ack:
+        raise QuorumUnavailableError(
+            f"{len(candidates)} quorum node(s) serve of the {ack} a segment needs "
+            f"(quorum.ack; {len(nodes)} registered): start `woodpecker node` processes"
+        )
+    return candidates[:replicas]
+
+
+def spare_exists(nodes: Sequence[NodeRecord], replicas: int, excluded: Container[NodeKey]) -> bool:
+    """Whether a full ensemble of healthy nodes can be chosen now (a roll would help)."""
+    return len(_healthy(nodes, excluded)) >= replicas
