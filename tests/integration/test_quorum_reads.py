@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from chaos.nodes import NodePool, NodeProcess
 
@@ -119,6 +120,10 @@ class Quorum:
 
     def reader(self, start: wp.Position = wp.EARLIEST) -> LogReader:
         return LogReader(self.meta, self.store, self.name, self.log_id, start)
+
+    def read_table(self, end: wp.LogMessageId | None = None) -> pa.Table:
+        with self.reader() as reader:
+            return reader.read_until(end)
 
     def flushed(self, segment_id: int = 0) -> int:
         return flush_cursor(self.meta, self.log_id, segment_id).cursor.next_entry
@@ -231,7 +236,7 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
         assert message is not None and message.id == wp.LogMessageId(0, 19)
         assert drain(reader) == []
         assert reader.position == wp.LogMessageId(0, 20)
-    whole = q.reader().read_until()
+    whole = q.read_table()
     assert whole.column("entry_id").to_pylist() == list(range(20))
     for reader in (early, fresh):
         reader.close()
@@ -255,7 +260,7 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     answers = []
     read = TailReads.read
     monkeypatch.setattr(TailReads, "read", lambda *a: answers.append(read(*a)) or answers[-1])
-    table = q.reader().read_until(wp.LogMessageId(0, 20))
+    table = q.read_table(wp.LogMessageId(0, 20))
     assert table.column("payload").to_pylist() == whole.column("payload").to_pylist()
     assert answers[0].flushed and not stale
 
@@ -295,7 +300,8 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
     assert reader._tail.polls >= 2  # the wake-ups were answers to READs with a wait
 
     # LATEST on an ACTIVE quorum segment: after the LAC the nodes report
-    assert q.reader(wp.LATEST).position == wp.LogMessageId(0, 4)
+    with q.reader(wp.LATEST) as latest:
+        assert latest.position == wp.LogMessageId(0, 4)
 
     # the writer rolls: the reader waiting at entry 4 of segment 0, sealed at 3, is woken
     # by etcd (no LAC moves there), moves on, and its long-poll in segment 1 wakes it
