@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from chaos.nodes import NodePool, NodeProcess
+from chaos.nodes import Connection, NodePool, NodeProcess
 
 import woodpecker as wp
 from tests.conftest import ConfigFactory
@@ -26,6 +26,7 @@ from woodpecker.meta.lifecycle import Lifecycle
 from woodpecker.quorum import wire
 from woodpecker.quorum.client import EnsembleMember, QuorumSegment, SegmentReplicator
 from woodpecker.quorum.tail import TailReads
+from woodpecker.quorum.wire import Status
 from woodpecker.reader import LogReader
 from woodpecker.storage import ObjectStore, open_store
 
@@ -37,8 +38,9 @@ def entry(i: int, size: int = 8) -> bytes:
 
 
 class QuorumWriter:
-    """Writes one quorum segment as the logstore's coordinator does: the segment record with
-    its ensemble (create CAS), each batch to every node, acked by 2 of 3."""
+    """Writes quorum segments as the logstore's coordinator does: the segment record with
+    its ensemble (create CAS), each batch to every node, acked by 2 of 3; the replicator
+    tells the nodes the LAC when nothing is in flight."""
 
     def __init__(
         self, config: Config, meta: MetaStore, log_id: int, members: list[EnsembleMember]
@@ -63,10 +65,9 @@ class QuorumWriter:
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
-    def append(self, count: int, size: int = 8) -> int:
-        """One batch of ``count`` entries; the LAC once it is acked (the nodes learn it with
-        the next append or ``tell_lac``)."""
-        payloads = [entry(i, size) for i in range(self.next_entry, self.next_entry + count)]
+    def append(self, count: int) -> int:
+        """One batch of ``count`` entries; the LAC once it is acked."""
+        payloads = [entry(i) for i in range(self.next_entry, self.next_entry + count)]
         self.next_entry += count
 
         async def send() -> int:
@@ -74,24 +75,10 @@ class QuorumWriter:
 
         return self._run(send())
 
-    def tell_lac(self) -> None:
-        """What an idle writer does: tell every live node the LAC."""
-        lac, epoch = self.replicator.lac, self.session.epoch
-
-        def parts(request_id: int) -> list[bytes | memoryview]:
-            head = wire.request(wire.LAC, request_id, self.log_id, self.segment_id, epoch)
-            return wire.frame(head + wire.LAC_BODY.pack(lac))
-
-        async def tell() -> None:
-            for link in list(self.replicator.live.values()):
-                await link.call(parts)
-
-        self._run(tell())
-
     def roll(self) -> None:
         """Seal the segment at its LAC and go on in a new one, as a writer rolls."""
         self.session.seal_segment(self.segment_id, last_entry=self.replicator.lac)
-        self._run(self.replicator.close())
+        self._run(self.replicator.finish(5.0))
         self._open_segment()
 
     def close(self) -> None:
@@ -102,10 +89,37 @@ class QuorumWriter:
         self.session.release()
 
 
+class RawWriter:
+    """Writes segment 0 of log 1 straight to every node, the LAC it tells them chosen by
+    the test (a node's LAC may lag what is acked, or fall inside a batch)."""
+
+    def __init__(self, meta: MetaStore, members: list[EnsembleMember], nodes: list[NodeProcess]):
+        self.session = meta.acquire_writer(1, "test-writer")
+        self.session.create_segment(0, ensemble=members, ack=2)
+        self.conns = [Connection(node.port, node.config) for node in nodes]
+        self.next_entry = 0
+
+    def append(self, count: int, lac: int, size: int = 8) -> None:
+        payloads = [entry(i, size) for i in range(self.next_entry, self.next_entry + count)]
+        epoch = self.session.epoch
+        for conn in self.conns:
+            assert conn.append(0, epoch, self.next_entry, payloads, lac).status == Status.OK
+        self.next_entry += count
+
+    def tell_lac(self, lac: int) -> None:
+        for conn in self.conns:
+            conn.call(wire.LAC, 0, self.session.epoch, wire.LAC_BODY.pack(lac))
+
+    def close(self) -> None:
+        self.session.release()
+
+
 class Quorum:
     """Three real nodes, a quorum log on them, its writer, and what a reader needs."""
 
-    def __init__(self, config: Config, nodes: list[NodeProcess], name: str) -> None:
+    def __init__(
+        self, config: Config, nodes: list[NodeProcess], name: str, *, raw: bool = False
+    ) -> None:
         self.nodes = nodes
         self.members = []
         for node in nodes:
@@ -116,7 +130,12 @@ class Quorum:
         self.meta = MetaStore(config)
         self.store: ObjectStore = open_store(config)
         self.log_id = self.meta.create_log(name, buffer_mode="quorum").log_id
-        self.writer = QuorumWriter(config, self.meta, self.log_id, self.members)
+        self.writer: QuorumWriter | RawWriter
+        if raw:
+            assert self.log_id == 1  # a fresh deployment's first log, what RawWriter writes
+            self.writer = RawWriter(self.meta, self.members, nodes)
+        else:
+            self.writer = QuorumWriter(config, self.meta, self.log_id, self.members)
 
     def reader(self, start: wp.Position = wp.EARLIEST) -> LogReader:
         return LogReader(self.meta, self.store, self.name, self.log_id, start)
@@ -141,9 +160,9 @@ def quorum(
     """A quorum log on three nodes of its own (``settings``: theirs and the reader's)."""
     made: list[Quorum] = []
 
-    def build(backend: str = "local", **settings: object) -> Quorum:
+    def build(backend: str = "local", raw: bool = False, **settings: object) -> Quorum:
         nodes = [start_node(f"q{i}", backend=backend, **settings) for i in range(3)]
-        made.append(Quorum(make_config(backend, **settings), nodes, "orders"))
+        made.append(Quorum(make_config(backend, **settings), nodes, "orders", raw=raw))
         return made[-1]
 
     yield build
@@ -180,28 +199,30 @@ def wait_for(check: Callable[[], bool], what: str, within: float = 30.0) -> None
 def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     quorum: Callable[..., Quorum], backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    q = quorum(backend, quorum_flush_bytes="1KiB", quorum_flush_interval=600.0)
+    q = quorum(backend, raw=True, quorum_flush_bytes="1KiB", quorum_flush_interval=600.0)
     w = q.writer
-    for _ in range(3):
-        w.append(4)  # small: far below quorum.flush_bytes, nothing is flushed
-    # entries 0-7 are acked and the nodes know it (the LAC rode on the later appends);
-    # 8-11 are acked but no node knows yet: never returned
+    assert isinstance(w, RawWriter)
+    # small batches (far below quorum.flush_bytes: nothing is flushed); the nodes' LAC is
+    # 9, inside the batch of entries 8-11 that a node answers whole: never past it
+    w.append(4, lac=-1)
+    w.append(4, lac=3)
+    w.append(4, lac=9)
     early = q.reader()
-    assert ids(drain(early)) == [(0, i) for i in range(8)]
+    assert ids(drain(early)) == [(0, i) for i in range(10)]
     assert q.flushed() == 0 and q.meta.list_blocks(q.log_id, 0) == []  # all from the nodes
     middle = q.reader(wp.LogMessageId(0, 5))  # inside the batch of entries 4-7
-    assert ids(drain(middle)) == [(0, 5), (0, 6), (0, 7)]
+    assert ids(drain(middle)) == [(0, i) for i in range(5, 10)]
     middle.close()
-    w.tell_lac()
-    assert [m.payload for m in drain(early)] == [entry(i) for i in range(8, 12)]
+    w.tell_lac(11)
+    assert [m.payload for m in drain(early)] == [entry(10), entry(11)]
 
     # large batches: the nodes flush what is at or below the LAC and forget it
-    w.append(2, size=600)
-    w.append(2, size=600)
-    w.tell_lac()
+    w.append(2, lac=11, size=600)
+    w.append(2, lac=13, size=600)
+    w.tell_lac(15)
     wait_for(lambda: q.flushed() == 16, "the flush of entries 0-15")
-    w.append(3)
-    w.tell_lac()
+    w.append(3, lac=15)
+    w.tell_lac(18)
     # the early reader crosses into entries it read from nodes before: no repeat, no gap
     assert [m.payload for m in drain(early)] == (
         [entry(i, 600) for i in range(12, 16)] + [entry(i) for i in range(16, 19)]
@@ -223,14 +244,14 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
 
     # sealed at its last entry: a reader stops there although nodes hold more, even
     # inside the batch they answer with
-    w.append(2)  # one batch, entries 19-20, acked; the nodes know the LAC up to 18
+    w.append(2, lac=18)  # one batch, entries 19-20, acked; the nodes know the LAC is 18
     sealed = w.session.seal_segment(0, last_entry=19)
     assert (sealed.state, sealed.lac) == (SegmentState.SEALED, 19)
     # entry 19 is committed, yet no node may serve it until told the LAC: not "nothing"
     sealed_error = pytest.raises(QuorumUnavailableError, match=r"entries 19\.\.19 are sealed")
     with q.reader(wp.LogMessageId(0, 19)) as stuck, sealed_error:
         stuck.read_until()
-    threading.Timer(0.5, w.tell_lac).start()  # the nodes' LAC is 20 then
+    threading.Timer(0.5, w.tell_lac, (20,)).start()  # the nodes' LAC is 20 then
     for reader in (early, fresh):  # waiting readers long-poll the sealed segment's nodes
         message = reader.read_next(timeout=5.0)
         assert message is not None and message.id == wp.LogMessageId(0, 19)
@@ -277,12 +298,13 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
 ) -> None:
     q = pooled
     w = q.writer
+    assert isinstance(w, QuorumWriter)
     reads = []
     read = TailReads.read
     monkeypatch.setattr(TailReads, "read", lambda self, *a: reads.append(a) or read(self, *a))
 
     def acked_later(count: int) -> threading.Timer:
-        timer = threading.Timer(0.5, lambda: (w.append(count), w.tell_lac()))
+        timer = threading.Timer(0.5, w.append, (count,))
         timer.start()
         return timer
 
@@ -308,7 +330,6 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
     def roll() -> None:
         w.roll()
         w.append(1)
-        w.tell_lac()
 
     threading.Timer(0.5, roll).start()
     started = time.monotonic()
@@ -347,8 +368,8 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
 ) -> None:
     q = quorum(**NO_FLUSH)
     w = q.writer
+    assert isinstance(w, QuorumWriter)
     w.append(3)
-    w.tell_lac()
     reader = q.reader()
     assert ids(drain(reader)) == [(0, i) for i in range(3)]
     by_id = {m.node_id: node for m, node in zip(q.members, q.nodes, strict=True)}
@@ -357,7 +378,6 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
     killed = by_id.pop(served)
     killed.stop()
     w.append(2)
-    w.tell_lac()
     assert [m.payload for m in drain(reader)] == [entry(3), entry(4)]  # from another node
     assert reader._tail._preferred in by_id
 
