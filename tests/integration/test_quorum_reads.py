@@ -399,3 +399,36 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
     with pytest.raises(QuorumUnavailableError, match=f"{served} .*it restarted"):
         reader.read_next(timeout=0)
     reader.close()
+
+
+def test_a_log_written_through_the_client_is_tailed_from_its_nodes_and_read_after_close(
+    quorum_pool: NodePool, unique: str
+) -> None:
+    config = quorum_pool.config()
+    payloads = [b"t%04d:" % i + bytes(64) for i in range(300)]
+    meta = MetaStore(config)
+    with wp.Client(config) as client:
+        log = client.open_log(f"tail-{unique}", create=True)
+        with log.open_reader(wp.EARLIEST) as tail:  # before anything is written
+            with log.open_writer() as writer:
+                writer.write(payloads[0])
+                got = [tail.read_next(timeout=10)]
+                for future in [writer.write_async(p) for p in payloads[1:]]:
+                    future.result()
+                while len(got) < len(payloads) and got[-1] is not None:
+                    got.append(tail.read_next(timeout=10))
+                # all of it read while the segment is ACTIVE (its LAC only on the nodes)
+                (segment,) = meta.list_segments(log.log_id)
+                assert segment.quorum and segment.state is SegmentState.ACTIVE
+                assert tail._tail._preferred is not None  # a node served the tail
+            assert [m.id for m in got if m is not None] == [
+                wp.LogMessageId(0, i) for i in range(len(payloads))
+            ]
+            assert [m.payload for m in got if m is not None] == payloads
+            assert tail.read_next(timeout=0.2) is None  # sealed at its last entry
+        wait_for(
+            lambda: meta.list_segments(log.log_id)[0].state is SegmentState.SEALED,
+            "the seal of the closed writer's segment",
+        )
+        assert log.read_table().column("payload").to_pylist() == payloads
+    meta.close()
