@@ -201,7 +201,10 @@ class _Verifier:
         """
         if self.meta.ever_created_a_log():
             return
-        holds = [o.key for o in itertools.islice(self.store.list(""), 1)]
+        # the marker is a claim, not data: one that appeared since we looked is another
+        # process claiming this same place at once (the claims below settle it)
+        objects = (o.key for o in self.store.list("") if o.key != MARKER_KEY)
+        holds = list(itertools.islice(objects, 1))
         if holds:
             raise ConfigError(
                 f"{self.here.storage} already holds objects (such as {holds[0]!r}) but "

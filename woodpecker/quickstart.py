@@ -166,7 +166,7 @@ def _stored_blocks(client: Client, log: LogHandle) -> tuple[int, int]:
 
 
 def _where(log: LogHandle, segments: int, blocks: int) -> str:
-    return f"  {log.name:26} {segments} segment(s), {blocks} block(s)"
+    return f"  {log.name:28} {segments} segment(s), {blocks} block(s)"
 
 
 def _setup_lines(config: Config) -> list[str]:

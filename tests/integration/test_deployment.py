@@ -26,7 +26,7 @@ import woodpecker as wp
 from shm import FrameReader, send_msg
 from woodpecker import cli, wire
 from woodpecker.config import Config
-from woodpecker.deployment import MARKER_KEY, Deployment, verify_deployment
+from woodpecker.deployment import MARKER_KEY, Deployment, _Verifier, verify_deployment
 from woodpecker.doctor import run_doctor
 from woodpecker.errors import ConfigError, LogstoreUnavailableError
 from woodpecker.meta import MetaStore
@@ -293,6 +293,32 @@ def test_foreign_unclaimed_data_is_refused(
         assert meta.etcd.get("t", meta.keys.deployment) is None, "a refused run claimed etcd"
         with pytest.raises(wp.ObjectNotFoundError):
             store.stat(MARKER_KEY)
+
+
+def test_processes_claiming_one_new_deployment_at_once_agree(
+    make_config: Callable[..., Config], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes start on a new deployment together (the nodes of a fresh pool): one
+    reads both claims absent, then finds the other's marker in the store; a claim, not
+    foreign data, so both end with the one deployment id."""
+    config = make_config(backend)
+    with MetaStore(config) as meta, open_store(config) as store:
+        first = verify_deployment(config, meta, store)  # the other process, a moment ahead
+        reads: list[str] = []
+
+        def stale(name: str) -> Callable[[object], object]:
+            real = getattr(_Verifier, name)
+
+            def read(self: object) -> object:
+                reads.append(name)
+                return None if reads.count(name) == 1 else real(self)
+
+            return read
+
+        monkeypatch.setattr(_Verifier, "_etcd_claim", stale("_etcd_claim"))
+        monkeypatch.setattr(_Verifier, "_storage_claim", stale("_storage_claim"))
+        assert verify_deployment(config, meta, store) == first
+        assert reads.count("_storage_claim") == 2  # it did read both claims absent first
 
 
 def test_explicit_socket_of_another_deployment_is_refused(

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 from chaos.nodes import Connection, NodePool, NodePools
 
+import woodpecker as wp
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment
+from woodpecker.meta import MetaStore
 from woodpecker.quorum import wire
 
 
@@ -55,3 +57,21 @@ def test_an_intact_pool_is_reused_and_a_changed_one_replaced(node_pools: NodePoo
     assert Deployment.of(fresh.config()) != Deployment.of(pool.config())
     assert all(node.proc.poll() is not None for node in pool.nodes)
     assert fresh.intact()
+
+
+def test_a_quorum_log_written_through_the_pool_is_read_back(
+    quorum_pool: NodePool, backend: str
+) -> None:
+    payloads = [b"pooled %04d" % i for i in range(300)]
+    with wp.Client(quorum_pool.config()) as client:
+        log = client.open_log(f"pooled-{backend}", create=True)
+        with log.open_writer() as writer:
+            futures = [writer.write_async(p) for p in payloads]
+            assert [f.result().entry_id for f in futures] == list(range(300))
+        with MetaStore(quorum_pool.config()) as meta:
+            (segment,) = meta.list_segments(log.log_id)
+        ensemble = {m.node_id for m in segment.ensemble or []}
+        assert ensemble == {n.config.node.id for n in quorum_pool.nodes}
+        with log.open_reader(wp.EARLIEST) as reader:
+            assert [reader.read_next(timeout=10).payload for _ in payloads] == payloads
+    assert quorum_pool.intact()  # left as found: the next test reuses these nodes
