@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import drivers
-from host import Logstore
+from host import Logstore, node_processes, quorum_nodes
 from services import Scratch, scratch
 from stats import latency_ms, throughput
 from usage import UsageMonitor, per_gb
 
 from woodpecker.config import Config
+from woodpecker.local_nodes import LocalNodes
 from woodpecker.meta import MetaStore
 
 READY_TIMEOUT = 90.0  # starting, importing and connecting several processes on 2 busy cores
@@ -54,8 +55,10 @@ def measure(
     *,
     timeout: float,
     logstore: Logstore | None = None,
+    nodes: LocalNodes | None = None,
 ) -> Results:
-    """Run the jobs against ``space`` (and its running ``logstore``); raise on any failure."""
+    """Run the jobs against ``space`` (and its running ``logstore`` and quorum ``nodes``);
+    raise on any failure."""
     ctx = process_context()
     jobs = [(drivers.produce, j) for j in writes] + [(drivers.read, j) for j in reads or []]
     barrier = ctx.Barrier(len(jobs) + 1)
@@ -66,7 +69,10 @@ def measure(
         for p, (fn, _) in zip(procs, jobs, strict=True):
             p.start()
             roles[p.pid] = "writer" if fn is drivers.produce else "reader"
-        monitor = UsageMonitor(logstore.processes if logstore else dict)
+        watched = node_processes(nodes)
+        monitor = UsageMonitor(
+            lambda: {**(logstore.processes() if logstore else {}), "nodes": watched}
+        )
         try:
             barrier.wait(READY_TIMEOUT)
         except threading.BrokenBarrierError:
@@ -163,14 +169,16 @@ def run_cell(
     timeout: float,
     **overrides: Any,
 ) -> tuple[Results, dict[str, Any], Scratch]:
-    """``measure`` inside a fresh scratch space with its own logstore; returns block counts too.
+    """``measure`` inside a fresh scratch space with its own logstore (and quorum nodes, in
+    ``buffer_mode="quorum"``); returns block counts too.
 
     The jobs' ``overrides`` are filled in from the space (pass them as ``{}``).
     """
-    with scratch(backend, parent, **overrides) as space, Logstore(space.config) as logstore:
-        for job in [*writes, *(reads or [])]:
-            job.overrides = space.overrides
-        results = measure(space, writes, reads, timeout=timeout, logstore=logstore)
-        logstore.stop()
-        blocks = count_blocks(space.config)
+    with scratch(backend, parent, **overrides) as space:
+        with quorum_nodes(space.config) as nodes, Logstore(space.config) as logstore:
+            for job in [*writes, *(reads or [])]:
+                job.overrides = space.overrides
+            results = measure(space, writes, reads, timeout=timeout, logstore=logstore, nodes=nodes)
+            logstore.stop()
+        blocks = count_blocks(space.config)  # quorum nodes have drained: all is flushed
     return results, blocks, space

@@ -1,9 +1,13 @@
-"""The logstore under test, started by the benchmark so it can watch and stop it.
+"""The logstore under test (and a QuorumBuffer space's nodes), started by the benchmark so
+it can watch and stop them.
 
-It is the very code a ``Client`` launches in embedded mode (``python -m
+The logstore is the very code a ``Client`` launches in embedded mode (``python -m
 workers.logstore --embedded``, config as JSON on stdin), started ahead of the
 producers so that its start-up is never part of a measurement, and stopped with
-SIGTERM (drain) at the end. Its uploader processes are its children.
+SIGTERM (drain) at the end. Its uploader processes are its children. Quorum nodes are
+``woodpecker node`` processes of the space's deployment (``woodpecker.local_nodes``),
+started before its logstore and drained (SIGTERM: they flush what they hold to object
+storage and deregister) after it has stopped, so that what they acked is counted.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 import psutil
 from services import REPO
 
+from woodpecker.client import Client
 from woodpecker.config import Config
+from woodpecker.local_nodes import LocalNodes
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -120,3 +127,26 @@ class Logstore:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def quorum_nodes(config: Config) -> Iterator[LocalNodes | None]:
+    """In a QuorumBuffer space (``buffer.mode: quorum``), three registered nodes of its
+    deployment (its ``quorum.durability``; in disk durability their files are under its
+    storage root), drained on exit; in a MemoryBuffer space, None."""
+    if config.buffer.mode != "quorum":
+        yield None
+        return
+    with Client(config) as client:
+        client.deployment_id()  # claimed once: three nodes claiming a fresh space at once race
+        with LocalNodes(client, name="bench", env=child_env()) as nodes:
+            yield nodes
+
+
+def node_processes(nodes: LocalNodes | None) -> list[psutil.Process]:
+    """The nodes' processes, for the usage monitor (none for a MemoryBuffer space)."""
+    found = []
+    for proc in nodes.procs if nodes else []:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(proc.pid))
+    return found

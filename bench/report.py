@@ -85,6 +85,7 @@ def render(results: dict[str, Any]) -> str:
     md += _reads(results.get("read", []), results.get("ceilings", {}))
     md += _peer(results)
     md += _cost(results.get("cost", []))
+    md += _quorum(results.get("quorum", []))
     md += _etcd(results.get("etcd", {}))
     md += _resources(results.get("write", []), results.get("nats", []))
     plots = run.get("plots", [])
@@ -179,10 +180,11 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _suite_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The verdicts the read, cost and checksum suites judged (the write targets aside)."""
+    """The verdicts the read, cost, sync, quorum and checksum suites judged (the write
+    targets aside)."""
     judged = [
         v
-        for section in ("read", "cost", "sync")
+        for section in ("read", "cost", "sync", "quorum")
         for cell in results.get(section, [])
         for v in cell.get("verdicts", [])
     ]
@@ -199,7 +201,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
         for v in judged
     ]
     return [
-        "## Sync write, read, S3 checksum and cost targets",
+        "## Sync write, read, S3 checksum, cost and QuorumBuffer targets",
         "",
         *_table(["target", "value", "goal", "same-run floor", "status", "by"], rows),
     ]
@@ -565,6 +567,102 @@ def _cost(cells: list[dict[str, Any]]) -> list[str]:
         "(S3 default: lingers; 0: each block goes out as soon as an upload slot is free). "
         "Storage GB-months and etcd are not included.",
         "",
+    ]
+    return md
+
+
+def _quorum(cells: list[dict[str, Any]]) -> list[str]:
+    """QuorumBuffer mode beside MemoryBuffer mode and NATS: latency, throughput, cost."""
+    if not cells:
+        return []
+    md = [
+        "## QuorumBuffer mode (3 nodes on loopback, ack 2) beside MemoryBuffer mode",
+        "",
+        "Ack latency of a synchronous 1 KiB `write` (one producer; NATS: awaited `publish`):",
+        "",
+    ]
+    rows = []
+    for c in cells:
+        if c.get("kind") != "latency":
+            continue
+        if "error" in c:
+            rows.append([c["name"], "failed", "", ""])
+            continue
+        usage = c.get("usage", {})
+        cpu = ", ".join(f"{role} {_f(u['cpu_s'], 2)}" for role, u in usage.items())
+        rows.append([c["name"], _lat(c), _f(c.get("entries_s")), cpu])
+    md += _table(["setup", "p50 / p99 / p999 ms", "writes/s", "CPU s by process"], rows)
+    rows = []
+    for c in cells:
+        if c.get("kind") != "throughput":
+            continue
+        if "error" in c:
+            rows.append([human_size(c["entry_size"]), "failed", "", "", ""])
+            continue
+        q_nodes = [r["usage"].get("nodes", {}).get("cpu_s_per_gb") for r in c["quorum"]]
+        rows.append(
+            [
+                human_size(c["entry_size"]),
+                f"{_f(c['memory_mb_s'])} ({', '.join(_f(r['mb_s']) for r in c['memory'])})",
+                f"{_f(c['quorum_mb_s'])} ({', '.join(_f(r['mb_s']) for r in c['quorum'])})",
+                f"{100 * c['ratio']:.0f}%",
+                ", ".join(_f(x, 2) for x in q_nodes),
+            ]
+        )
+    md += [
+        "Throughput of `write_async` on S3 (one producer; median MB/s of alternating rounds, "
+        "each round in brackets; QuorumBuffer counts what the nodes acked, their flushes to "
+        "S3 run behind it):",
+        "",
+        *_table(
+            [
+                "entry",
+                "MemoryBuffer MB/s",
+                "QuorumBuffer MB/s",
+                "QuorumBuffer / MemoryBuffer",
+                "nodes' CPU s/GB",
+            ],
+            rows,
+        ),
+    ]
+    rows = []
+    for c in cells:
+        if c.get("kind") != "cost":
+            continue
+        name = (
+            f"QuorumBuffer {c['durability']}"
+            if c.get("durability")
+            else f"MemoryBuffer, `uploader.linger_ms` {_f(c.get('linger_ms'))}"
+        )
+        if "error" in c:
+            rows.append([name, "failed", "", "", "", ""])
+            continue
+        m = c["monthly"]
+        rows.append(
+            [
+                name,
+                _f(c["achieved_mb_s"]),
+                f"{_f(c['ack_p50_ms'], 2)} / {_f(c['ack_p99_ms'], 2)}",
+                approx_size(c["mean_block_bytes"]),
+                _f(c["puts_per_gb"]),
+                f"${m['total_usd']:,.2f}",
+            ]
+        )
+    md += [
+        "Cost and latency at 10 MB/s of 16 KiB entries on S3, default settings (the "
+        "QuorumBuffer PUTs are the nodes' flushes, counted after they drained):",
+        "",
+        *_table(
+            [
+                "setup",
+                "achieved MB/s",
+                "ack p50 / p99 ms",
+                "mean object",
+                "PUT/GB",
+                "$/month PUT + GET",
+            ],
+            rows,
+        ),
     ]
     return md
 

@@ -34,6 +34,7 @@ import suite_ceilings  # noqa: E402
 import suite_checksum  # noqa: E402
 import suite_cost  # noqa: E402
 import suite_nats  # noqa: E402
+import suite_quorum  # noqa: E402
 import suite_read  # noqa: E402
 import suite_sync  # noqa: E402
 import suite_targets  # noqa: E402
@@ -51,6 +52,7 @@ ONCE = {
     "sync": suite_sync,
     "nats": suite_nats,
     "cost": suite_cost,
+    "quorum": suite_quorum,
 }
 SUITES = (*PER_BACKEND, *ONCE)
 

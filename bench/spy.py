@@ -1,6 +1,7 @@
 """Profile one write cell with py-spy: where every process of the pipeline spends its CPU.
 
     python bench/spy.py local write_async 1024 [--producers 1] [--seconds 8] [--out DIR]
+    python bench/spy.py s3 write 1024 --quorum memory     (a QuorumBuffer cell, its nodes too)
 
 py-spy (``pip install py-spy``; root or ptrace rights) records this process and all
 of its descendants (``--subprocesses``): the producers, the logstore and its
@@ -30,6 +31,7 @@ if str(BENCH.parent) not in sys.path:
     sys.path.insert(1, str(BENCH.parent))
 
 import services  # noqa: E402
+import suite_quorum  # noqa: E402
 import suite_write  # noqa: E402
 
 TOP = 12
@@ -42,6 +44,8 @@ def role(process: str) -> str:
         return "logstore"
     if "workers.uploader" in process:
         return "uploader"
+    if "woodpecker node" in process:
+        return "node"
     if "forkserver" in process:
         return "producer"  # drivers are forked from the forkserver
     return "bench"
@@ -121,6 +125,11 @@ def main() -> int:
     ap.add_argument(
         "--idle", action="store_true", help="also sample waiting threads (where latency goes)"
     )
+    ap.add_argument(
+        "--quorum",
+        choices=("memory", "disk"),
+        help="a QuorumBuffer log on three nodes of this durability (one producer)",
+    )
     args = ap.parse_args()
     spy = shutil.which("py-spy")
     if not spy:
@@ -152,7 +161,13 @@ def main() -> int:
     )
     try:
         time.sleep(1.0)  # let py-spy attach before the pipeline starts
-        result = suite_write.run(cell, parent, args.seconds)
+        if args.quorum:
+            settings = {"buffer_mode": "quorum", "quorum_durability": args.quorum}
+            result = suite_quorum.write_cell(
+                parent, args.backend, args.api, args.entry_size, args.seconds, settings
+            )
+        else:
+            result = suite_write.run(cell, parent, args.seconds)
     finally:
         recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         try:

@@ -5,7 +5,9 @@ small blocks at a low rate (it uploads as soon as it has room, so as not to dela
 acks), so each paced run writes at the rate it prices, once with the S3 default
 ``uploader.linger_ms`` (blocks wait to fill) and once with 0 (latency first). PUTs are
 counted from the blocks committed in etcd (one PUT per block, CreateMultipartUpload
-+ parts + Complete above ``uploader.multipart_threshold``); GETs and LISTs by
++ parts + Complete above ``uploader.multipart_threshold``); in QuorumBuffer mode the nodes
+make the PUTs (one per flushed range), counted once they have drained, from the committed
+blocks and the objects stored, whichever is more; GETs and LISTs by
 wrapping the store of a reader that then reads everything back once. Storage
 (GB-month) is not priced: it depends on retention, not on Woodpecker.
 """
@@ -19,11 +21,12 @@ from typing import Any
 import drivers
 import harness
 from goals import verdict
-from host import Logstore
+from host import Logstore, quorum_nodes
 from plan import RunSettings, Step
 from services import scratch
 
 from woodpecker.config import Config
+from woodpecker.storage import open_store
 
 PUT_PRICE = 0.005 / 1000  # $ per PUT / COPY / POST / LIST request (S3 Standard list price)
 GET_PRICE = 0.0004 / 1000  # $ per GET / SELECT and all other requests
@@ -40,6 +43,12 @@ def put_requests(sizes: list[int], config: Config) -> int:
     return sum(1 if s <= threshold else 2 + math.ceil(s / part) for s in sizes)
 
 
+def flushed_objects(config: Config) -> int:
+    """The objects the quorum nodes stored (``.arrow``, committed or not): one PUT each."""
+    with open_store(config) as store:
+        return sum(1 for o in store.list("") if o.key.endswith(".arrow"))
+
+
 def monthly_cost(rate_mb_s: float, puts_per_gb: float, gets_per_gb: float) -> dict[str, float]:
     """$ per month for a log written at ``rate_mb_s`` and read back once."""
     gb = rate_mb_s * 1e6 * SECONDS_PER_MONTH / 1e9
@@ -54,21 +63,33 @@ def monthly_cost(rate_mb_s: float, puts_per_gb: float, gets_per_gb: float) -> di
 
 
 def run(
-    rate_mb_s: float, parent: Path, duration: float, linger_ms: float | None = None
+    rate_mb_s: float,
+    parent: Path,
+    duration: float,
+    linger_ms: float | None = None,
+    durability: str | None = None,
 ) -> dict[str, Any]:
     """Write at ``rate_mb_s`` (S3 backend, 16 KiB entries), read it all back, count requests.
 
-    ``linger_ms=None``: the S3 default of ``uploader.linger_ms``."""
+    ``linger_ms=None``: the S3 default of ``uploader.linger_ms``. ``durability``: a
+    QuorumBuffer log on three nodes of that ``quorum.durability`` (their flushes are the
+    PUTs, counted once they have drained); None: MemoryBuffer."""
     limit = duration + 120
-    settings = {} if linger_ms is None else {"uploader_linger_ms": linger_ms}
+    settings: dict[str, Any] = {} if linger_ms is None else {"uploader_linger_ms": linger_ms}
+    if durability is not None:
+        settings.update(buffer_mode="quorum", quorum_durability=durability)
     with scratch("s3", parent, **settings) as space:
-        with Logstore(space.config) as logstore:
+        with quorum_nodes(space.config) as nodes, Logstore(space.config) as logstore:
             write = drivers.WriteJob(
                 space.overrides, "bench", "write_async", ENTRY_SIZE, duration, rate=rate_mb_s * 1e6
             )
-            written = harness.measure(space, [write], timeout=limit, logstore=logstore)
+            written = harness.measure(space, [write], timeout=limit, logstore=logstore, nodes=nodes)
+            logstore.stop()
         blocks = harness.count_blocks(space.config)
         puts = put_requests(blocks["sizes"], space.config)
+        if durability is not None:
+            # a node flush is one PUT (never multipart); one whose commit lost leaves an orphan
+            puts = max(puts, flushed_objects(space.config))
         read = drivers.ReadJob(
             space.overrides,
             "bench",
@@ -83,7 +104,7 @@ def run(
     puts_per_gb = puts / gb
     gets_per_gb = requests.get("GET", 0) / gb
     judged = []
-    if linger_ms is None and rate_mb_s == TARGET_RATE_MB_S:
+    if linger_ms is None and durability is None and rate_mb_s == TARGET_RATE_MB_S:
         judged.append(
             verdict(
                 f"S3 default settings, {TARGET_RATE_MB_S} MB/s of 16 KiB entries: "
@@ -96,6 +117,7 @@ def run(
         )
     return {
         "suite": "cost",
+        "buffer_mode": space.config.buffer.mode,
         "target_mb_s": rate_mb_s,
         "linger_ms": space.config.uploader.linger_ms,
         "default": linger_ms is None,

@@ -1,10 +1,11 @@
 """Quorum nodes run as child processes of this one, for as long as a ``with`` block lasts.
 
-``woodpecker quickstart --mode quorum`` needs a pool of nodes of its own deployment on this
-host and must leave nothing running: each node is ``woodpecker node`` on a free loopback
-port, given the configuration as ``WOODPECKER_*`` variables, awaited until it is
-registered, and on exit (Ctrl-C included) sent SIGTERM, which makes it flush what it holds
-to object storage and deregister; one still running after the drain timeout is killed.
+``woodpecker quickstart --mode quorum`` and the benchmark's ``quorum`` suite need a pool of
+nodes of their own deployment on this host and must leave nothing running: each node is
+``woodpecker node`` on a free loopback port, given the configuration as ``WOODPECKER_*``
+variables, awaited until it is registered, and on exit (Ctrl-C included) sent SIGTERM,
+which makes it flush what it holds to object storage and deregister; one still running
+after the drain timeout is killed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from woodpecker.client import Client
@@ -31,11 +33,23 @@ DRAIN_TIMEOUT = 60.0
 
 class LocalNodes:
     """``count`` quorum nodes of ``client``'s deployment (its config, memory or disk durability
-    as ``quorum.durability`` says), started by ``__enter__`` and drained by ``__exit__``."""
+    as ``quorum.durability`` says), started by ``__enter__`` and drained by ``__exit__``.
 
-    def __init__(self, client: Client, count: int = 3) -> None:
+    ``name`` starts the node ids; ``env`` is the environment the nodes inherit (this
+    process's by default), before the configuration's ``WOODPECKER_*`` variables."""
+
+    def __init__(
+        self,
+        client: Client,
+        count: int = 3,
+        *,
+        name: str = "quickstart",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.count = count
+        self.name = name
+        self.env = os.environ if env is None else env
         self.procs: list[subprocess.Popen[bytes]] = []
         self.records: list[NodeRecord] = []
         self._logs = tempfile.TemporaryDirectory(prefix="woodpecker-nodes-")
@@ -53,10 +67,10 @@ class LocalNodes:
         self.stop()
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WOODPECKER_")}
+        env = {k: v for k, v in self.env.items() if not k.startswith("WOODPECKER_")}
         env.update(self.client.config.environment())
         for n in range(1, self.count + 1):
-            node_id = f"quickstart-{n}-{self._run}"
+            node_id = f"{self.name}-{n}-{self._run}"
             with open(self._log(node_id), "wb") as log:
                 self.procs.append(
                     subprocess.Popen(
