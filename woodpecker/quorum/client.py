@@ -139,6 +139,10 @@ class NodeLink:
                 raise self._failure
         else:
             await self._slots.acquire()  # free: returns at once
+        if self._writer.is_closing():  # the node closed it; its reader says why soon
+            self._slots.release()
+            self._fail("connection closed")
+            raise self._failure  # type: ignore[misc]
         self._next_id += 1
         future: asyncio.Future[Reply] = self._loop.create_future()
         future.add_done_callback(lambda _: self._slots.release())

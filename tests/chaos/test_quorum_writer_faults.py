@@ -1,0 +1,204 @@
+"""QuorumBuffer logs written through the logstore while quorum nodes and the logstore fail.
+
+Producer processes keep appending to a quorum log (``chaos.workload.Fleet``) while a node
+is killed (with and without a spare registered), a memory node restarts empty, or the
+logstore is killed; then every acked entry must be read back exactly once, in order
+(``chaos.history.check``). Two nodes killed must fail appends with
+``QuorumUnavailableError`` at the deadline and lose nothing acked; a writer fenced by a
+new writer's recovery learns it from the nodes (``WriterFencedError``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import woodpecker as wp
+from chaos.history import assert_valid, check, read_back
+from chaos.nodes import NodePool
+from chaos.processes import wait_logstore
+from chaos.workload import Fleet, Plan
+from woodpecker.config import Config
+from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
+
+RECOVERY = 45.0  # seconds producers get to be acked again after a fault
+PLAN = Plan(sizes=(32, 200, 1000), window=16)
+
+
+def segments(config: Config, log: wp.LogHandle) -> list[SegmentRecord]:
+    meta = MetaStore(config)
+    try:
+        return meta.list_segments(log.log_id)
+    finally:
+        meta.close()
+
+
+def ensemble(segment: SegmentRecord) -> set[str]:
+    return {m.node_id for m in segment.ensemble or []}
+
+
+def run_fleet(config: Config, log_name: str, tmp_path: Path, producers: int = 3) -> Fleet:
+    fleet = Fleet(config, log_name, tmp_path, plan=PLAN)
+    for i in range(producers):
+        fleet.start_process(f"p{i}")
+    fleet.wait_progress(fleet.acked(), RECOVERY, "producers never got a first ack")
+    return fleet
+
+
+def finish(fleet: Fleet, log: wp.LogHandle) -> None:
+    """Stop the producers; every acked entry is read back once, in order."""
+    fleet.stop()
+    report = check(fleet.ops(), read_back(log))
+    assert_valid(report)
+    assert report.ok > 0
+
+
+def test_a_killed_node_is_replaced_by_a_spare_and_nothing_acked_is_lost(
+    quorum_pool: NodePool, tmp_path: Path
+) -> None:
+    # segments roll only for the dead node, never for their size within the test
+    config = quorum_pool.config(segment_max_bytes="64GiB")
+    spare = quorum_pool.spare()
+    with wp.Client(config) as client:
+        log = client.open_log("spare", create=True)
+        fleet = run_fleet(config, log.name, tmp_path)
+        try:
+            first = segments(config, log)[0]
+            victim = next(
+                i for i, n in enumerate(quorum_pool.nodes) if n.config.node.id in ensemble(first)
+            )
+            killed = quorum_pool.kill(victim).config.node.id
+            fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after a node was killed")
+            deadline = time.monotonic() + RECOVERY
+            while killed in ensemble(segments(config, log)[-1]):
+                assert time.monotonic() < deadline, "the segment never rolled off the dead node"
+                time.sleep(0.1)
+            fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after the roll")
+            rolled = segments(config, log)[-1]
+            assert spare.config.node.id in ensemble(rolled) and len(ensemble(rolled)) == 3
+            finish(fleet, log)
+        finally:
+            fleet.kill_all()
+
+
+def test_without_a_spare_writing_goes_on_on_the_two_survivors(
+    quorum_pool: NodePool, tmp_path: Path
+) -> None:
+    config = quorum_pool.config(segment_max_bytes="64GiB")
+    with wp.Client(config) as client:
+        log = client.open_log("degraded", create=True)
+        fleet = run_fleet(config, log.name, tmp_path, producers=2)
+        try:
+            killed = quorum_pool.kill(0).config.node.id
+            for _ in range(3):  # past node_timeout: the node has left the live set
+                fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped on the survivors")
+            time.sleep(config.quorum.node_timeout)
+            fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped on the survivors")
+            # no spare: the segment was not rolled, it goes on with two of its three nodes
+            assert all(killed in ensemble(s) for s in segments(config, log))
+            finish(fleet, log)
+        finally:
+            fleet.kill_all()
+
+
+def test_a_memory_node_restarted_empty_loses_nothing_acked_and_resurrects_nothing(
+    quorum_pool: NodePool, tmp_path: Path
+) -> None:
+    config = quorum_pool.config(segment_max_bytes="64GiB")
+    with wp.Client(config) as client:
+        log = client.open_log("restart", create=True)
+        fleet = run_fleet(config, log.name, tmp_path, producers=2)
+        try:
+            old = quorum_pool.nodes[1].config.node.id
+            new = quorum_pool.restart(1).config.node.id  # a new incarnation: it knows no segment
+            fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after the restart")
+            deadline = time.monotonic() + RECOVERY
+            while old in ensemble(segments(config, log)[-1]):
+                assert time.monotonic() < deadline, "the segment never rolled to the new node"
+                time.sleep(0.1)
+            assert new in ensemble(segments(config, log)[-1])
+            finish(fleet, log)
+        finally:
+            fleet.kill_all()
+
+
+def test_the_logstore_killed_mid_write_is_recovered_through_the_nodes(
+    quorum_pool: NodePool, tmp_path: Path
+) -> None:
+    config = quorum_pool.config()
+    with wp.Client(config) as client:
+        log = client.open_log("crash", create=True)
+        fleet = run_fleet(config, log.name, tmp_path)
+        try:
+            store = wait_logstore(config)
+            os.kill(store, signal.SIGKILL)
+            wait_logstore(config, RECOVERY, other_than=store)
+            fleet.wait_progress(fleet.acked(), RECOVERY, "writes never resumed")
+            states = [s.state for s in segments(config, log)]
+            assert states[0] == SegmentState.SEALED  # recovered and sealed by the new writer
+            finish(fleet, log)
+        finally:
+            fleet.kill_all()
+
+
+def test_two_nodes_killed_fail_appends_at_the_deadline_and_writing_resumes(
+    quorum_pool: NodePool,
+) -> None:
+    config = quorum_pool.config(retry_deadline=3.0)
+    acked: list[bytes] = []
+    with wp.Client(config) as client:
+        log = client.open_log("two-down", create=True)
+        with log.open_writer() as writer:
+            for i in range(20):
+                writer.write(b"before-%d" % i)
+                acked.append(b"before-%d" % i)
+            quorum_pool.kill(0)
+            quorum_pool.kill(1)
+            started = time.monotonic()
+            with pytest.raises(wp.QuorumUnavailableError):
+                for i in range(1000):
+                    writer.write(b"during-%d" % i)
+                    acked.append(b"during-%d" % i)  # acked before the survivors noticed
+            waited = time.monotonic() - started
+            assert waited < config.retry.deadline + config.quorum.node_timeout + 5
+            quorum_pool.restart(0)
+            quorum_pool.restart(1)
+            deadline = time.monotonic() + RECOVERY
+            while True:
+                try:
+                    writer.write(b"after")
+                    acked.append(b"after")
+                    break
+                except wp.WoodpeckerError:
+                    assert time.monotonic() < deadline, "writing never resumed"
+                    time.sleep(0.2)
+        with log.open_reader(wp.EARLIEST) as reader:
+            got = [m.payload for m in iter(lambda: reader.read_next(timeout=5), None)]
+        assert got == acked
+
+
+def test_a_writer_fenced_by_a_new_writer_learns_it_from_the_nodes(
+    quorum_pool: NodePool, tmp_path: Path
+) -> None:
+    first = quorum_pool.config()
+    second = quorum_pool.config(logstore_socket=str(Path("/tmp") / f"wp-{os.getpid()}-b.sock"))
+    with wp.Client(first) as a, wp.Client(second) as b:
+        log_a = a.open_log("fenced", create=True)
+        with log_a.open_writer() as old:
+            old.write(b"old-0")
+            with b.open_log("fenced").open_writer() as new:  # recovery fences the ensemble
+                new.write(b"new-0")
+                with pytest.raises((wp.WriterFencedError, wp.OutcomeUnknownError)):
+                    for _ in range(50):
+                        old.write(b"late")
+                with pytest.raises(wp.WriterFencedError):
+                    old.write(b"later")
+                new.write(b"new-1")
+        with log_a.open_reader(wp.EARLIEST) as reader:
+            got = [m.payload for m in iter(lambda: reader.read_next(timeout=5), None)]
+        assert got[0] == b"old-0" and got[-2:] == [b"new-0", b"new-1"]
+        assert b"later" not in got
