@@ -51,6 +51,12 @@ def test_an_intact_pool_is_reused_and_a_changed_one_replaced(node_pools: NodePoo
     after = Connection(restarted.port, pool.config()).welcome["incarnation"]
     assert after != before  # memory durability: a new incarnation on the same address
 
+    spare = pool.spare()
+    drained = pool.terminate(0)
+    assert drained.proc.returncode == 0  # SIGTERM: drained and deregistered at once
+    live = {r.address for r in spare.registered()}
+    assert f"127.0.0.1:{spare.port}" in live and f"127.0.0.1:{drained.port}" not in live
+
     node_pools.release("local")
     fresh = node_pools.get("local")
     assert fresh is not pool
