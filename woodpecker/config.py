@@ -322,6 +322,11 @@ class QuorumConfig:
 @dataclass
 class NodeConfig:
     listen: str = _opt("127.0.0.1:7870", "host:port a quorum node (woodpecker node) listens on.")
+    advertise: str = _opt(
+        "",
+        "host:port writers and readers reach the node at, as it registers it (behind NAT, a "
+        "proxy or a container port mapping); empty means the listen address.",
+    )
     data_dir: str = _opt(
         "",
         "Directory of a disk-durability node's segment files and incarnation; empty means "
@@ -575,6 +580,8 @@ class Config:
                 "sent to"
             )
         node_address(self.node.listen)
+        if self.node.advertise:
+            node_address(self.node.advertise, "node.advertise")
         if not _NODE_ID_RE.fullmatch(self.node.id):
             raise ConfigError(
                 f"node.id: invalid value {self.node.id!r}; letters, digits, '.', '_' and '-' "

@@ -76,7 +76,10 @@ class Node:
 
     @property
     def address(self) -> str:
-        """Where writers reach this node (a wildcard listen is reached by host name)."""
+        """Where writers reach this node: ``node.advertise``, else the listen address (a
+        wildcard listen is reached by host name)."""
+        if self.config.node.advertise:
+            return self.config.node.advertise
         host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
         return f"{host}:{self.port}"
 

@@ -13,17 +13,21 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import woodpecker as wp
+from chaos.faultproxy import FaultProxy
 from chaos.history import assert_valid, check, read_back
-from chaos.nodes import NodePool
+from chaos.nodes import NodePool, NodeProcess, free_port
 from chaos.processes import wait_logstore
+from chaos.scale import pick
 from chaos.workload import Fleet, Plan
 from woodpecker.config import Config
 from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
+from woodpecker.meta.flush import flush_cursor
 
 RECOVERY = 45.0  # seconds producers get to be acked again after a fault
 PLAN = Plan(sizes=(32, 200, 1000), window=16)
@@ -39,6 +43,28 @@ def segments(config: Config, log: wp.LogHandle) -> list[SegmentRecord]:
 
 def ensemble(segment: SegmentRecord) -> set[str]:
     return {m.node_id for m in segment.ensemble or []}
+
+
+def wait_sealed_flushed(config: Config, log: wp.LogHandle) -> None:
+    """Until every sealed segment is wholly in object storage, and the active one (if any)
+    was opened after them (on a full ensemble)."""
+    meta = MetaStore(config)
+    try:
+        deadline = time.monotonic() + RECOVERY
+        while True:
+            records = meta.list_segments(log.log_id)
+            pending = [
+                r.segment_id
+                for r in records
+                if r.state is SegmentState.SEALED
+                and flush_cursor(meta, log.log_id, r.segment_id).cursor.next_entry <= r.lac
+            ]
+            if not pending and records[-1].state is SegmentState.ACTIVE:
+                return
+            assert time.monotonic() < deadline, f"segments {pending} were never flushed"
+            time.sleep(0.1)
+    finally:
+        meta.close()
 
 
 def run_fleet(config: Config, log_name: str, tmp_path: Path, producers: int = 3) -> Fleet:
@@ -202,3 +228,107 @@ def test_a_writer_fenced_by_a_new_writer_learns_it_from_the_nodes(
             got = [m.payload for m in iter(lambda: reader.read_next(timeout=5), None)]
         assert got[0] == b"old-0" and got[-2:] == [b"new-0", b"new-1"]
         assert b"later" not in got
+
+
+def test_a_node_paused_past_the_timeout_adds_nothing_for_the_fenced_writer(
+    quorum_pool: NodePool,
+) -> None:
+    """SIGSTOP one node: acks go on without it; a new writer recovers the segment while it is
+    paused; resumed, it holds the fenced writer's queued appends, and none of it is read."""
+    first = quorum_pool.config()
+    second = quorum_pool.config(logstore_socket=str(Path("/tmp") / f"wp-{os.getpid()}-p.sock"))
+    with wp.Client(first) as a, wp.Client(second) as b:
+        log = a.open_log("paused", create=True)
+        acked = []
+        with log.open_writer() as old:
+            for i in range(10):
+                old.write(b"a-%d" % i)
+                acked.append(b"a-%d" % i)
+            (segment,) = segments(first, log)
+            paused = next(n for n in quorum_pool.nodes if n.config.node.id in ensemble(segment))
+            quorum_pool.changed = True
+            paused.proc.send_signal(signal.SIGSTOP)
+            try:
+                futures = [old.write_async(b"p-%d" % i) for i in range(200)]
+                for i, future in enumerate(futures):
+                    future.result(timeout=30)  # two nodes ack; the paused one is not waited on
+                    acked.append(b"p-%d" % i)
+                time.sleep(first.quorum.node_timeout * 1.5)  # it leaves the live set
+                with b.open_log(log.name).open_writer() as new:  # recovery without it
+                    new.write(b"b-0")
+                    with pytest.raises((wp.WriterFencedError, wp.OutcomeUnknownError)):
+                        for _ in range(50):
+                            old.write(b"stale")
+                    with pytest.raises(wp.WriterFencedError):
+                        old.write(b"stale")
+            finally:
+                paused.proc.send_signal(signal.SIGCONT)
+            time.sleep(1.0)  # it reads what was queued for it while it was stopped
+        sealed = segments(first, log)[0]
+        assert sealed.state is SegmentState.SEALED and sealed.lac == len(acked) - 1
+        with log.open_reader(wp.EARLIEST) as reader:
+            got = [m.payload for m in iter(lambda: reader.read_next(timeout=5), None)]
+        assert got == [*acked, b"b-0"]
+
+
+def test_kill_loops_over_the_nodes_lose_nothing_acked(
+    quorum_pool: NodePool, tmp_path: Path, rng
+) -> None:
+    """Nodes killed and restarted again and again under three producers: after every kill
+    the producers are acked again, and the whole history checks at the end.
+
+    Memory durability keeps an acked entry on ``ack`` nodes until it is flushed: it
+    survives one failure. So the next kill comes once the segments the last kill degraded
+    are sealed and flushed (the writer rolls to a full ensemble on the spare)."""
+    config = quorum_pool.config(segment_max_bytes="64GiB")
+    quorum_pool.spare()
+    with wp.Client(config) as client:
+        log = client.open_log("kill-loop", create=True)
+        fleet = run_fleet(config, log.name, tmp_path)
+        try:
+            for _ in range(pick(3, 30)):
+                active = ensemble(segments(config, log)[-1])
+                members = [i for i, n in enumerate(quorum_pool.nodes) if n.config.node.id in active]
+                quorum_pool.restart(
+                    rng.choice(members)
+                )  # kill -9, then a new incarnation on its port
+                fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after a node kill")
+                wait_sealed_flushed(config, log)
+            assert len(segments(config, log)) > 1
+            finish(fleet, log)
+        finally:
+            fleet.kill_all()
+
+
+def test_a_fault_proxy_between_the_logstore_and_one_node(
+    start_node: Callable[..., NodeProcess], make_config, backend: str, tmp_path: Path
+) -> None:
+    """One node reached through the fault proxy (it advertises the proxy's address):
+    latency does not stop acks, a reset and a blackhole make it leave the ensemble while
+    the two others go on acking, and the history checks."""
+    nodes = [start_node(f"n{i}", storage_type=backend) for i in range(2)]
+    port = free_port()
+    with FaultProxy("127.0.0.1", port) as proxy:
+        nodes.append(
+            start_node("n2", port=port, storage_type=backend, node_advertise=proxy.endpoint)
+        )
+        for node in nodes:
+            node.wait_registered()
+        config = make_config(backend, buffer_mode="quorum", segment_max_bytes="64GiB")
+        with wp.Client(config) as client:
+            log = client.open_log("proxied", create=True)
+            fleet = run_fleet(config, log.name, tmp_path, producers=2)
+            try:
+                assert proxy.connections > 0  # the logstore reaches n2 through the proxy
+                proxy.set(latency=0.05, jitter=0.02)
+                fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped with latency")
+                proxy.set(latency=0.0, jitter=0.0, blackhole=True)
+                time.sleep(config.quorum.node_timeout)
+                fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped in a blackhole")
+                proxy.heal()
+                proxy.reset_all()
+                fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after a reset")
+                assert len(segments(config, log)) == 1  # no spare: degraded, never rolled
+                finish(fleet, log)
+            finally:
+                fleet.kill_all()

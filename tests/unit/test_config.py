@@ -544,6 +544,7 @@ def _string_keys() -> list[str]:
                 ("buffer", "mode"),
                 ("quorum", "durability"),
                 ("node", "listen"),  # host:port, checked
+                ("node", "advertise"),  # host:port, checked
                 ("node", "id"),  # a name for keys and objects, checked
             )
             if isinstance(v, str) and not choice:
@@ -887,3 +888,13 @@ def test_node_id_names_keys_and_objects_so_it_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"^node.id: invalid value 'a/b'"):
         Config(env={}, node_id="a/b")
     assert Config(env={}, node_id="host-1.rack_2").node.id == "host-1.rack_2"
+
+
+@pytest.mark.parametrize("advertise", ["7870", "host:", "host:0"])
+def test_node_advertise_must_be_host_and_port(advertise: str) -> None:
+    with pytest.raises(ConfigError, match=r"^node.advertise: invalid value"):
+        Config(env={}, node_advertise=advertise)
+    assert (
+        Config(env={}, node_advertise="proxy.example:17870").node.advertise == "proxy.example:17870"
+    )
+    assert Config(env={}).node.advertise == ""  # registers its listen address
