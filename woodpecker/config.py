@@ -187,8 +187,8 @@ class UploaderConfig:
         "a block goes out as soon as an upload slot is free (lowest ack latency). S3: "
         f"{S3_LINGER_MS:g}, fewer, larger PUTs (~2 MB blocks at 10 MB/s instead of 16-26 KiB) "
         f"for acks up to {S3_LINGER_MS:g} ms later when the log is not saturated. "
-        "For both low latency and low cost: QuorumBuffer mode (buffer.mode: quorum), once "
-        "the logstore writes to quorum nodes (docs/quorum.md).",
+        "For both low latency and low cost: QuorumBuffer mode (buffer.mode: quorum; "
+        "docs/quorum.md).",
         minimum=0.0,
         per_backend={"s3": S3_LINGER_MS},
     )
@@ -289,8 +289,8 @@ class BufferConfig:
         "memory",
         "Where an append waits before its ack, for logs created from now on (recorded in "
         "the log's metadata): memory (acked once its block is in object storage) or quorum "
-        "(acked once quorum.ack nodes hold it; docs/quorum.md; creating a log in it is "
-        "refused until the logstore writes to the nodes).",
+        "(acked once quorum.ack of its segment's quorum nodes hold it; they upload large "
+        "objects later; needs `woodpecker node` processes; docs/quorum.md).",
         choices=("memory", "quorum"),
     )
 
@@ -639,8 +639,8 @@ class Config:
         return (
             f"uploader.linger_ms={linger:g} ({self.storage.type}): {chosen}. For both low "
             "latency and low cost on S3: QuorumBuffer mode (buffer.mode: quorum), where "
-            "quorum nodes ack in about a millisecond and upload large objects later, once "
-            "the logstore writes to them (not built yet: docs/quorum.md)"
+            "quorum nodes ack in about a millisecond and upload large objects later "
+            "(docs/quorum.md)"
         )
 
     def as_dict(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:

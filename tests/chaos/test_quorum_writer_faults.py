@@ -114,7 +114,7 @@ def test_a_killed_node_is_replaced_by_a_spare_and_nothing_acked_is_lost(
 def test_without_a_spare_writing_goes_on_on_the_two_survivors(
     quorum_pool: NodePool, tmp_path: Path
 ) -> None:
-    config = quorum_pool.config(segment_max_bytes="64GiB")
+    config = quorum_pool.config(segment_max_bytes="64GiB", quorum_node_timeout=1.0)
     with wp.Client(config) as client:
         log = client.open_log("degraded", create=True)
         fleet = run_fleet(config, log.name, tmp_path, producers=2)
@@ -174,7 +174,7 @@ def test_the_logstore_killed_mid_write_is_recovered_through_the_nodes(
 def test_two_nodes_killed_fail_appends_at_the_deadline_and_writing_resumes(
     quorum_pool: NodePool,
 ) -> None:
-    config = quorum_pool.config(retry_deadline=3.0)
+    config = quorum_pool.config(retry_deadline=3.0, quorum_node_timeout=1.0)
     acked: list[bytes] = []
     with wp.Client(config) as client:
         log = client.open_log("two-down", create=True)
@@ -235,8 +235,10 @@ def test_a_node_paused_past_the_timeout_adds_nothing_for_the_fenced_writer(
 ) -> None:
     """SIGSTOP one node: acks go on without it; a new writer recovers the segment while it is
     paused; resumed, it holds the fenced writer's queued appends, and none of it is read."""
-    first = quorum_pool.config()
-    second = quorum_pool.config(logstore_socket=str(Path("/tmp") / f"wp-{os.getpid()}-p.sock"))
+    first = quorum_pool.config(quorum_node_timeout=1.0)
+    second = quorum_pool.config(
+        logstore_socket=str(Path("/tmp") / f"wp-{os.getpid()}-p.sock"), quorum_node_timeout=1.0
+    )
     with wp.Client(first) as a, wp.Client(second) as b:
         log = a.open_log("paused", create=True)
         acked = []
