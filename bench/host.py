@@ -137,10 +137,8 @@ def quorum_nodes(config: Config) -> Iterator[LocalNodes | None]:
     if config.buffer.mode != "quorum":
         yield None
         return
-    with Client(config) as client:
-        client.deployment_id()  # claimed once: three nodes claiming a fresh space at once race
-        with LocalNodes(client, name="bench", env=child_env()) as nodes:
-            yield nodes
+    with Client(config) as client, LocalNodes(client, name="bench", env=child_env()) as nodes:
+        yield nodes
 
 
 def node_processes(nodes: LocalNodes | None) -> list[psutil.Process]:

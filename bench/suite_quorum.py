@@ -7,9 +7,11 @@ at the end the logstore stops, then the nodes drain (SIGTERM: they flush what th
 and deregister), so nothing is left running. The cells:
 
 - **ack latency** of a synchronous 1 KiB ``write``: QuorumBuffer in ``memory`` and in
-  ``disk`` durability, MemoryBuffer on the local backend and on S3 (with
-  ``uploader.linger_ms`` 0, its low-latency setting: the S3 default lingers 250 ms),
-  and NATS JetStream with ``sync_interval: always`` (``suite_nats``);
+  ``disk`` durability (beside the 1 KiB ``fdatasync`` of that disk, measured right
+  before: a ``disk`` node syncs before it answers, and all three share the disk),
+  MemoryBuffer on the local backend and on S3 (with ``uploader.linger_ms`` 0, its
+  low-latency setting: the S3 default lingers 250 ms), and NATS JetStream with
+  ``sync_interval: always`` (``suite_nats``);
 - **throughput** of ``write_async`` with 1 KiB and 1 MiB entries on S3, QuorumBuffer
   (``memory``) against MemoryBuffer, in alternating rounds (``ROUNDS``, one when quick):
   the ratio of the medians;
@@ -23,6 +25,7 @@ Targets (docs/quorum.md): ack p50 <= 1.0 ms (memory) and <= 1.5 ms (disk), p99 <
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -31,8 +34,10 @@ import drivers
 import harness
 import suite_cost
 import suite_nats
+import suite_sync
 from goals import verdict
 from plan import RunSettings, Step
+from stats import latency_ms
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -65,9 +70,13 @@ def write_cell(
 def latency(name: str, parent: Path, duration: float) -> dict[str, Any]:
     """A synchronous 1 KiB ``write`` loop in one of ``LATENCY_CELLS``; quorum cells judged."""
     backend, settings = LATENCY_CELLS[name]
+    durability = settings.get("quorum_durability")
+    floor = {}
+    if durability == "disk":  # what each node's group commit waits for, on the same disk
+        floor = {"fdatasync": latency_ms(suite_sync.fdatasync_ms(str(parent)))}
+        os.unlink(parent / "floor")
     cell = write_cell(parent, backend, "write", KiB, duration, settings)
     judged = []
-    durability = settings.get("quorum_durability")
     if durability:
         lat = cell["latency"]
         judged = [
@@ -86,7 +95,14 @@ def latency(name: str, parent: Path, duration: float) -> dict[str, Any]:
                 higher_is_better=False,
             ),
         ]
-    return {"kind": "latency", "name": name, "backend": backend, **cell, "verdicts": judged}
+    return {
+        "kind": "latency",
+        "name": name,
+        "backend": backend,
+        **cell,
+        **floor,
+        "verdicts": judged,
+    }
 
 
 def nats_latency(parent: Path, duration: float) -> dict[str, Any]:

@@ -27,7 +27,7 @@ MAX_P50_OVER_FLOOR = 2.0
 MAX_P99_MS = 3.0
 
 
-def _fdatasync_ms(directory: str) -> list[float]:
+def fdatasync_ms(directory: str) -> list[float]:
     """1 KiB appended and fdatasynced, ``FLOOR_SAMPLES`` times, to one file in ``directory``."""
     data = os.urandom(KiB)
     fd = os.open(os.path.join(directory, "floor"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -66,7 +66,7 @@ def run(settings: RunSettings) -> dict[str, Any]:
     with scratch("local", settings.parent) as space:
         config = space.config
         os.makedirs(config.storage.root, exist_ok=True)
-        disk = latency_ms(_fdatasync_ms(config.storage.root))
+        disk = latency_ms(fdatasync_ms(config.storage.root))
         etcd = EtcdConnection(config, list(config.etcd.endpoints))
         try:
             txn = latency_ms(_etcd_txn_ms(etcd, config.etcd.prefix))
