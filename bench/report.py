@@ -103,8 +103,9 @@ def _header(run: dict[str, Any]) -> list[str]:
         f"{run['duration_s']:g} s per timed loop",
         f"- machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB RAM, "
         f"{m['disk']}, Linux {m['kernel']}, Python {m['python']}",
-        f"- load average (1 min) before / after: {run['load_before']} / {run['load_after']} "
-        "(other work on the machine makes figures noisy)",
+        f"- load average (1 min) before / after: {run['load_before']} / {run['load_after']}"
+        + _load_during(run)
+        + " (other work on the machine makes figures noisy)",
         f"- services: {run['services']}; S3 = SeaweedFS on loopback, etcd on loopback",
         f"- pipeline: {run['pipeline']}",
         f"- git: {run['git']}",
@@ -113,6 +114,14 @@ def _header(run: dict[str, Any]) -> list[str]:
         "",
     ]
     return md
+
+
+def _load_during(run: dict[str, Any]) -> str:
+    """The range of the load average sampled as each step started."""
+    loads = run.get("load_at_steps") or []
+    if not loads:
+        return ""
+    return f"; during the run {min(loads)}-{max(loads)} ({len(loads)} samples, one per step)"
 
 
 def _targets(results: dict[str, Any]) -> list[str]:

@@ -178,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         steps = build_plan(settings, only)
         # the bar counts estimated seconds, so its ETA scales with the measured pace
         bar = Progress("bench", sum(s.estimate for s in steps), unit="est. s", quiet=args.quiet)
+        loads = results["run"]["load_at_steps"] = []
         for step in steps:
             bar.step(step.label)
+            loads.append(round(os.getloadavg()[0], 2))
             began = time.monotonic()
             try:
                 value = etcd.around(step.run) if step.writes else step.run()
