@@ -42,6 +42,8 @@ def _size_axis(ax: Any, sizes: list[int]) -> None:
 
 def write_throughput(results: dict[str, Any], path: Path) -> None:
     writes, nats = results.get("write", []), results.get("nats", [])
+    if not _ok(writes) and not _ok(nats):
+        return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, backend in zip(axes, ("local", "s3"), strict=True):
         sizes = sorted({c["entry_size"] for c in _ok(writes) if c["backend"] == backend})
@@ -80,6 +82,8 @@ def write_throughput(results: dict[str, Any], path: Path) -> None:
 
 def write_latency(results: dict[str, Any], path: Path) -> None:
     writes, nats = results.get("write", []), results.get("nats", [])
+    if not _ok(writes) and not _ok(nats):
+        return
     fig, ax = plt.subplots(figsize=(8, 4.8))
     sizes: set[int] = set()
     for backend, color in (("local", "tab:blue"), ("s3", "tab:orange")):
