@@ -11,14 +11,16 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import pyarrow as pa
 
 from woodpecker.client import Client
+from woodpecker.errors import QuorumUnavailableError
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
-from woodpecker.meta import SegmentRecord, live_readers
+from woodpecker.meta import MetaStore, SegmentRecord, live_readers
 from woodpecker.meta.nodes import registered_nodes
+from woodpecker.quorum.tail import TailReads
 from woodpecker.storage import open_store
 
 
@@ -38,18 +40,72 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def segment_row(seg: SegmentRecord) -> dict[str, Any]:
+class Committed(NamedTuple):
+    """What is committed of a segment, and where that was learnt."""
+
+    lac: int | None  # None: unknown (an ACTIVE quorum segment whose nodes do not answer)
+    source: str  # "etcd", "nodes", or "unknown: ..." saying why
+    blocks: int  # in object storage (a quorum segment's: its flushed ranges)
+    size: int
+
+
+def committed(meta: MetaStore, tail: TailReads, seg: SegmentRecord) -> Committed:
+    """A segment's LAC, blocks and bytes. An ACTIVE quorum segment's LAC is its nodes' (etcd
+    says -1); a quorum segment's blocks are its flush commits (its record counts none)."""
+    blocks, size = seg.block_count, seg.size
+    if seg.quorum:
+        flushed = meta.list_blocks(seg.log_id, seg.segment_id)
+        blocks, size = len(flushed), sum(b.size for b in flushed)
+    if not seg.lac_on_nodes:
+        return Committed(seg.lac, "etcd", blocks, size)
+    try:
+        return Committed(tail.committed_lac(meta, seg), "nodes", blocks, size)
+    except QuorumUnavailableError:
+        return Committed(None, "unknown: no node of its ensemble answers", blocks, size)
+
+
+def ensemble_text(seg: SegmentRecord) -> str:
+    """``node@address`` of each member of a quorum segment's ensemble; empty for a memory one."""
+    return ", ".join(f"{m.node_id}@{m.address}" for m in seg.ensemble or ())
+
+
+def segment_row(seg: SegmentRecord, known: Committed) -> dict[str, Any]:
     return {
         "segment_id": seg.segment_id,
         "state": str(seg.state),
-        "entries": seg.lac + 1,
-        "lac": seg.lac,
-        "bytes": seg.size,
-        "blocks": seg.block_count,
+        "entries": None if known.lac is None else known.lac + 1,
+        "lac": known.lac,
+        "lac_from": known.source,
+        "bytes": known.size,
+        "blocks": known.blocks,
         "epoch": seg.epoch,
         "created": _when(seg.created_ms),
         "sealed": _when(seg.sealed_ms),
         "compacted": _when(seg.compacted_ms),
+        "ensemble": ensemble_text(seg),
+    }
+
+
+def _segment_rows(client: Client, name: str, log_id: int) -> list[dict[str, Any]]:
+    """Every segment of a log as ``segment_row``s, the nodes asked for ACTIVE quorum ones."""
+    meta = client.meta_store()
+    with TailReads(meta.config, log_id, name) as tail:  # started only if a node is asked
+        return [segment_row(s, committed(meta, tail, s)) for s in meta.list_segments(log_id)]
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A log's entries and bytes from its segment rows, and where the entry count comes from."""
+    unknown = [r["segment_id"] for r in rows if r["entries"] is None]
+    sources = {r["lac_from"] for r in rows}
+    if unknown:
+        source = f"unknown: no node of segment {unknown[0]}'s ensemble answers"
+    else:
+        source = " and ".join(s for s in ("etcd", "nodes") if s in sources) or "etcd"
+    return {
+        "segments": len(rows),
+        "entries": None if unknown else sum(r["entries"] for r in rows),
+        "entries_from": source,
+        "bytes": sum(r["bytes"] for r in rows),
     }
 
 
@@ -76,14 +132,12 @@ def list_logs(client: Client, prefix: str) -> list[dict[str, Any]]:
     rows = []
     for name in client.list_logs(prefix):
         record = meta.get_log(name)
-        segments = meta.list_segments(record.log_id)
         rows.append(
             {
                 "name": name,
                 "log_id": record.log_id,
-                "segments": len(segments),
-                "entries": sum(s.lac + 1 for s in segments),
-                "bytes": sum(s.size for s in segments),
+                "buffer_mode": record.buffer_mode,
+                **_totals(_segment_rows(client, name, record.log_id)),
                 "created": _when(record.created_ms),
             }
         )
@@ -93,27 +147,32 @@ def list_logs(client: Client, prefix: str) -> list[dict[str, Any]]:
 def show_log(client: Client, name: str) -> dict[str, Any]:
     log = client.open_log(name)
     meta = client.meta_store()
-    segments = log.segments()
+    rows = _segment_rows(client, log.name, log.log_id)
     truncation = log.truncation_point()
-    return {
+    shown = {
         "name": log.name,
         "log_id": log.log_id,
         "buffer_mode": meta.get_log(log.name).buffer_mode,
-        "segments": len(segments),
-        "entries": sum(s.lac + 1 for s in segments),
-        "bytes": sum(s.size for s in segments),
-        "first_segment": segments[0].segment_id if segments else None,
-        "last_segment": segments[-1].segment_id if segments else None,
+        **_totals(rows),
+        "first_segment": rows[0]["segment_id"] if rows else None,
+        "last_segment": rows[-1]["segment_id"] if rows else None,
         "truncated_through": str(truncation) if truncation else None,
         "readers": [
             {"name": r.name, "position": f"{r.segment_id}:{r.entry_id}"}
             for r in live_readers(meta, log.log_id)
         ],
     }
+    quorum_rows = [
+        {k: r[k] for k in ("segment_id", "state", "lac", "lac_from", "ensemble")}
+        for r in rows
+        if r["ensemble"]
+    ]
+    return {**shown, "quorum_segments": quorum_rows} if quorum_rows else shown
 
 
 def segments(client: Client, name: str) -> list[dict[str, Any]]:
-    return [segment_row(s) for s in client.open_log(name).segments()]
+    log = client.open_log(name)
+    return _segment_rows(client, log.name, log.log_id)
 
 
 def follow(

@@ -9,6 +9,7 @@ import pyarrow as pa
 from woodpecker.message import EARLIEST, LogMessageId, Position
 from woodpecker.meta import SegmentRecord
 from woodpecker.meta.lifecycle import Lifecycle
+from woodpecker.quorum.tail import TailReads
 from woodpecker.reader import LogReader
 from woodpecker.writer import LogWriter
 
@@ -64,15 +65,24 @@ class LogHandle:
         Truncating at or behind the current point is a no-op (the current point
         is returned). ``mid`` must be committed: ``InvalidPositionError`` (a
         ``ValueError``) if its segment does not exist or it is past the
-        segment's LAC, and nothing changes. Truncated segments are deleted by
-        the logstores' maintenance after ``retention.ttl`` (docs/lifecycle.md).
+        segment's LAC, and nothing changes. An ACTIVE QuorumBuffer segment's
+        LAC is the one its nodes report (``QuorumUnavailableError`` if none
+        answers). Truncated segments are deleted by the logstores' maintenance
+        after ``retention.ttl`` (docs/lifecycle.md).
         """
         if not isinstance(mid, LogMessageId):
             raise TypeError(f"truncate takes a LogMessageId, not {mid!r}")
         mid.checked()
         self._client.deployment_id()
-        lifecycle = Lifecycle(self._client.meta_store())
-        point = lifecycle.truncate(self.log_id, self.name, mid.segment_id, mid.entry_id)
+        meta = self._client.meta_store()
+        with TailReads(meta.config, self.log_id, self.name) as nodes:  # started only if asked
+            point = Lifecycle(meta).truncate(
+                self.log_id,
+                self.name,
+                mid.segment_id,
+                mid.entry_id,
+                nodes_lac=lambda segment: nodes.committed_lac(meta, segment),
+            )
         return LogMessageId(point.segment_id, point.entry_id)
 
     def truncation_point(self) -> LogMessageId | None:

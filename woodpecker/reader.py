@@ -58,7 +58,6 @@ from woodpecker.errors import (
 from woodpecker.format import decode_block, decode_messages
 from woodpecker.message import EARLIEST, LATEST, LogMessage, LogMessageId, Position
 from woodpecker.meta import BlockRecord, MetaStore, SegmentRecord, SegmentSnapshot, SegmentState
-from woodpecker.meta.flush import flush_cursor
 from woodpecker.meta.readers import CommitWatch, ReaderRegistration
 from woodpecker.quorum.tail import TailRead, TailReads
 from woodpecker.storage import ObjectStore
@@ -278,10 +277,9 @@ class LogReader:
         if last is None:
             return None
         lac = last.lac
-        if _lac_on_nodes(last):
-            flushed = flush_cursor(self._meta, self.log_id, last.segment_id).cursor.next_entry
+        if last.lac_on_nodes:
             try:
-                lac = max(self._tail.lac(last), flushed - 1)
+                lac = self._tail.committed_lac(self._meta, last)
             except CancelledError:
                 self._check_usable()  # cancelled by close()
                 raise
@@ -707,7 +705,7 @@ class LogReader:
         flushed range, at or below the LAC of the node that flushed it."""
         c = self._cursor
         added = False
-        end = sys.maxsize if _lac_on_nodes(seg) else seg.lac
+        end = sys.maxsize if seg.lac_on_nodes else seg.lac
         for b in blocks:
             if (b.log_id, b.segment_id) != (self.log_id, seg.segment_id):
                 raise CorruptedDataError(
@@ -817,11 +815,6 @@ class LogReader:
     def __repr__(self) -> str:
         state = "closed" if self._closed is not None else f"at {self.position}"
         return f"LogReader(log={self.name!r}, reader={self.reader_name!r}, {state})"
-
-
-def _lac_on_nodes(seg: SegmentRecord) -> bool:
-    """An ACTIVE quorum segment: its LAC is known to its nodes, not to etcd (-1 there)."""
-    return seg.quorum and seg.state is SegmentState.ACTIVE
 
 
 def _relay(shared: Future, out: Future, index: int) -> None:

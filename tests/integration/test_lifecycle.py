@@ -198,8 +198,10 @@ def test_retention_waits_for_ttl_readers_and_grace(env_factory, backend):
     env = env_factory(backend, retention_ttl=HOUR, retention_orphan_grace=60.0)
     log_id = seed(env, "ret", segments=4, blocks=2, entries=3)
     old_objects = set(env.objects(log_id))
-    cursors = {s: env.meta.keys.flush_cursor(log_id, s) for s in (0, 2)}  # as quorum segments
-    for key in cursors.values():
+    # segments 0 and 2 as quorum segments: a flush cursor and a flush claim each
+    cursors = {s: env.meta.keys.flush_cursor(log_id, s) for s in (0, 2)}
+    claims = {s: env.meta.keys.flusher(log_id, s) for s in (0, 2)}
+    for key in [*cursors.values(), *claims.values()]:
         env.meta.etcd.call("test", lambda c, k=key: c.put(k, b"{}"))
     Lifecycle(env.meta).truncate(log_id, "ret", 2, 1)
     now = time.time()
@@ -227,9 +229,11 @@ def test_retention_waits_for_ttl_readers_and_grace(env_factory, backend):
         assert len(env.meta.list_segments(log_id)) == 4, "a dry run changes nothing"
         report = m.run_once(now + HOUR + 1)
         assert [a.segment_id for a in report.of(ActionKind.DELETE_SEGMENT)] == [0]
-        # a deleted segment's flush cursor goes with it; a kept one's stays
+        # a deleted segment's flush cursor and claim go with it; a kept one's stay
         assert env.meta.etcd.get("test", cursors[0]) is None
+        assert env.meta.etcd.get("test", claims[0]) is None
         assert env.meta.etcd.get("test", cursors[2]) is not None
+        assert env.meta.etcd.get("test", claims[2]) is not None
         assert [a.segment_id for a in report.of(ActionKind.HOLD)] == [1]
         assert report.of(ActionKind.HOLD)[0].reason == "reader 'slow' is at 1:2"
         assert reader.read_next(timeout=5).payload == payload(log_id, 1, 2, 100)

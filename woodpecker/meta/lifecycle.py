@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -112,12 +112,22 @@ class Lifecycle:
 
     # ---- truncation ------------------------------------------------------------------
 
-    def truncate(self, log_id: int, name: str, segment_id: int, entry_id: int) -> TruncationPoint:
+    def truncate(
+        self,
+        log_id: int,
+        name: str,
+        segment_id: int,
+        entry_id: int,
+        *,
+        nodes_lac: Callable[[SegmentRecord], int] | None = None,
+    ) -> TruncationPoint:
         """Move the truncation point forward to (segment_id, entry_id), inclusive.
 
         A point at or behind the current one changes nothing. Otherwise the
         entry must be committed: its segment exists and ``entry_id <= lac``,
-        else ``InvalidPositionError`` and nothing is written. One txn compares
+        else ``InvalidPositionError`` and nothing is written. An ACTIVE quorum
+        segment's LAC is not in etcd: ``nodes_lac`` asks its nodes (without it
+        no entry of such a segment counts as committed). One txn compares
         the truncation key (absent or as read), that the log id is still live
         (a deleted log never gets its key back) and that the segment still
         exists; a lost race re-reads and decides again.
@@ -144,10 +154,14 @@ class Lifecycle:
                     f"segment {segment_id} does not exist"
                 )
             record = SegmentRecord.from_bytes(segment[0], skey)
-            if entry_id > record.lac:
+            lac, where = record.lac, ""
+            if record.lac_on_nodes:
+                lac = -1 if nodes_lac is None else nodes_lac(record)
+                where = ", its nodes not asked" if nodes_lac is None else " from its nodes"
+            if entry_id > lac:
                 raise InvalidPositionError(
                     f"log {name!r}: cannot truncate to {segment_id}:{entry_id}: past the "
-                    f"committed end of segment {segment_id} (lac {record.lac})"
+                    f"committed end of segment {segment_id} (lac {lac}{where})"
                 )
             guard = (
                 ops.create(tkey) == 0

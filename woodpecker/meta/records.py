@@ -191,6 +191,11 @@ class SegmentRecord(Record):
         return self.ensemble is not None
 
     @property
+    def lac_on_nodes(self) -> bool:
+        """An ACTIVE quorum segment: its LAC is known to its nodes, not to etcd (-1 there)."""
+        return self.quorum and self.state is SegmentState.ACTIVE
+
+    @property
     def entry_count(self) -> int:
         """Committed entries (ids are dense from 0, so LAC + 1)."""
         return self.lac + 1

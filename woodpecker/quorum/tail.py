@@ -39,7 +39,9 @@ from woodpecker.config import Config
 from woodpecker.deployment import Deployment
 from woodpecker.errors import CorruptedDataError, QuorumUnavailableError
 from woodpecker.format import decode_messages
+from woodpecker.meta.flush import flush_cursor
 from woodpecker.meta.records import EnsembleMember, SegmentRecord, SegmentState
+from woodpecker.meta.store import MetaStore
 from woodpecker.quorum import wire
 from woodpecker.quorum.client import NodeFailed, NodeLink
 from woodpecker.quorum.wire import Batch, Reply, Status
@@ -117,6 +119,14 @@ class TailReads:
         """The highest LAC the members of an ACTIVE segment's ensemble report."""
         return self._run(self._highest_lac(seg))
 
+    def committed_lac(self, meta: MetaStore, seg: SegmentRecord) -> int:
+        """The last committed entry of an ACTIVE quorum segment (its etcd ``lac`` is -1): the
+        highest LAC its members report, at least the last entry flushed.
+
+        ``QuorumUnavailableError`` if no member answers."""
+        flushed = flush_cursor(meta, self.log_id, seg.segment_id).cursor.next_entry
+        return max(self.lac(seg), flushed - 1)
+
     def long_poll(
         self, seg: SegmentRecord, start: int, wait: float | None, wake: Callable[[], None]
     ) -> None:
@@ -138,6 +148,12 @@ class TailReads:
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(self._timeout + 1)
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
+
+    def __enter__(self) -> TailReads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Hand ``coro`` to the loop (started at the first call); its future.
