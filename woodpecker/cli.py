@@ -97,8 +97,11 @@ def _emit(args: argparse.Namespace, data: Any) -> None:
         print_table(data)
     else:
         for key, value in data.items():
-            if isinstance(value, list):
-                print_table(value) if value else print(f"{key:18} (none)")
+            if isinstance(value, list) and value:
+                print(f"{key}:")
+                print_table(value)
+            elif isinstance(value, list):
+                print(f"{key:18} (none)")
             else:
                 print(f"{key:18} {'' if value is None else value}")
 

@@ -92,6 +92,12 @@ def test_a_quorum_log_truncates_inside_its_active_segment_and_the_cli_counts_its
                 9,
                 "nodes",
             )
+            shown_text = cli(env, "logs", "show", name).splitlines()
+            assert shown_text[-3:-1] == [
+                "quorum_segments:",
+                "SEGMENT_ID  STATE   LAC  LAC_FROM  ENSEMBLE",
+            ]
+            assert shown_text[-1].split()[:4] == ["0", "ACTIVE", "9", "nodes"]
             table = cli(env, "segments", name).splitlines()
             assert table[0].split()[:6] == [
                 "SEGMENT_ID",
