@@ -122,8 +122,11 @@ def test_delete_log_removes_all_metadata_and_fences_the_writer(store: MetaStore)
     session = store.acquire_writer(rec.log_id, "w")
     session.create_segment(0)
     session.commit(0, [block(rec.log_id, 0, 0, 0)], 0, 100)
+    for key in (store.keys.flush_cursor(rec.log_id, 0), store.keys.flusher(rec.log_id, 0)):
+        store.etcd.call("test", lambda c, k=key: c.put(k, b"{}"))  # as a quorum segment's
     store.delete_log("doomed")
-    for prefix in (f"/segments/{rec.log_id}/", f"/blocks/{rec.log_id}/", "/logs/", "/ids/"):
+    gone = ("/segments/", "/blocks/", "/flush/", "/flusher/")
+    for prefix in (*(f"{p}{rec.log_id}/" for p in gone), "/logs/", "/ids/"):
         assert keys_under(store, store.keys.root + prefix) == []
     assert keys_under(store, store.keys.writer(rec.log_id)) == []
     with pytest.raises(WriterFencedError, match="writer key is gone"):

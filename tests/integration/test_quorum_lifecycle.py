@@ -132,8 +132,13 @@ def test_a_quorum_log_truncates_inside_its_active_segment_and_the_cli_counts_its
             report = maintenance.run_once(now)
             assert [a.segment_id for a in report.of(ActionKind.TRUNCATE)] == [0]
             assert not report.of(ActionKind.DELETE_SEGMENT), "retention.ttl has not passed"
+            objects = {b.key for b in meta.list_blocks(log.log_id, 0)}
             report = maintenance.run_once(now + HOUR + 1)
             assert [a.segment_id for a in report.of(ActionKind.DELETE_SEGMENT)] == [0]
+            # the nodes' flushed objects wait for retention.orphan_grace, then go
+            assert set(report.keys(ActionKind.DELETE_SEGMENT)) == objects
+            report = maintenance.run_once(now + HOUR + 62)
+            assert set(report.keys(ActionKind.DELETE_OBJECTS)) == objects
         finally:
             store.close()
         assert [s.segment_id for s in log.segments()] == [1]
