@@ -83,7 +83,7 @@ class NodeLink:
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(window)
         self._waiting: deque[tuple[int, asyncio.Future[Reply], float]] = deque()
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.Handle | None = None
         self._next_id = 0
         self._failure: NodeFailed | None = None
         self._replies = asyncio.create_task(self._read_replies())
@@ -122,23 +122,16 @@ class NodeLink:
     ) -> asyncio.Future[Reply]:
         """Write the request ``parts(request_id)`` once a window slot is free; its reply's future.
 
-        Requests are written in the order of the calls. A full window that does not open
-        within the timeout means the node stopped answering: the link fails (NodeFailed).
+        Requests are written in the order of the calls. A full window opens within the
+        timeout, or the oldest request's deadline fails the link (NodeFailed) and every
+        waiter with it.
         """
         if self._failure is not None:
             raise self._failure
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                self._fail(f"no answer within {self.timeout:g}s")
-                raise self._failure from None  # type: ignore[misc]
-            if self._failure is not None:
-                self._slots.release()
-                raise self._failure
-        else:
-            await self._slots.acquire()  # free: returns at once
+        await self._slots.acquire()  # a full window opens, or the watchdog fails the link
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
         if self._writer.is_closing():  # the node closed it; its reader says why soon
             self._slots.release()
             self._fail("connection closed")
@@ -162,8 +155,18 @@ class NodeLink:
             self._watchdog = self._loop.call_at(self._waiting[0][2], self._check_oldest)
 
     def _check_oldest(self) -> None:
+        """The oldest request's deadline passed, unless it was answered meanwhile. A loop
+        that ran late may have read its reply in this very pass, the reading task not yet
+        resumed (it runs after the timers that fell due): judge once it has."""
         self._watchdog = None
         if self._waiting and self._loop.time() >= self._waiting[0][2]:
+            self._watchdog = self._loop.call_soon(self._fail_if_unanswered, self._waiting[0][0])
+        else:
+            self._arm_watchdog()
+
+    def _fail_if_unanswered(self, request_id: int) -> None:
+        self._watchdog = None
+        if self._waiting and self._waiting[0][0] == request_id:
             self._fail(f"no answer within {self.timeout:g}s")
         else:
             self._arm_watchdog()
