@@ -814,7 +814,7 @@ class Coordinator:
     def _quorum_sealed(self, state: LogState, segment_id: int) -> None:
         state.open_segments.discard(segment_id)
         state.degraded.pop(segment_id, None)
-        self.quorum_writer.finish(state.log_id, segment_id)
+        self.quorum_writer.finish(state.log_id, segment_id, sealed=True)
 
     def _replicate(self, state: LogState, block: Block) -> None:
         """Send the block's batches to the ensemble (a copy: the arena is reused once a

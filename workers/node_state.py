@@ -29,6 +29,7 @@ from woodpecker.quorum.wire import (
     FENCE,
     LAC,
     LAC_BODY,
+    LAC_SEALED,
     READ,
     READ_BODY,
     Batch,
@@ -58,6 +59,7 @@ class Replica:
     lac: int = -1
     size: int = 0
     dropped_through: int = -1  # entries up to here were flushed and forgotten
+    sealed_last: int | None = None  # the segment is sealed, this its last entry
 
     @property
     def last(self) -> int:
@@ -121,8 +123,8 @@ class NodeState:
             start, budget, _ = READ_BODY.unpack(body)
             return self.read(request, key, start, budget)
         if request.kind == LAC:
-            (lac,) = LAC_BODY.unpack(body)
-            return self.raise_lac(request, key, lac)
+            lac, flags = LAC_BODY.unpack(body)
+            return self.raise_lac(request, key, lac, sealed=bool(flags & LAC_SEALED))
         raise ValueError(f"request type {request.kind}")
 
     def _reply(
@@ -222,15 +224,35 @@ class NodeState:
         replica = self.replicas.get(key)
         return -1 if replica is None else replica.lac
 
-    def raise_lac(self, request: Request, key: tuple[int, int], lac: int) -> Reply:
-        """The writer's LAC (never lowered, never above what is held); -1 only asks."""
+    def raise_lac(
+        self, request: Request, key: tuple[int, int], lac: int, *, sealed: bool = False
+    ) -> Reply:
+        """The writer's LAC (never lowered, never above what is held); -1 only asks.
+
+        ``sealed``: the segment is sealed at ``lac``, its last entry."""
         if self._fenced(request):
             return self._reply(request, Status.FENCED, key)
-        replica = self.replicas.get(key)
-        if replica is None:
+        if key not in self.replicas:
             return self._reply(request, Status.UNKNOWN, key)
-        replica.lac = max(replica.lac, min(lac, replica.last))
+        if sealed:
+            self.seal(key, lac)
+        else:
+            replica = self.replicas[key]
+            replica.lac = max(replica.lac, min(lac, replica.last))
         return self._reply(request, Status.OK, key)
+
+    def seal(self, key: tuple[int, int], last: int) -> None:
+        """The segment is sealed at ``last`` (an acknowledged entry): what this node holds
+        above it is no entry of the segment, and it is forgotten once flushed to there."""
+        replica = self.replicas.get(key)
+        if replica is not None:
+            replica.sealed_last = last
+            replica.lac = max(replica.lac, min(last, replica.last))
+
+    def sealed_last(self, key: tuple[int, int]) -> int | None:
+        """The last entry of a segment known to be sealed; None if not known sealed (or held)."""
+        replica = self.replicas.get(key)
+        return None if replica is None else replica.sealed_last
 
     def flushable(self, key: tuple[int, int], start: int, max_bytes: int) -> list[Batch]:
         """Whole batches from entry ``start`` on, all at or below the LAC: the next flush.
@@ -281,6 +303,20 @@ class NodeState:
         if self.journal is not None:
             self.journal.forgotten(key, replica)
         return freed
+
+    def forget(self, key: tuple[int, int]) -> int:
+        """Forget a segment altogether (wholly flushed, or deleted from etcd); bytes freed.
+
+        Its batches, its state and (disk durability) its file go; the log's fence stays
+        (docs/quorum.md, "Flushing"). A later request for it is answered UNKNOWN.
+        """
+        replica = self.replicas.pop(key, None)
+        if replica is None:
+            return 0
+        self.buffered_bytes -= replica.size
+        if self.journal is not None:
+            self.journal.remove(key)
+        return replica.size
 
     def sync(self) -> None:
         """Make everything handled so far durable (disk durability; nothing to do in memory)."""
@@ -383,6 +419,16 @@ class Journal:
         if old is not None:
             self._unsynced.discard(old)  # what it had unsynced is in the new file, synced
             os.close(old)
+
+    def remove(self, key: tuple[int, int]) -> None:
+        """Delete the file of a forgotten segment (not synced: if a crash brings it back, the
+        node forgets the segment again at its next flush check)."""
+        fd = self._fds.pop(key, None)
+        if fd is not None:
+            self._unsynced.discard(fd)
+            os.close(fd)
+        self._bytes.pop(key, None)
+        self._segment_path(key).unlink(missing_ok=True)
 
     def _replace(self, path: Path, records: list[tuple[bytes | memoryview, ...]]) -> int:
         """Write ``path`` anew with ``records``, durably, in one rename; its size."""

@@ -86,8 +86,9 @@ class QuorumWriter:
         return found.last_entry
 
     def announce_seal(self, record: SegmentRecord, epoch: int) -> None:
-        """Tell the nodes of a segment sealed by recovery its final LAC (so they flush all
-        of it); best effort: a node that misses it flushes once a reader or writer tells it."""
+        """Tell the nodes of a segment sealed by recovery its final LAC and that it is sealed
+        (so they flush all of it at once, then forget it); best effort: a node that misses
+        it learns the seal from etcd at its next flush check."""
         self._track(self._run(self._announce(record, epoch)))
 
     async def _announce(self, record: SegmentRecord, epoch: int) -> None:
@@ -103,7 +104,7 @@ class QuorumWriter:
                 await link.call(
                     lambda rid: wire.frame(
                         wire.request(wire.LAC, rid, record.log_id, record.segment_id, epoch)
-                        + wire.LAC_BODY.pack(record.lac)
+                        + wire.lac_body(record.lac, sealed=True)
                     )
                 )
             except NodeFailed as e:
@@ -139,12 +140,13 @@ class QuorumWriter:
         replicator = self._replicators.get((log_id, segment_id))
         return -1 if replicator is None else replicator.lac
 
-    def finish(self, log_id: int, segment_id: int) -> None:
-        """The segment is sealed (or abandoned): deliver what is queued and the final LAC
-        to its live nodes, then close its links."""
+    def finish(self, log_id: int, segment_id: int, *, sealed: bool = False) -> None:
+        """The segment is sealed (``sealed``) or abandoned: deliver what is queued and the
+        final LAC (saying whether it is sealed there) to its live nodes, then close its links."""
         replicator = self._replicators.pop((log_id, segment_id), None)
         if replicator is not None:
-            self._track(self._run(replicator.finish(self.config.quorum.node_timeout)))
+            finish = replicator.finish(self.config.quorum.node_timeout, sealed=sealed)
+            self._track(self._run(finish))
 
     def _track(self, future: concurrent.futures.Future[Any]) -> None:
         self._finishing.add(future)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -24,6 +24,7 @@ from woodpecker.format import decode_messages, encode_batch_message, iter_payloa
 from woodpecker.local_nodes import free_port
 from woodpecker.meta import MetaStore
 from woodpecker.meta.nodes import NodeRecord, registered_nodes
+from woodpecker.meta.records import SegmentRecord, SegmentState, now_ms
 from woodpecker.quorum import wire
 from woodpecker.quorum.client import EnsembleMember
 from woodpecker.quorum.wire import Batch, Reply, Status
@@ -128,21 +129,52 @@ class Connection:
             return True
 
 
+def declare_segments(
+    meta: MetaStore,
+    members: list[EnsembleMember],
+    segment_ids: Iterable[int],
+    *,
+    ack: int = 2,
+    sealed_at: int | None = None,
+) -> None:
+    """Put records of quorum segments of log 1 on ``members``, as a writer's create would
+    (ACTIVE; or SEALED at entry ``sealed_at``, as its seal would): a node forgets a segment
+    whose record it does not find in etcd."""
+    for segment_id in segment_ids:
+        record = SegmentRecord(
+            log_id=1,
+            segment_id=segment_id,
+            state=SegmentState.ACTIVE if sealed_at is None else SegmentState.SEALED,
+            epoch=1,
+            lac=-1 if sealed_at is None else sealed_at,
+            size=0,
+            block_count=0,
+            created_ms=now_ms(),
+            sealed_ms=None if sealed_at is None else now_ms(),
+            ensemble=members,
+            ack=ack,
+        )
+        key = meta.keys.segment(1, segment_id)
+        meta.etcd.txn("declare_segment", [], [meta.etcd.ops.put(key, record.to_bytes())])
+
+
 def start_ensemble(
-    start_node: Callable[..., NodeProcess], n: int = 3
+    start_node: Callable[..., NodeProcess], n: int = 3, segments: int = 4
 ) -> tuple[list[NodeProcess], list[EnsembleMember]]:
-    """``n`` nodes started at once, then their ensemble as the registry lists it."""
+    """``n`` nodes started at once, then their ensemble as the registry lists it, with
+    ``segments`` segments of log 1 declared on it."""
     nodes = [start_node(f"q{i}") for i in range(n)]
     members = []
     for node in nodes:
         record = node.wait_registered()
         members.append(EnsembleMember(record.node_id, record.address, record.incarnation))
+    declare_segments(nodes[0].meta, members, range(segments))
     return nodes, members
 
 
 def held(node: NodeProcess, seg: int) -> int:
     """The last entry a node holds of a segment of log 1 (a LAC request that only asks)."""
-    return Connection(node.port, node.config).call(wire.LAC, seg, 1, wire.LAC_BODY.pack(-1)).last
+    return Connection(node.port, node.config).call(wire.LAC, seg, 1, wire.lac_body(-1)).last
 
 
 class NodePool:

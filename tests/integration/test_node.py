@@ -65,7 +65,7 @@ def test_append_fence_read_and_lac_over_the_wire(start_node: Callable[..., NodeP
     reply = conn.append(0, 1, 2, [b"c"], lac=1)
     assert (reply.status, reply.last, reply.lac) == (Status.OK, 2, 1)
     assert conn.read(0, 1, 0) == [b"a", b"b"]  # up to the LAC
-    assert conn.call(wire.LAC, 0, 1, wire.LAC_BODY.pack(2)).lac == 2
+    assert conn.call(wire.LAC, 0, 1, wire.lac_body(2)).lac == 2
     assert conn.read(0, 1, 0) == [b"a", b"b", b"c"]
 
     recovery = Connection(node.port, node.config)
@@ -125,7 +125,7 @@ def test_a_waiting_read_is_answered_when_the_lac_moves_not_at_its_timeout(
         polling = pool.submit(long_poll, 20_000)
         time.sleep(0.3)
         assert not polling.done()
-        assert writer.call(wire.LAC, 0, 1, wire.LAC_BODY.pack(1)).status == Status.OK
+        assert writer.call(wire.LAC, 0, 1, wire.lac_body(1)).status == Status.OK
         reply, waited = polling.result(timeout=10)
     assert reply.status == Status.OK and waited < 10  # pushed by the LAC, not timed out
     assert [p for b in reply.batches for p in iter_payloads(decode_messages(b.data))] == [

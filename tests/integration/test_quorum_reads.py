@@ -108,7 +108,7 @@ class RawWriter:
 
     def tell_lac(self, lac: int) -> None:
         for conn in self.conns:
-            conn.call(wire.LAC, 0, self.session.epoch, wire.LAC_BODY.pack(lac))
+            conn.call(wire.LAC, 0, self.session.epoch, wire.lac_body(lac))
 
     def close(self) -> None:
         self.session.release()

@@ -14,12 +14,12 @@ from woodpecker.quorum.wire import (
     APPEND_BODY,
     FENCE,
     LAC,
-    LAC_BODY,
     READ,
     READ_BODY,
     Reply,
     Request,
     Status,
+    lac_body,
 )
 from workers.node_state import NodeState
 
@@ -61,7 +61,7 @@ def read(node: NodeState, start: int, *, epoch: int = 1, budget: int = MiB) -> l
 
 
 def lac(node: NodeState, value: int, *, epoch: int = 1) -> Reply:
-    return node.handle(Request(LAC, 4, LOG, SEG, epoch), memoryview(LAC_BODY.pack(value)))
+    return node.handle(Request(LAC, 4, LOG, SEG, epoch), memoryview(lac_body(value)))
 
 
 def entries(first: int, last: int) -> list[bytes]:
@@ -267,3 +267,28 @@ def test_the_fence_file_keeps_one_record_per_log_across_restarts(tmp_path: Path)
     assert append(again, 0, 1, epoch=48).status == Status.FENCED
     assert fence(again, 49).status == Status.UNKNOWN  # still the fence of epoch 49, kept
     again.close()
+
+
+def test_a_sealed_lac_caps_the_segment_and_forgetting_it_keeps_the_logs_fence(
+    tmp_path: Path,
+) -> None:
+    node = NodeState.on_disk(tmp_path, MiB)
+    append(node, 0, 3, lac=1)
+    append(node, 3, 2)  # sent, never acked: above the seal
+    fence(node, 2, seg=SEG + 1)  # a recovering writer fenced the log
+    assert node.sealed_last((LOG, SEG)) is None
+    reply = node.handle(Request(LAC, 4, LOG, SEG, 2), memoryview(lac_body(2, sealed=True)))
+    assert (reply.status, reply.lac) == (Status.OK, 2)
+    assert node.sealed_last((LOG, SEG)) == 2
+    node.sync()
+    path = tmp_path / "segments" / f"{LOG}-{SEG}.wal"
+    assert path.exists()
+    assert node.forget((LOG, SEG)) > 0
+    assert (node.buffered_bytes, node.segments(), path.exists()) == (0, [], False)
+    assert lac(node, -1, epoch=2).status == Status.UNKNOWN
+    # the fence outlives the segment: a stale writer's late first append is still refused
+    assert append(node, 0, 1, epoch=1).status == Status.FENCED
+    node.close()
+    restarted = NodeState.on_disk(tmp_path, MiB)
+    assert (restarted.segments(), restarted.fences) == ([], {LOG: 2})
+    restarted.close()

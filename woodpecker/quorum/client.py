@@ -443,13 +443,13 @@ class SegmentReplicator:
             for link in list(self.live.values()):
                 self._closing.add(asyncio.get_running_loop().create_task(self._tell_lac(link)))
 
-    async def _tell_lac(self, link: NodeLink) -> None:
+    async def _tell_lac(self, link: NodeLink, *, sealed: bool = False) -> None:
         lac = self.quorum.lac
         try:
             reply = await link.call(
                 lambda rid: wire.frame(
                     wire.request(wire.LAC, rid, self.log_id, self.segment_id, self.epoch)
-                    + wire.LAC_BODY.pack(lac)
+                    + wire.lac_body(lac, sealed=sealed)
                 )
             )
         except NodeFailed as e:
@@ -458,16 +458,17 @@ class SegmentReplicator:
         if reply.status == Status.FENCED:
             self.fenced_by = reply.fence_epoch
 
-    async def finish(self, timeout: float) -> None:
-        """The segment is sealed at the LAC: let every live node receive what was queued
-        for it and the final LAC (so it can flush all of it), within ``timeout``; then close."""
+    async def finish(self, timeout: float, *, sealed: bool = False) -> None:
+        """The segment is over: let every live node receive what was queued for it and the
+        final LAC, within ``timeout``; then close. ``sealed``: the segment is sealed at the
+        LAC, and the nodes are told so (they flush all of it at once, then forget it)."""
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(
                     *(self._queues[n].join() for n in list(self.live)), return_exceptions=True
                 )
                 await asyncio.gather(
-                    *(self._tell_lac(link) for link in list(self.live.values())),
+                    *(self._tell_lac(link, sealed=sealed) for link in list(self.live.values())),
                     return_exceptions=True,
                 )
         except TimeoutError:

@@ -9,7 +9,9 @@ memory (or files) of the segment's ensemble. ``TailReads`` serves those to one
   LAC) and returns the whole batches of the first that holds the entry, cut at that node's
   LAC and at a sealed segment's last entry. ``UNKNOWN``, a failure, another incarnation,
   a corrupt reply or nothing acked there yet sends it to the next member; ``FLUSHED`` sends
-  the reader back to etcd (the range is in object storage now). No member answering at
+  the reader back to etcd (the range is in object storage now), and so does ``UNKNOWN``
+  from ``replicas - ack + 1`` members of a sealed segment (one of them held the entry, and
+  a node forgets a sealed segment only once it is flushed whole). No member answering at
   all is ``QuorumUnavailableError``.
 - ``long_poll`` asks one node, on a connection of its own, to answer once its LAC reaches
   the entry (``READ`` with a wait) and calls ``wake`` when it answers, so a tailing reader
@@ -189,6 +191,7 @@ class TailReads:
                 return TailRead(entries)
         failures: list[str] = []
         answered = False
+        unknown = 0
         for member in self._members(seg):
             if answered and self._is_down(member):
                 continue  # a member that failed lately is asked only when no other answers
@@ -199,7 +202,8 @@ class TailReads:
             if reply.status == Status.FLUSHED:
                 return TailRead(None, flushed=True)
             if reply.status != Status.OK:
-                continue  # UNKNOWN: it never got this segment
+                unknown += 1  # UNKNOWN: it never got this segment, or forgot it flushed
+                continue
             try:
                 entries = self._entries(seg, start, member, reply)
             except CorruptedDataError as e:
@@ -210,6 +214,9 @@ class TailReads:
                 return TailRead(entries)
         if not answered:
             raise self._unavailable(seg, start, failures)
+        assert seg.ensemble is not None and seg.ack is not None
+        if seg.state is not SegmentState.ACTIVE and unknown >= len(seg.ensemble) - seg.ack + 1:
+            return TailRead(None, flushed=True)  # forgotten by the nodes: wholly in etcd now
         return TailRead(None)
 
     async def _highest_lac(self, seg: SegmentRecord) -> int:

@@ -20,10 +20,11 @@ import orjson
 
 from woodpecker.deployment import Deployment
 
-VERSION = 2
+VERSION = 3
 """The protocol between a writer and a quorum node; another version is refused at HELLO.
 
-Version 2 added the long-poll wait of READ."""
+Version 2 added the long-poll wait of READ; version 3 the sealed flag of LAC (the
+segment is sealed at that LAC: the node flushes it at once and forgets it once flushed)."""
 
 LENGTH = struct.Struct("<I")
 
@@ -46,8 +47,9 @@ REQUEST_HEAD = struct.Struct("<BQQQQ")
 APPEND_BODY = struct.Struct("<qIqQ")
 # first entry id wanted, byte budget of the reply, milliseconds to wait for it to be acked
 READ_BODY = struct.Struct("<qII")
-# the writer's LAC (-1: only asking)
-LAC_BODY = struct.Struct("<q")
+# the writer's LAC (-1: only asking), flags (LAC_SEALED)
+LAC_BODY = struct.Struct("<qB")
+LAC_SEALED = 1  # the segment is sealed at this LAC: it is the segment's last entry
 # type, request id, status, node incarnation, last entry held, LAC known, fence epoch
 REPLY_HEAD = struct.Struct("<BQBQqqQ")
 # first entry id, entry count, bytes of the batch message that follows
@@ -153,6 +155,11 @@ def append(
     head = request(APPEND, request_id, log_id, segment_id, epoch)
     body = APPEND_BODY.pack(batch.first, batch.count, lac, checksum)
     return frame(head + body, batch.data)
+
+
+def lac_body(lac: int, *, sealed: bool = False) -> bytes:
+    """A LAC request's body: the writer's LAC, and whether the segment is sealed there."""
+    return LAC_BODY.pack(lac, LAC_SEALED if sealed else 0)
 
 
 def decode_request(data: bytes) -> tuple[Request, memoryview]:
