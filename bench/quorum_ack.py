@@ -86,11 +86,9 @@ def _ensemble(config: Config, durability: str) -> list[EnsembleMember]:
 
 
 async def _measure(
-    config: Config, members: list[EnsembleMember], args: argparse.Namespace, segment: int
+    config: Config, members: list[EnsembleMember], args: argparse.Namespace, segment: QuorumSegment
 ) -> tuple[list[float], float]:
-    replicator = await SegmentReplicator.open(
-        members, Deployment.of(config), QuorumSegment(1, segment, epoch=1, ack=2, node_timeout=5.0)
-    )
+    replicator = await SegmentReplicator.open(members, Deployment.of(config), segment)
     message = encode_batch_message([os.urandom(1024)])
     for _ in range(200):  # warm up
         await replicator.append(message, 1, 5.0)
@@ -124,11 +122,19 @@ def main() -> int:
     config = Config(storage_root=root, etcd_prefix=f"/wp-bench-quorum/{uuid.uuid4().hex[:8]}")
     print(f"loadavg {os.getloadavg()[0]:.2f}; 1 KiB batches, 3 nodes, ack 2, loopback")
     print(f"{'durability':<11} {'ack p50 ms':>10} {'ack p99 ms':>10} {'pipelined acks/s':>17}")
-    for segment, durability in enumerate(args.durability.split(",")):
+    for durability in args.durability.split(","):
         procs = _start_nodes(config, durability)
         try:
             members = _ensemble(config, durability)
-            times, rate = asyncio.run(_measure(config, members, args, segment))
+            with MetaStore(config) as meta:  # nodes flush and forget segments by their records
+                log = meta.create_log(f"bench-{durability}", "quorum")
+                session = meta.acquire_writer(log.log_id, "bench")
+                try:
+                    session.create_segment(0, ensemble=members, ack=2)
+                    segment = QuorumSegment(log.log_id, 0, session.epoch, ack=2, node_timeout=5.0)
+                    times, rate = asyncio.run(_measure(config, members, args, segment))
+                finally:
+                    session.release()
             q = statistics.quantiles(times, n=100)
             print(f"{durability:<11} {q[49] * 1e3:>10.3f} {q[98] * 1e3:>10.3f} {rate:>17,.0f}")
         finally:
