@@ -5,6 +5,7 @@ from etcd is forgotten, never flushed back into existence."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -16,8 +17,9 @@ import woodpecker as wp
 from woodpecker.format import decode_block, iter_payloads
 from woodpecker.meta import BlockRecord, MetaStore
 from woodpecker.meta.flush import claim_flush, commit_flush, flush_cursor
-from woodpecker.meta.records import EnsembleMember
+from woodpecker.meta.records import EnsembleMember, SegmentState
 from woodpecker.quorum import wire
+from woodpecker.quorum.tail import TailRead, TailReads
 from woodpecker.quorum.wire import Status
 from woodpecker.storage import ObjectStore, open_store
 
@@ -175,6 +177,21 @@ def test_a_sealed_segment_is_flushed_at_once_then_forgotten_by_every_node(
     assert list(segment_files.iterdir()) == []
     assert conns[2].call(wire.LAC, 0, 1, wire.lac_body(-1)).status == Status.UNKNOWN
     store.close()
+
+    # a reader sent to the nodes (its snapshot predates the last flush) goes back to etcd
+    # once replicas - ack + 1 members say UNKNOWN of the sealed segment
+    tail = TailReads(nodes[0].config, 1, "sealed")
+    try:
+        sealed = meta.get_segment(1, 0)
+        assert sealed is not None
+        assert tail.read(sealed, 0) == TailRead(None, flushed=True)
+        active = dataclasses.replace(sealed, state=SegmentState.ACTIVE)
+        assert tail.read(active, 0) == TailRead(None)  # control: its first append may come
+        for node in nodes[1:]:
+            node.stop()
+        assert tail.read(sealed, 0) == TailRead(None)  # control: one UNKNOWN proves nothing
+    finally:
+        tail.close()
 
 
 def test_a_node_that_missed_the_seal_or_the_deletion_learns_it_from_etcd(
