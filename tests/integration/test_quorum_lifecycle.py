@@ -20,6 +20,7 @@ from woodpecker.config import Config
 from woodpecker.local_nodes import free_port
 from woodpecker.meta import MetaStore, SegmentState
 from woodpecker.meta.flush import flush_cursor
+from woodpecker.meta.nodes import registered_nodes
 from woodpecker.meta.records import EnsembleMember
 from woodpecker.storage import open_store
 from workers.maintenance import ActionKind, Maintenance
@@ -45,6 +46,16 @@ def cli(env: dict[str, str], *argv: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def held(meta: MetaStore, log_id: int, segment_id: int) -> int:
+    """Bytes of a segment that the registered nodes hold, as they last reported."""
+    return sum(
+        size
+        for node in registered_nodes(meta)
+        for held_log, held_segment, _last, _lac, size in node.segments
+        if (held_log, held_segment) == (log_id, segment_id)
+    )
 
 
 @pytest.mark.parametrize("backend", ["local"])
@@ -120,6 +131,10 @@ def test_a_quorum_log_truncates_inside_its_active_segment_and_the_cli_counts_its
         wait_for(
             lambda: flush_cursor(meta, log.log_id, 0).cursor.next_entry == 10,
             "the flush of the sealed segment 0",
+        )
+        wait_for(
+            lambda: held(meta, log.log_id, 0) == 0,
+            "every node forgot the flushed segment 0 (it is only in object storage)",
         )
         keys = meta.keys
         flushed = [keys.flush_cursor(log.log_id, 0), keys.flusher(log.log_id, 0)]
