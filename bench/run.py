@@ -140,7 +140,7 @@ def _store(results: dict[str, Any], section: str, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="CI smoke run, under a minute")
+    ap.add_argument("--quick", action="store_true", help="CI smoke run, about three minutes")
     ap.add_argument("--out", default=str(BENCH / "results"), help="results folder (bench/results)")
     ap.add_argument("--only", nargs="+", choices=SUITES, help="run only these suites")
     ap.add_argument("--duration", type=float, help="seconds per timed loop (3, quick 0.75)")

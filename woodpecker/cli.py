@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(func=_cmd_config)
 
     bench = sub.add_parser("bench", help="run the benchmark suites (from a source checkout)")
-    bench.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    bench.add_argument("--quick", action="store_true", help="smoke run, about three minutes")
     bench.add_argument("--out", metavar="DIR", help="results folder (default bench/results)")
     bench.add_argument("--quiet", action="store_true", help="no progress, only the report")
     bench.set_defaults(func=_cmd_bench)
