@@ -770,10 +770,10 @@ class Coordinator:
         policy, deadline = self.config.quorum, time.monotonic() + self.config.retry.deadline
         while True:
             now = time.monotonic()
-            excluded = {k for k, until in list(self._suspects.items()) if until > now}
+            suspected = {k for k, until in list(self._suspects.items()) if until > now}
             try:
                 chosen = choose_ensemble(
-                    registered_nodes(self.meta), policy.replicas, policy.ack, excluded
+                    registered_nodes(self.meta), policy.replicas, policy.ack, suspected
                 )
                 break
             except QuorumUnavailableError:
@@ -875,8 +875,7 @@ class Coordinator:
         now = time.monotonic()
         if run is not None:
             self._suspects[run] = now + SUSPECT_FOR
-        if segment_id in state.open_segments:
-            state.degraded[segment_id] = now
+        state.degraded[segment_id] = now  # looked at only while it is the current segment
 
     def _look_for_spares(self, state: LogState, now: float) -> None:
         """Roll a degraded current segment once a full healthy ensemble can be chosen."""

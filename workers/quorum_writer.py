@@ -73,6 +73,9 @@ class QuorumWriter:
             )
             replicator.on_drop = on_drop
             self._replicators[(record.log_id, record.segment_id)] = replicator
+            for member in record.ensemble or []:
+                if member.node_id not in replicator.live:
+                    on_drop(member.node_id)  # not reached: the segment starts degraded
 
         self._run(open_links()).result()
 

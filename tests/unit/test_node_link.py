@@ -57,7 +57,7 @@ async def _ask_then_stall(server: socket.socket) -> list[wire.Reply | BaseExcept
     link = NodeLink(MEMBER, reader, writer, window=1, timeout=TIMEOUT)
 
     def lac(rid: int) -> list[bytes | memoryview]:
-        return wire.frame(wire.request(wire.LAC, rid, 1, 0, 1) + wire.LAC_BODY.pack(-1))
+        return wire.frame(wire.request(wire.LAC, rid, 1, 0, 1) + wire.lac_body(-1))
 
     try:
         first = await link.send(lac)
