@@ -321,7 +321,10 @@ def test_a_fault_proxy_between_the_logstore_and_one_node(
             log = client.open_log("proxied", create=True)
             fleet = run_fleet(config, log.name, tmp_path, producers=2)
             try:
-                assert proxy.connections > 0  # the logstore reaches n2 through the proxy
+                deadline = time.monotonic() + RECOVERY
+                while proxy.connections == 0:  # the logstore reaches n2 through the proxy
+                    assert time.monotonic() < deadline, "nothing connected through the proxy"
+                    time.sleep(0.05)
                 proxy.set(latency=0.05, jitter=0.02)
                 fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped with latency")
                 proxy.set(latency=0.0, jitter=0.0, blackhole=True)
