@@ -23,13 +23,29 @@ from chaos.faultproxy import FaultProxy
 from chaos.history import assert_valid, check, read_back
 from chaos.nodes import NodePool, NodeProcess, free_port
 from chaos.processes import wait_logstore
-from chaos.scale import pick
+from chaos.scale import long_run, pick
 from chaos.workload import Fleet, Plan
 from woodpecker.config import Config
 from woodpecker.meta import MetaStore, SegmentRecord, SegmentState
 from woodpecker.meta.flush import flush_cursor
 
 RECOVERY = 45.0  # seconds producers get to be acked again after a fault
+
+S3_WHEN_LONG = pytest.mark.parametrize(
+    "backend",
+    [
+        "local",
+        pytest.param(
+            "s3",
+            marks=pytest.mark.skipif(
+                not long_run(), reason="its s3 variant runs with scripts/chaos --long"
+            ),
+        ),
+    ],
+    indirect=True,
+)
+"""The backend only decides where the nodes flush; the slowest scenarios run on S3 too in
+the long mode, keeping the normal suite under its time budget."""
 PLAN = Plan(sizes=(32, 200, 1000), window=16)
 
 
@@ -158,7 +174,7 @@ def test_the_logstore_killed_mid_write_is_recovered_through_the_nodes(
     config = quorum_pool.config()
     with wp.Client(config) as client:
         log = client.open_log("crash", create=True)
-        fleet = run_fleet(config, log.name, tmp_path)
+        fleet = run_fleet(config, log.name, tmp_path, producers=2)
         try:
             store = wait_logstore(config)
             os.kill(store, signal.SIGKILL)
@@ -171,6 +187,7 @@ def test_the_logstore_killed_mid_write_is_recovered_through_the_nodes(
             fleet.kill_all()
 
 
+@S3_WHEN_LONG
 def test_two_nodes_killed_fail_appends_at_the_deadline_and_writing_resumes(
     quorum_pool: NodePool,
 ) -> None:
@@ -207,6 +224,7 @@ def test_two_nodes_killed_fail_appends_at_the_deadline_and_writing_resumes(
         assert got == acked
 
 
+@S3_WHEN_LONG
 def test_a_writer_fenced_by_a_new_writer_learns_it_from_the_nodes(
     quorum_pool: NodePool, tmp_path: Path
 ) -> None:
@@ -230,6 +248,7 @@ def test_a_writer_fenced_by_a_new_writer_learns_it_from_the_nodes(
         assert b"later" not in got
 
 
+@S3_WHEN_LONG
 def test_a_node_paused_past_the_timeout_adds_nothing_for_the_fenced_writer(
     quorum_pool: NodePool,
 ) -> None:
@@ -273,10 +292,11 @@ def test_a_node_paused_past_the_timeout_adds_nothing_for_the_fenced_writer(
         assert got == [*acked, b"b-0"]
 
 
+@S3_WHEN_LONG
 def test_kill_loops_over_the_nodes_lose_nothing_acked(
     quorum_pool: NodePool, tmp_path: Path, rng
 ) -> None:
-    """Nodes killed and restarted again and again under three producers: after every kill
+    """Nodes killed and restarted again and again under two producers: after every kill
     the producers are acked again, and the whole history checks at the end.
 
     Memory durability keeps an acked entry on ``ack`` nodes until it is flushed: it
@@ -286,7 +306,7 @@ def test_kill_loops_over_the_nodes_lose_nothing_acked(
     quorum_pool.spare()
     with wp.Client(config) as client:
         log = client.open_log("kill-loop", create=True)
-        fleet = run_fleet(config, log.name, tmp_path)
+        fleet = run_fleet(config, log.name, tmp_path, producers=2)
         try:
             for _ in range(pick(3, 30)):
                 active = ensemble(segments(config, log)[-1])
@@ -302,6 +322,7 @@ def test_kill_loops_over_the_nodes_lose_nothing_acked(
             fleet.kill_all()
 
 
+@S3_WHEN_LONG
 def test_a_fault_proxy_between_the_logstore_and_one_node(
     start_node: Callable[..., NodeProcess], make_config, backend: str, tmp_path: Path
 ) -> None:
