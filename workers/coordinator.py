@@ -45,7 +45,6 @@ from woodpecker.errors import (
     CommitOutcomeUnknownError,
     MetadataUnavailableError,
     NotDurableError,
-    NotWrittenError,
     OutcomeUnknownError,
     QuorumUnavailableError,
     WoodpeckerError,
@@ -163,6 +162,7 @@ class LogState:
     quorum: bool = False  # a QuorumBuffer log: blocks go to quorum nodes
     open_segments: set[int] = field(default_factory=set)  # quorum: ensembles connected
     degraded: dict[int, float] = field(default_factory=dict)  # quorum: segment -> next look
+    acked_end: dict[int, int] = field(default_factory=dict)  # quorum: segment -> last acked
 
 
 @dataclass
@@ -507,7 +507,7 @@ class Coordinator:
     def _fail_pending(
         self,
         state: LogState,
-        error: NotWrittenError,
+        error: WoodpeckerError,
         *,
         sent: WoodpeckerError | None = None,
         segment_id: int | None = None,
@@ -540,7 +540,7 @@ class Coordinator:
         self,
         state: LogState,
         segment_id: int,
-        error: NotWrittenError,
+        error: WoodpeckerError,
         sent: WoodpeckerError | None = None,
     ) -> None:
         """Fail every block of the segment not committed yet (the LAC stops before them)
@@ -736,7 +736,10 @@ class Coordinator:
             self._fail_segment(state, head.segment_id, not_written(cause), outcome_unknown(cause))
         elif head.kind is MetaKind.CREATE:
             state.timeline.popleft()  # the segment was never created
-            self._fail_segment(state, head.segment_id, not_written(cause))
+            # a quorum segment without enough nodes: its batches may have been sent in an
+            # earlier segment (moved from it), so their error stays QuorumUnavailableError
+            failure = cause if isinstance(cause, QuorumUnavailableError) else not_written(cause)
+            self._fail_segment(state, head.segment_id, failure)
         elif isinstance(error, MetadataUnavailableError):
             # readers stop at an ACTIVE segment: nothing after it may be committed
             # (and acked) before it is sealed, so the seal stays first and is retried
@@ -772,9 +775,21 @@ class Coordinator:
             now = time.monotonic()
             suspected = {k for k, until in list(self._suspects.items()) if until > now}
             try:
-                chosen = choose_ensemble(
-                    registered_nodes(self.meta), policy.replicas, policy.ack, suspected
-                )
+                nodes = registered_nodes(self.meta)
+                ranked = choose_ensemble(nodes, len(nodes), policy.ack, suspected)
+                # only nodes that answer now: a dead node's registration outlives it
+                answer = {
+                    m.node_id
+                    for m in self.quorum_writer.reachable(
+                        [EnsembleMember(n.node_id, n.address, n.incarnation) for n in ranked]
+                    )
+                }
+                chosen = [n for n in ranked if n.node_id in answer][: policy.replicas]
+                if len(chosen) < policy.ack:
+                    raise QuorumUnavailableError(
+                        f"{len(chosen)} of {len(ranked)} serving quorum node(s) answer, "
+                        f"{policy.ack} needed (quorum.ack)"
+                    )
                 break
             except QuorumUnavailableError:
                 if now >= deadline or state.fenced_by is not None:
@@ -789,16 +804,17 @@ class Coordinator:
         self.quorum_writer.open_segment(
             record,
             state.session.epoch,
-            lambda node_id: self._from_quorum_thread(
-                functools.partial(self._node_left, state, segment_id, runs.get(node_id))
+            lambda node_id, stuck: self._from_quorum_thread(
+                functools.partial(self._node_left, state, segment_id, runs.get(node_id), stuck)
             ),
         )
         return record
 
     def _seal_quorum_segment(self, state: LogState, segment_id: int) -> SegmentRecord:
-        """On the pool: seal at the LAC; every batch of the segment is acked or failed."""
+        """On the pool: seal at the last entry acked to a producer; every batch of the
+        segment is acked, failed or moved to a later segment by now."""
         return state.session.seal_segment(
-            segment_id, last_entry=self.quorum_writer.lac(state.log_id, segment_id)
+            segment_id, last_entry=state.acked_end.get(segment_id, -1)
         )
 
     def _quorum_opened(self, state: LogState, segment_id: int) -> None:
@@ -814,7 +830,8 @@ class Coordinator:
     def _quorum_sealed(self, state: LogState, segment_id: int) -> None:
         state.open_segments.discard(segment_id)
         state.degraded.pop(segment_id, None)
-        self.quorum_writer.finish(state.log_id, segment_id, sealed=True)
+        lac = state.acked_end.pop(segment_id, -1)
+        self.quorum_writer.finish(state.log_id, segment_id, sealed=True, lac=lac)
 
     def _replicate(self, state: LogState, block: Block) -> None:
         """Send the block's batches to the ensemble (a copy: the arena is reused once a
@@ -848,6 +865,7 @@ class Coordinator:
             batch = block.batches[block.acked]
             block.acked += 1
             self.out.ack(batch.producer, batch.seq, block.segment_id, batch.first_entry)
+            state.acked_end[block.segment_id] = batch.first_entry + batch.count - 1
             metrics.ack_latency.observe(time.monotonic() - batch.arrived)
             metrics.appends.inc(batch.count)
             metrics.append_bytes.inc(batch.length)
@@ -869,13 +887,52 @@ class Coordinator:
         self._fail_segment(state, block.segment_id, not_written(cause), sent=cause)
         self._pump(state)
 
-    def _node_left(self, state: LogState, segment_id: int, run: NodeKey | None) -> None:
-        """A node left the segment's live set: it is not chosen again for a while, and
-        the segment rolls to a full ensemble as soon as a spare is registered."""
+    def _node_left(
+        self, state: LogState, segment_id: int, run: NodeKey | None, stuck: bool
+    ) -> None:
+        """A node left the segment's live set: it is suspected for a while, and the segment
+        rolls to a full ensemble as soon as a spare is registered; at once if fewer than
+        ``ack`` of its nodes are left (``stuck``), its unacked batches moving along."""
         now = time.monotonic()
         if run is not None:
             self._suspects[run] = now + SUSPECT_FOR
         state.degraded[segment_id] = now  # looked at only while it is the current segment
+        if stuck:
+            self._move_pending(state, segment_id)
+
+    def _move_pending(self, state: LogState, segment_id: int) -> None:
+        """The segment can ack nothing more: seal it at what was acked and send every
+        batch not acked yet, of it and of the later segments (in order, so each producer's
+        order holds), again in a new segment under new ids. The sealed segment's copies of
+        them are never read (readers stop at its last entry); late acks of them from its
+        nodes are ignored (their blocks are gone from ``jobs``)."""
+        if state.fenced_by is not None or segment_id not in state.open_segments:
+            return
+        moved: list[Batch] = []
+        kept: deque[Block | MetaOp] = deque()
+        for item in state.timeline:
+            if (
+                isinstance(item, Block)
+                and item.segment_id >= segment_id
+                and item.state is not BlockState.UPLOADED
+            ):
+                self.jobs.pop(item.job, None)
+                moved += item.batches[item.acked :]
+            else:
+                kept.append(item)
+        state.timeline = kept
+        state.open_segments.discard(segment_id)
+        self._roll(state)
+        log.warning(
+            "log %s segment %d: fewer than quorum.ack nodes left; %d batches move to a new segment",
+            state.name,
+            segment_id,
+            len(moved),
+        )
+        self._release_batches(moved)  # _take counts them again
+        for batch in moved:
+            self._take(state.log_id, batch)
+        self._pump(state)
 
     def _look_for_spares(self, state: LogState, now: float) -> None:
         """Roll a degraded current segment once a full healthy ensemble can be chosen."""

@@ -15,12 +15,12 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from woodpecker.config import Config
 from woodpecker.deployment import Deployment
-from woodpecker.meta.records import SegmentRecord
+from woodpecker.meta.records import EnsembleMember, SegmentRecord
 from woodpecker.quorum import wire
 from woodpecker.quorum.client import NodeFailed, NodeLink, QuorumSegment, SegmentReplicator
 from woodpecker.quorum.recovery import recover_segment
@@ -60,24 +60,45 @@ class QuorumWriter:
     # ---- called from the coordinator's etcd pool (blocking) ----------------------------
 
     def open_segment(
-        self, record: SegmentRecord, epoch: int, on_drop: Callable[[str], None]
+        self, record: SegmentRecord, epoch: int, on_drop: Callable[[str, bool], None]
     ) -> None:
         """Connect to the new segment's ensemble; QuorumUnavailableError if fewer than
         ``ack`` of its nodes answer. ``on_drop`` is told (on the quorum thread) the id of
-        each node that leaves the segment's live set."""
+        each node that leaves the segment's live set, and whether fewer than ``ack`` are
+        left (the segment can ack nothing more)."""
         assert record.ensemble is not None
 
         async def open_links() -> None:
             replicator = await SegmentReplicator.open(
                 record.ensemble or [], self.deployment, self._segment(record, epoch)
             )
-            replicator.on_drop = on_drop
+            replicator.on_drop = lambda node_id: on_drop(
+                node_id, len(replicator.live) < replicator.quorum.ack
+            )
             self._replicators[(record.log_id, record.segment_id)] = replicator
             for member in record.ensemble or []:
                 if member.node_id not in replicator.live:
-                    on_drop(member.node_id)  # not reached: the segment starts degraded
+                    replicator.on_drop(member.node_id)  # not reached: it starts degraded
 
         self._run(open_links()).result()
+
+    def reachable(self, members: Sequence[EnsembleMember]) -> list[EnsembleMember]:
+        """The members that answer a handshake within ``quorum.node_timeout``, in order
+        (checked at once; their connections are closed again)."""
+
+        async def probe() -> list[EnsembleMember]:
+            timeout = self.config.quorum.node_timeout
+            links = await asyncio.gather(
+                *(NodeLink.connect(m, self.deployment, timeout=timeout, window=1) for m in members),
+                return_exceptions=True,
+            )
+            await asyncio.gather(
+                *(link.close() for link in links if isinstance(link, NodeLink)),
+                return_exceptions=True,
+            )
+            return [m for m, link in zip(members, links, strict=True) if isinstance(link, NodeLink)]
+
+        return self._run(probe()).result()
 
     def recover(self, record: SegmentRecord, epoch: int) -> int:
         """Fence the segment's ensemble with ``epoch`` and make every entry up to the
@@ -143,12 +164,15 @@ class QuorumWriter:
         replicator = self._replicators.get((log_id, segment_id))
         return -1 if replicator is None else replicator.lac
 
-    def finish(self, log_id: int, segment_id: int, *, sealed: bool = False) -> None:
-        """The segment is sealed (``sealed``) or abandoned: deliver what is queued and the
-        final LAC (saying whether it is sealed there) to its live nodes, then close its links."""
+    def finish(
+        self, log_id: int, segment_id: int, *, sealed: bool = False, lac: int | None = None
+    ) -> None:
+        """The segment is sealed (``sealed``, at ``lac``) or abandoned: deliver what is
+        queued and the final LAC (saying whether it is sealed there) to its live nodes, then
+        close its links."""
         replicator = self._replicators.pop((log_id, segment_id), None)
         if replicator is not None:
-            finish = replicator.finish(self.config.quorum.node_timeout, sealed=sealed)
+            finish = replicator.finish(self.config.quorum.node_timeout, sealed=sealed, lac=lac)
             self._track(self._run(finish))
 
     def _track(self, future: concurrent.futures.Future[Any]) -> None:

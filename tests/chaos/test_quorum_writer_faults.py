@@ -358,3 +358,35 @@ def test_a_fault_proxy_between_the_logstore_and_one_node(
                 finish(fleet, log)
             finally:
                 fleet.kill_all()
+
+
+@S3_WHEN_LONG
+def test_two_ensemble_nodes_killed_with_spares_move_pending_appends_to_a_new_segment(
+    quorum_pool: NodePool,
+) -> None:
+    """Fewer than ``ack`` of the segment's nodes left, spares registered: the batches not
+    acked yet are sent again in a new segment on the spares, and no append fails."""
+    config = quorum_pool.config(quorum_node_timeout=1.0, segment_max_bytes="64GiB")
+    quorum_pool.spare()
+    quorum_pool.spare()
+    with wp.Client(config) as client:
+        log = client.open_log("moved", create=True)
+        with log.open_writer() as writer:
+            first = [writer.write_async(b"a-%d" % i) for i in range(100)]
+            [f.result(timeout=30) for f in first]
+            (segment,) = segments(config, log)
+            members = [
+                i for i, n in enumerate(quorum_pool.nodes) if n.config.node.id in ensemble(segment)
+            ]
+            quorum_pool.kill(members[0])
+            quorum_pool.kill(members[1])
+            rest = [writer.write_async(b"b-%d" % i) for i in range(300)]
+            ids = [f.result(timeout=60) for f in rest]  # none fails
+        records = segments(config, log)
+        assert len(records) >= 2 and ids[-1].segment_id > segment.segment_id
+        assert not ensemble(records[-1]) & {
+            quorum_pool.nodes[i].config.node.id for i in members[:2]
+        }
+        with log.open_reader(wp.EARLIEST) as reader:
+            got = [m.payload for m in iter(lambda: reader.read_next(timeout=5), None)]
+        assert got == [b"a-%d" % i for i in range(100)] + [b"b-%d" % i for i in range(300)]

@@ -443,8 +443,10 @@ class SegmentReplicator:
             for link in list(self.live.values()):
                 self._closing.add(asyncio.get_running_loop().create_task(self._tell_lac(link)))
 
-    async def _tell_lac(self, link: NodeLink, *, sealed: bool = False) -> None:
-        lac = self.quorum.lac
+    async def _tell_lac(
+        self, link: NodeLink, *, sealed: bool = False, lac: int | None = None
+    ) -> None:
+        lac = self.quorum.lac if lac is None else lac
         try:
             reply = await link.call(
                 lambda rid: wire.frame(
@@ -458,17 +460,21 @@ class SegmentReplicator:
         if reply.status == Status.FENCED:
             self.fenced_by = reply.fence_epoch
 
-    async def finish(self, timeout: float, *, sealed: bool = False) -> None:
+    async def finish(self, timeout: float, *, sealed: bool = False, lac: int | None = None) -> None:
         """The segment is over: let every live node receive what was queued for it and the
-        final LAC, within ``timeout``; then close. ``sealed``: the segment is sealed at the
-        LAC, and the nodes are told so (they flush all of it at once, then forget it)."""
+        final LAC (``lac``, else ours), within ``timeout``; then close. ``sealed``: the
+        segment is sealed at that LAC, and the nodes are told so (they flush all of it at
+        once, then forget it)."""
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(
                     *(self._queues[n].join() for n in list(self.live)), return_exceptions=True
                 )
                 await asyncio.gather(
-                    *(self._tell_lac(link, sealed=sealed) for link in list(self.live.values())),
+                    *(
+                        self._tell_lac(link, sealed=sealed, lac=lac)
+                        for link in list(self.live.values())
+                    ),
                     return_exceptions=True,
                 )
         except TimeoutError:
