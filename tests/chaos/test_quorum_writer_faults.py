@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import woodpecker as wp
 from chaos.faultproxy import FaultProxy
 from chaos.history import assert_valid, check, read_back
 from chaos.nodes import NodePool, NodeProcess, free_port
-from chaos.processes import wait_logstore
+from chaos.processes import wait_logstore, wait_until
 from chaos.scale import long_run, pick
 from chaos.workload import Fleet, Plan
 from woodpecker.config import Config
@@ -83,6 +84,12 @@ def wait_sealed_flushed(config: Config, log: wp.LogHandle) -> None:
         meta.close()
 
 
+def two_logstores(pool: NodePool, **overrides: object) -> tuple[Config, Config]:
+    """Configurations of the pool's deployment served by two logstores: two writers."""
+    other = str(Path("/tmp") / f"wp-{os.getpid()}-{uuid.uuid4().hex[:6]}.sock")
+    return pool.config(**overrides), pool.config(logstore_socket=other, **overrides)
+
+
 def run_fleet(config: Config, log_name: str, tmp_path: Path, producers: int = 3) -> Fleet:
     fleet = Fleet(config, log_name, tmp_path, plan=PLAN)
     for i in range(producers):
@@ -115,10 +122,11 @@ def test_a_killed_node_is_replaced_by_a_spare_and_nothing_acked_is_lost(
             )
             killed = quorum_pool.kill(victim).config.node.id
             fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after a node was killed")
-            deadline = time.monotonic() + RECOVERY
-            while killed in ensemble(segments(config, log)[-1]):
-                assert time.monotonic() < deadline, "the segment never rolled off the dead node"
-                time.sleep(0.1)
+            wait_until(
+                lambda: killed not in ensemble(segments(config, log)[-1]),
+                RECOVERY,
+                "the segment never rolled off the dead node",
+            )
             fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after the roll")
             rolled = segments(config, log)[-1]
             assert spare.config.node.id in ensemble(rolled) and len(ensemble(rolled)) == 3
@@ -158,10 +166,11 @@ def test_a_memory_node_restarted_empty_loses_nothing_acked_and_resurrects_nothin
             old = quorum_pool.nodes[1].config.node.id
             new = quorum_pool.restart(1).config.node.id  # a new incarnation: it knows no segment
             fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped after the restart")
-            deadline = time.monotonic() + RECOVERY
-            while old in ensemble(segments(config, log)[-1]):
-                assert time.monotonic() < deadline, "the segment never rolled to the new node"
-                time.sleep(0.1)
+            wait_until(
+                lambda: old not in ensemble(segments(config, log)[-1]),
+                RECOVERY,
+                "the segment never rolled to the new node",
+            )
             assert new in ensemble(segments(config, log)[-1])
             finish(fleet, log)
         finally:
@@ -228,8 +237,7 @@ def test_two_nodes_killed_fail_appends_at_the_deadline_and_writing_resumes(
 def test_a_writer_fenced_by_a_new_writer_learns_it_from_the_nodes(
     quorum_pool: NodePool, tmp_path: Path
 ) -> None:
-    first = quorum_pool.config()
-    second = quorum_pool.config(logstore_socket=str(Path("/tmp") / f"wp-{os.getpid()}-b.sock"))
+    first, second = two_logstores(quorum_pool)
     with wp.Client(first) as a, wp.Client(second) as b:
         log_a = a.open_log("fenced", create=True)
         with log_a.open_writer() as old:
@@ -254,10 +262,7 @@ def test_a_node_paused_past_the_timeout_adds_nothing_for_the_fenced_writer(
 ) -> None:
     """SIGSTOP one node: acks go on without it; a new writer recovers the segment while it is
     paused; resumed, it holds the fenced writer's queued appends, and none of it is read."""
-    first = quorum_pool.config(quorum_node_timeout=1.0)
-    second = quorum_pool.config(
-        logstore_socket=str(Path("/tmp") / f"wp-{os.getpid()}-p.sock"), quorum_node_timeout=1.0
-    )
+    first, second = two_logstores(quorum_pool, quorum_node_timeout=1.0)
     with wp.Client(first) as a, wp.Client(second) as b:
         log = a.open_log("paused", create=True)
         acked = []
@@ -342,10 +347,8 @@ def test_a_fault_proxy_between_the_logstore_and_one_node(
             log = client.open_log("proxied", create=True)
             fleet = run_fleet(config, log.name, tmp_path, producers=2)
             try:
-                deadline = time.monotonic() + RECOVERY
-                while proxy.connections == 0:  # the logstore reaches n2 through the proxy
-                    assert time.monotonic() < deadline, "nothing connected through the proxy"
-                    time.sleep(0.05)
+                # the logstore reaches n2 through the proxy
+                wait_until(lambda: proxy.connections > 0, RECOVERY, "a connection through it")
                 proxy.set(latency=0.05, jitter=0.02)
                 fleet.wait_progress(fleet.acked(), RECOVERY, "writes stopped with latency")
                 proxy.set(latency=0.0, jitter=0.0, blackhole=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chaos.nodes import Connection, NodePool, NodeProcess, declare_segments
+from chaos.processes import wait_until
 
 import woodpecker as wp
 from woodpecker.format import decode_block, iter_payloads
@@ -28,13 +29,6 @@ PAYLOAD = 600  # two entries make a batch over quorum.flush_bytes (1 KiB): due a
 
 def payloads(first: int, count: int, size: int = PAYLOAD) -> list[bytes]:
     return [b"%d:" % i + bytes(size) for i in range(first, first + count)]
-
-
-def wait_for(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {within:g}s"
-        time.sleep(0.05)
 
 
 def members_of(nodes: list[NodeProcess]) -> list[EnsembleMember]:
@@ -76,7 +70,9 @@ def test_nodes_flush_acked_ranges_once_and_forget_them(
         assert conn.append(0, 1, 2, payloads(2, 2), lac=-1).status == Status.OK
         assert conn.append(0, 1, 4, payloads(4, 2), lac=3).status == Status.OK  # 0-3 acked
 
-    wait_for(lambda: flush_cursor(meta, 1, 0).cursor.next_entry == 4, "flush of entries 0-3")
+    wait_until(
+        lambda: flush_cursor(meta, 1, 0).cursor.next_entry == 4, 30.0, "flush of entries 0-3"
+    )
     blocks = meta.list_blocks(1, 0)
     assert [b.first_entry_id for b in blocks] == [0, 2]  # objects of about quorum.flush_bytes
     flushed = [
@@ -99,7 +95,9 @@ def test_nodes_flush_acked_ranges_once_and_forget_them(
     dead.proc.wait()
     for _, conn in by_id.values():
         assert conn.call(wire.LAC, 0, 1, wire.lac_body(5)).status == Status.OK
-    wait_for(lambda: flush_cursor(meta, 1, 0).cursor.next_entry == 6, "takeover of the flush")
+    wait_until(
+        lambda: flush_cursor(meta, 1, 0).cursor.next_entry == 6, 30.0, "takeover of the flush"
+    )
     successor = flusher_of(meta)
     assert successor in by_id
     assert [b.first_entry_id for b in meta.list_blocks(1, 0)] == [0, 2, 4]
@@ -149,19 +147,20 @@ def test_a_sealed_segment_is_flushed_at_once_then_forgotten_by_every_node(
     segment_files = data_dir / "segments"
     assert sorted(p.name for p in segment_files.iterdir()) == ["1-0.wal", "1-1.wal"]
     both = [(1, 0), (1, 1)]
-    wait_for(lambda: all(held_segments(n)[0] == both for n in nodes), "registry records")
+    wait_until(lambda: all(held_segments(n)[0] == both for n in nodes), 30.0, "registry records")
 
     told = time.monotonic()
     for conn in conns:  # segment 1 (the control) hears its final LAC without the flag
         assert conn.call(wire.LAC, 1, 1, wire.lac_body(3)).status == Status.OK
         assert conn.call(wire.LAC, 0, 1, wire.lac_body(3, sealed=True)).status == Status.OK
-    wait_for(lambda: flush_cursor(meta, 1, 0).cursor.next_entry == 4, "flush at seal", 20.0)
+    wait_until(lambda: flush_cursor(meta, 1, 0).cursor.next_entry == 4, 20.0, "flush at seal")
     print(f"segment flushed {time.monotonic() - told:.2f}s after the sealed LAC")
     assert flushed_payloads(meta, store, 0) == payloads(0, 4)  # never entry 4, above the seal
     # every node forgets it; the control, told without the flag, stays and is not flushed
     # before quorum.flush_interval (60 s)
-    wait_for(
+    wait_until(
         lambda: all(held_segments(n)[0] == [(1, 1)] for n in nodes),
+        30.0,
         "every node forgets the sealed, flushed segment",
     )
     assert not (segment_files / "1-0.wal").exists()
@@ -169,8 +168,9 @@ def test_a_sealed_segment_is_flushed_at_once_then_forgotten_by_every_node(
 
     for conn in conns:
         assert conn.call(wire.LAC, 1, 1, wire.lac_body(3, sealed=True)).status == Status.OK
-    wait_for(
+    wait_until(
         lambda: all(held_segments(node) == ([], 0) for node in nodes),
+        30.0,
         "nodes that hold nothing once every segment is sealed and flushed",
     )
     assert flushed_payloads(meta, store, 1) == payloads(0, 4)
@@ -211,11 +211,11 @@ def test_a_node_that_missed_the_seal_or_the_deletion_learns_it_from_etcd(
     def forgotten(seg: int) -> bool:
         return conn.call(wire.LAC, seg, 1, wire.lac_body(-1)).status == Status.UNKNOWN
 
-    wait_for(lambda: forgotten(0) and forgotten(1), "a node that forgot both segments")
+    wait_until(lambda: forgotten(0) and forgotten(1), 30.0, "a node that forgot both segments")
     assert flush_cursor(meta, 1, 0).cursor.next_entry == 2  # the sealed one, flushed first
     assert flush_cursor(meta, 1, 1).revision == 0  # the deleted one: no cursor put back
     assert meta.list_blocks(1, 1) == []
-    wait_for(lambda: held_segments(node) == ([], 0), "its registry record")
+    wait_until(lambda: held_segments(node) == ([], 0), 30.0, "its registry record")
 
     # a flush that read the cursor before the deletion commits nothing after it
     declare_segments(meta, members, [2], ack=1)
@@ -256,9 +256,9 @@ def test_a_closed_quorum_log_leaves_nothing_on_its_nodes(
         with log.open_writer() as writer:
             futures = [writer.write_async(p) for p in payloads]
             assert [f.result().entry_id for f in futures] == list(range(200))
-            wait_for(lambda: holders() == 3, "the nodes' registry records list the log")
+            wait_until(lambda: holders() == 3, 30.0, "the nodes' registry records list the log")
         closed = time.monotonic()
-        wait_for(lambda: holders() == 0, "nodes that hold nothing of the closed log")
+        wait_until(lambda: holders() == 0, 30.0, "nodes that hold nothing of the closed log")
         print(f"nodes forgot the log {time.monotonic() - closed:.2f}s after its writer closed")
         with log.open_reader(wp.EARLIEST) as reader:  # every entry from object storage
             assert [reader.read_next(timeout=10).payload for _ in payloads] == payloads

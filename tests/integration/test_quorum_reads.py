@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from chaos.nodes import Connection, NodePool, NodeProcess
+from chaos.processes import wait_until
 
 import woodpecker as wp
 from tests.conftest import ConfigFactory
@@ -189,13 +190,6 @@ def drain(reader: LogReader, timeout: float = 0.3) -> list[wp.LogMessage]:
     return out
 
 
-def wait_for(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {within:g}s"
-        time.sleep(0.05)
-
-
 def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     quorum: Callable[..., Quorum], backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,7 +214,7 @@ def test_a_quorum_segment_is_read_from_its_nodes_then_across_the_flush_boundary(
     w.append(2, lac=11, size=600)
     w.append(2, lac=13, size=600)
     w.tell_lac(15)
-    wait_for(lambda: q.flushed() == 16, "the flush of entries 0-15")
+    wait_until(lambda: q.flushed() == 16, 30.0, "the flush of entries 0-15")
     w.append(3, lac=15)
     w.tell_lac(18)
     # the early reader crosses into entries it read from nodes before: no repeat, no gap
@@ -356,7 +350,7 @@ def test_a_waiting_reader_is_woken_by_a_long_poll_when_the_lac_moves(
     idle = q.reader(wp.LATEST)
     iterating = threading.Thread(target=lambda: list(idle))
     iterating.start()
-    wait_for(lambda: idle._tail.polls == 1, "the long-poll", within=5.0)
+    wait_until(lambda: idle._tail.polls == 1, 5.0, "the long-poll")
     started = time.monotonic()
     idle.close()
     iterating.join(timeout=5.0)
@@ -384,7 +378,7 @@ def test_a_reader_skips_failed_nodes_and_fails_clearly_when_none_answers(
     # the killed node comes back empty on its address, with a new incarnation: never asked
     # (it would answer as if it never had the segment); then the other two are killed
     back = start_node("back", port=killed.port, **NO_FLUSH)
-    wait_for(lambda: "back" in {n.node_id for n in back.registered()}, "the restarted node")
+    wait_until(lambda: "back" in {n.node_id for n in back.registered()}, 30.0, "the restarted node")
     for node in by_id.values():
         node.stop()
     started = time.monotonic()
@@ -426,8 +420,9 @@ def test_a_log_written_through_the_client_is_tailed_from_its_nodes_and_read_afte
             ]
             assert [m.payload for m in got if m is not None] == payloads
             assert tail.read_next(timeout=0.2) is None  # sealed at its last entry
-        wait_for(
+        wait_until(
             lambda: meta.list_segments(log.log_id)[0].state is SegmentState.SEALED,
+            30.0,
             "the seal of the closed writer's segment",
         )
         assert log.read_table().column("payload").to_pylist() == payloads

@@ -4,23 +4,16 @@ the nodes to object storage and read back; etcd sees no commit per append."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from chaos.nodes import NodeProcess
+from chaos.processes import wait_until
 
 import woodpecker as wp
 from woodpecker.meta import MetaStore, SegmentState
 from woodpecker.meta.flush import flush_cursor
 
 FAST = {"quorum_flush_interval": 0.2, "etcd_lease_ttl": 2}
-
-
-def wait_for(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {within:g}s"
-        time.sleep(0.05)
 
 
 def start_pool(
@@ -46,8 +39,9 @@ def test_a_quorum_log_is_acked_by_its_nodes_and_flushed_to_storage(
             ids += [f.result() for f in futures]
         assert [i.entry_id for i in ids] == list(range(500))
         meta = MetaStore(config)
-        wait_for(
+        wait_until(
             lambda: [s.state for s in meta.list_segments(log.log_id)] == [SegmentState.SEALED],
+            30.0,
             "the seal of the closed writer's segment",
         )
         (segment,) = meta.list_segments(log.log_id)
@@ -55,8 +49,9 @@ def test_a_quorum_log_is_acked_by_its_nodes_and_flushed_to_storage(
         assert {m.node_id for m in segment.ensemble or []} == {"q0", "q1", "q2"}
         kv = meta.etcd.get("test", meta.keys.segment(log.log_id, 0))
         assert kv is not None and kv[1].version == 2  # its create and its seal, nothing per append
-        wait_for(
+        wait_until(
             lambda: flush_cursor(meta, log.log_id, 0).cursor.next_entry == 500,
+            30.0,
             "the nodes' flush of the sealed segment",
         )
         with log.open_reader(wp.EARLIEST) as reader:
